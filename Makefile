@@ -1,0 +1,41 @@
+# Every target brings the virtualenv up to date itself: on a fresh clone with only
+# Python 3.11+ installed, `make test` or `make run` does all the set-up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: test lint typecheck pytest venv run bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+
+# Re-sync when the lock file changes (uv sync is quick when nothing changed).
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --all-extras --python $(BIN)/python
+	@touch $@
+
+venv: $(VENV)/.synced
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest
+
+# The test command: lint, strict type check, then every test.
+test: lint typecheck pytest
+
+bench: venv
+	$(BIN)/python benchmarks/store_ingest.py
+	$(BIN)/python benchmarks/store_query.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""aygolog: distributed log management for Python."""

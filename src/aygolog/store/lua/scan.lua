@@ -1,0 +1,83 @@
+-- Scan part of the stream for entries matching a filter, reading at most a bounded number of
+-- entries so that one call never stalls Redis. The caller continues from the returned cursor.
+-- KEYS[1] stream
+-- ARGV[1] start (an XRANGE bound: '-', '+', 'ms-seq' or '(ms-seq')   ARGV[2] stop bound
+-- ARGV[3] 'b' newest first (XREVRANGE) or 'f' oldest first   ARGV[4] how many matches are wanted
+-- ARGV[5] scan budget (entries)   ARGV[6] chunk size
+-- ARGV[7] allowed severity digits ('' = any)   ARGV[8] services, each framed as "\n"..s.."\n" ('' = any)
+-- ARGV[9] lower-cased text ('' = none)   ARGV[10..] attribute filters: key, value, key, value ...
+-- Returns {cursor, done, id, instance, body, id, instance, body, ...}; done is 1 when the range
+-- is exhausted, cursor is the last id read ('' when nothing was read).
+local stream, pos, stop, dir = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local wanted, budget, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local levels, services, text = ARGV[7], ARGV[8], ARGV[9]
+local attrs = {}
+for i = 10, #ARGV, 2 do
+  attrs[#attrs + 1] = {ARGV[i], ARGV[i + 1]}
+end
+local need_body = text ~= '' or #attrs > 0
+local command = dir == 'b' and 'XREVRANGE' or 'XRANGE'
+local find, lower = string.find, string.lower
+
+local function attr_ok(value, want)
+  local kind = type(value)
+  if kind == 'string' then
+    return value == want
+  elseif kind == 'number' then
+    return tonumber(want) == value
+  elseif kind == 'boolean' then
+    return (value and 'true' or 'false') == want
+  end
+  return false
+end
+
+local out = {'', 0}
+local found, scanned, last = 0, 0, ''
+while true do
+  local count = math.min(chunk, budget - scanned)
+  if count <= 0 then break end
+  local batch = redis.call(command, stream, pos, stop, 'COUNT', count)
+  for _, entry in ipairs(batch) do
+    local id, f = entry[1], entry[2]
+    scanned = scanned + 1
+    last = id
+    -- fields are written in this order: l, s, i, d
+    local ok = levels == '' or find(levels, f[2], 1, true) ~= nil
+    if ok and services ~= '' then
+      ok = find(services, '\n' .. f[4] .. '\n', 1, true) ~= nil
+    end
+    if ok and need_body then
+      local body = cjson.decode(f[8])
+      if text ~= '' then
+        ok = find(lower(body.message), text, 1, true) ~= nil
+      end
+      if ok and #attrs > 0 then
+        local a = body.attributes
+        for _, pair in ipairs(attrs) do
+          if a == nil or not attr_ok(a[pair[1]], pair[2]) then
+            ok = false
+            break
+          end
+        end
+      end
+    end
+    if ok then
+      out[#out + 1] = id
+      out[#out + 1] = f[6]
+      out[#out + 1] = f[8]
+      found = found + 1
+      if found >= wanted then
+        out[1] = id
+        return out
+      end
+    end
+  end
+  if #batch < count then
+    out[1] = last
+    out[2] = 1
+    return out
+  end
+  pos = '(' .. last
+end
+out[1] = last
+return out

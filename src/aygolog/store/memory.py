@@ -1,0 +1,206 @@
+"""`InMemoryLogStore`: the in-process twin of the Redis store, with the same semantics.
+
+For tests, examples and single-process use. Ids are made the way Redis makes stream ids
+(receive time in ms, then a sequence), so cursors and time ranges behave alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hashlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+
+import msgspec
+
+from aygolog.errors import Conflict
+from aygolog.models import (
+    BatchResult,
+    Direction,
+    LogEntry,
+    LogPage,
+    LogQuery,
+    LogStats,
+    NewLog,
+)
+from aygolog.store.base import (
+    StoreOptions,
+    check_idempotency_key,
+    check_query,
+    matches,
+    parse_stream_id,
+    received_at,
+)
+
+__all__ = ["InMemoryLogStore"]
+
+_Key = tuple[int, int]
+
+
+class InMemoryLogStore:
+    """A `LogStore` held in this process.
+
+    Args:
+        instance: the name of the instance writing through this store.
+        options: retention and idempotency settings (scan tuning does not apply).
+        clock: seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance: str = "memory",
+        options: StoreOptions | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._instance = instance
+        self._options = options or StoreOptions()
+        self._clock = clock
+        self._keys: list[_Key] = []
+        self._entries: list[LogEntry] = []
+        self._last: _Key = (0, 0)
+        self._counters: Counter[str] = Counter()
+        self._idempotency: dict[str, tuple[float, str, BatchResult]] = {}
+        self._arrived = asyncio.Event()
+
+    @property
+    def instance(self) -> str:
+        """The name of the instance writing through this store."""
+        return self._instance
+
+    async def append(self, log: NewLog) -> LogEntry:
+        """Store one entry and return it as stored."""
+        return self._store(log)
+
+    async def append_many(
+        self, logs: Sequence[NewLog], *, idempotency_key: str | None = None
+    ) -> BatchResult:
+        """Store a batch, all or nothing (see `LogStore.append_many`)."""
+        digest = ""
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            digest = _digest(logs)
+            now = self._clock()
+            seen = self._idempotency.get(idempotency_key)
+            if seen is not None and seen[0] > now:
+                if seen[1] != digest:
+                    raise Conflict(
+                        f"idempotency key {idempotency_key!r} was used for a different batch"
+                    )
+                return msgspec.structs.replace(seen[2], replayed=True)
+        result = BatchResult(ids=[self._store(log).id for log in logs], instance=self._instance)
+        if idempotency_key is not None:
+            expires = self._clock() + self._options.idempotency_ttl.total_seconds()
+            self._idempotency[idempotency_key] = (expires, digest, result)
+        return result
+
+    async def query(self, query: LogQuery) -> LogPage:
+        """Entries matching `query` (see `LogQuery`)."""
+        check_query(query)
+        low: _Key = (_ms(query.since), 0) if query.since else (0, 0)
+        high: _Key = (_ms(query.until), 2**64 - 1) if query.until else (2**64, 0)
+        if query.cursor is not None:
+            cursor = parse_stream_id(query.cursor)
+            if query.direction is Direction.BACKWARD:
+                high = min(high, (cursor[0], cursor[1] - 1) if cursor[1] else (cursor[0] - 1, 2**64))
+            else:
+                low = max(low, (cursor[0], cursor[1] + 1))
+        first = bisect.bisect_left(self._keys, low)
+        end = bisect.bisect_right(self._keys, high)
+        candidates = range(first, end)
+        if query.direction is Direction.BACKWARD:
+            candidates = candidates[::-1]
+        severities = query.level_severities()
+        items: list[LogEntry] = []
+        for index in candidates:
+            entry = self._entries[index]
+            if matches(entry, query, severities):
+                items.append(entry)
+                if len(items) == query.limit:
+                    return LogPage(items=items, next_cursor=entry.id)
+        return LogPage(items=items)
+
+    async def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
+        """New entries after `after_id` as they arrive ("$": from now; "0": from the start)."""
+        last = self._last if after_id == "$" else parse_stream_id(after_id, "after_id")
+        while True:
+            start = bisect.bisect_right(self._keys, last)
+            if start == len(self._keys):
+                arrived = self._arrived
+                await arrived.wait()
+                continue
+            for entry in self._entries[start:]:
+                last = parse_stream_id(entry.id)
+                yield entry
+
+    async def stats(self) -> LogStats:
+        """Ingest counters, and how many entries are held now."""
+        counters = self._counters
+        return LogStats(
+            total=counters["total"],
+            retained=len(self._entries),
+            by_level={k[2:]: v for k, v in counters.items() if k.startswith("l:")},
+            by_service={k[2:]: v for k, v in counters.items() if k.startswith("s:")},
+            by_instance={k[2:]: v for k, v in counters.items() if k.startswith("i:")},
+        )
+
+    async def ping(self) -> None:
+        """Always answers: the store is in this process."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def _store(self, log: NewLog) -> LogEntry:
+        ms = int(self._clock() * 1000)
+        key: _Key = (ms, 0) if ms > self._last[0] else (self._last[0], self._last[1] + 1)
+        entry_id = f"{key[0]}-{key[1]}"
+        at = received_at(entry_id)
+        entry = LogEntry(
+            id=entry_id,
+            message=log.message,
+            level=log.level,
+            timestamp=log.timestamp or at,
+            received_at=at,
+            instance=self._instance,
+            service=log.service,
+            attributes=log.attributes,
+            trace_id=log.trace_id,
+        )
+        self._keys.append(key)
+        self._entries.append(entry)
+        self._last = key
+        self._counters.update(("total", f"l:{log.level.value}", f"i:{self._instance}"))
+        if log.service:
+            self._counters[f"s:{log.service}"] += 1
+        self._trim(ms)
+        # Wake every tail waiting now; later waiters get a fresh event.
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+        return entry
+
+    def _trim(self, now_ms: int) -> None:
+        retention = self._options.retention
+        drop = 0
+        if retention.max_entries is not None:
+            drop = max(0, len(self._entries) - retention.max_entries)
+        if retention.max_age is not None:
+            floor = (now_ms - int(retention.max_age.total_seconds() * 1000), 0)
+            drop = max(drop, bisect.bisect_left(self._keys, floor))
+        if drop:
+            del self._keys[:drop]
+            del self._entries[:drop]
+
+
+def _digest(logs: Sequence[NewLog]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for log in logs:
+        digest.update(msgspec.json.encode(log))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

@@ -1,0 +1,312 @@
+"""`RedisStreamLogStore`: logs in one Redis stream, written and scanned by server-side Lua.
+
+Layout (all keys share the deployment's hash tag, so the scripts stay valid on a cluster):
+
+- `{prefix}:logs`: the stream. Each entry has four fields, in this order: `l` (severity digit
+  0-5), `s` (service, '' for none), `i` (instance), `d` (the `NewLog` as JSON). The stream id is
+  the receive time in ms plus a sequence, so a time range is an id range.
+- `{prefix}:stats`: a hash of counters: `total`, `l:<severity>`, `s:<service>`, `i:<instance>`.
+- `{prefix}:idem:<key>`: "digest\\ninstance\\nids" of a batch sent with an idempotency key.
+
+A batch is written by one EVALSHA (`lua/append.lua`); filtered queries run `lua/scan.lua`, which
+reads at most `StoreOptions.scan_budget` entries per call and returns where to continue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from importlib.resources import files
+from typing import Any, Final, Self
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from aygolog.errors import Conflict, Unavailable
+from aygolog.models import (
+    BatchResult,
+    Direction,
+    LogEntry,
+    LogLevel,
+    LogPage,
+    LogQuery,
+    LogStats,
+    NewLog,
+)
+from aygolog.redis import KeySpace, create_redis
+from aygolog.store.base import (
+    StoreOptions,
+    check_idempotency_key,
+    check_query,
+    received_at,
+)
+
+__all__ = ["RedisStreamLogStore"]
+
+_APPEND: Final = files("aygolog.store").joinpath("lua/append.lua").read_text()
+_SCAN: Final = files("aygolog.store").joinpath("lua/scan.lua").read_text()
+_SHA_APPEND: Final = hashlib.sha1(_APPEND.encode()).hexdigest()
+_SHA_SCAN: Final = hashlib.sha1(_SCAN.encode()).hexdigest()
+_ENCODE: Final = msgspec.json.Encoder().encode
+_DECODE_BODY: Final = msgspec.json.Decoder(NewLog).decode
+_DIGITS: Final = tuple(str(i).encode() for i in range(len(LogLevel)))
+_RETRY_AFTER: Final = 1.0
+_BLOCK_MS: Final = 1000
+
+
+class RedisStreamLogStore:
+    """A `LogStore` on a Redis stream (see the module docstring for the layout).
+
+    Args:
+        redis: an async client created with `decode_responses=False`. The store does not
+            close it unless it was made by `from_url`.
+        instance: the name of the Log API instance writing through this store.
+        prefix: the key prefix of this deployment.
+        options: retention, idempotency and scan tuning.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        instance: str,
+        prefix: str = "aygolog",
+        options: StoreOptions | None = None,
+    ) -> None:
+        self._redis = redis
+        self._instance = instance
+        self._keys = KeySpace(prefix)
+        self._stream = self._keys.key("logs")
+        self._stats = self._keys.key("stats")
+        self._options = options or StoreOptions()
+        retention = self._options.retention
+        self._max_entries = retention.max_entries or 0
+        self._max_age_ms = int(retention.max_age.total_seconds() * 1000) if retention.max_age else 0
+        self._idem_ttl_ms = int(self._options.idempotency_ttl.total_seconds() * 1000)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        instance: str,
+        prefix: str = "aygolog",
+        options: StoreOptions | None = None,
+    ) -> Self:
+        """A store with its own client for `url`, closed by `aclose()`."""
+        client = create_redis(url)
+        if not isinstance(client, aioredis.Redis):
+            raise TypeError("from_url makes single-node clients; pass a cluster client to __init__")
+        store = cls(client, instance=instance, prefix=prefix, options=options)
+        store._owns_client = True
+        return store
+
+    @property
+    def instance(self) -> str:
+        """The name of the Log API instance writing through this store."""
+        return self._instance
+
+    async def append(self, log: NewLog) -> LogEntry:
+        """Store one entry and return it as stored."""
+        result = await self.append_many((log,))
+        entry_id = result.ids[0]
+        at = received_at(entry_id)
+        return LogEntry(
+            id=entry_id,
+            message=log.message,
+            level=log.level,
+            timestamp=log.timestamp or at,
+            received_at=at,
+            instance=result.instance,
+            service=log.service,
+            attributes=log.attributes,
+            trace_id=log.trace_id,
+        )
+
+    async def append_many(
+        self, logs: Sequence[NewLog], *, idempotency_key: str | None = None
+    ) -> BatchResult:
+        """Store a batch in one EVALSHA, all or nothing (see `LogStore.append_many`)."""
+        if not logs:
+            return BatchResult(ids=[], instance=self._instance)
+        args: list[bytes | str | int] = [
+            self._max_entries,
+            self._max_age_ms,
+            0,
+            self._instance,
+            "",
+        ]
+        digits = _DIGITS
+        encode = _ENCODE
+        for log in logs:
+            args += (digits[log.level.severity], log.service or "", encode(log))
+        idem_key = self._stream  # a placeholder in the same slot when no key is given
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            idem_key = self._keys.key(f"idem:{idempotency_key}")
+            args[2] = self._idem_ttl_ms
+            args[4] = _digest(args[5:])
+        reply = await self._eval(_SHA_APPEND, _APPEND, (self._stream, self._stats, idem_key), args)
+        if reply[0] == 1:
+            return BatchResult(ids=[i.decode() for i in reply[1:]], instance=self._instance)
+        digest, instance, ids = bytes(reply[1]).decode().split("\n", 2)
+        if digest != args[4]:
+            raise Conflict(
+                f"idempotency key {idempotency_key!r} was used for a different batch"
+                " in the last 24 hours"
+            )
+        return BatchResult(ids=ids.split(","), instance=instance, replayed=True)
+
+    async def query(self, query: LogQuery) -> LogPage:
+        """Entries matching `query`, newest first unless asked otherwise (see `LogQuery`)."""
+        check_query(query)
+        backward = query.direction is Direction.BACKWARD
+        low = f"{_ms(query.since)}-0" if query.since else "-"
+        high = f"{_ms(query.until)}-18446744073709551615" if query.until else "+"
+        start, stop = (high, low) if backward else (low, high)
+        if query.cursor is not None:
+            start = "(" + query.cursor
+        severities = query.level_severities()
+        levels = "".join(sorted(str(s) for s in severities)) if severities is not None else ""
+        if severities is not None and not levels:
+            return LogPage(items=[])
+        services = ""
+        if query.services is not None:
+            if not query.services:
+                return LogPage(items=[])
+            services = "\n" + "\n".join(sorted(query.services)) + "\n"
+        text = query.text.encode().lower() if query.text else b""
+        filters: list[str | bytes] = [levels, services, text]
+        for key, value in query.attributes.items():
+            filters += (key, value)
+
+        options = self._options
+        items: list[LogEntry] = []
+        scanned_calls = 0
+        max_calls = max(1, options.max_scan // options.scan_budget)
+        cursor: str | None = None
+        while True:
+            wanted = query.limit - len(items)
+            reply = await self._eval(
+                _SHA_SCAN,
+                _SCAN,
+                (self._stream,),
+                [start, stop, "b" if backward else "f", wanted, options.scan_budget,
+                 options.scan_chunk, *filters],
+            )  # fmt: skip
+            scanned_calls += 1
+            last, done = reply[0].decode(), reply[1] == 1
+            body = reply[2:]
+            for i in range(0, len(body), 3):
+                items.append(_entry(body[i].decode(), body[i + 1].decode(), body[i + 2]))
+            if done:
+                break
+            cursor = last
+            if len(items) >= query.limit or scanned_calls >= max_calls:
+                break
+            start = "(" + last
+        return LogPage(items=items, next_cursor=None if done else cursor)
+
+    async def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
+        """New entries after `after_id` as they arrive ("$": from now; "0": from the start).
+
+        Raises:
+            Unavailable: Redis cannot be reached (the iterator ends; resume from the last id).
+        """
+        last = after_id
+        if last == "$":
+            newest = await self._call(self._redis.xrevrange(self._stream, "+", "-", count=1))
+            last = newest[0][0].decode() if newest else "0-0"
+        while True:
+            reply = await self._call(
+                self._redis.xread({self._stream: last}, count=1000, block=_BLOCK_MS)
+            )
+            if not reply:
+                continue
+            for raw_id, fields in reply[0][1]:
+                last = raw_id.decode()
+                yield _entry(last, fields[b"i"].decode(), fields[b"d"])
+
+    async def stats(self) -> LogStats:
+        """Ingest counters, and how many entries the stream holds now."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._stats)
+            pipe.xlen(self._stream)
+            counters, retained = await self._call(pipe.execute())
+        by_level: dict[str, int] = {}
+        by_service: dict[str, int] = {}
+        by_instance: dict[str, int] = {}
+        total = 0
+        for raw_key, raw_value in counters.items():
+            key, value = raw_key.decode(), int(raw_value)
+            kind, _, name = key.partition(":")
+            if kind == "total":
+                total = value
+            elif kind == "l":
+                by_level[LogLevel.from_severity(int(name)).value] = value
+            elif kind == "s":
+                by_service[name] = value
+            elif kind == "i":
+                by_instance[name] = value
+        return LogStats(
+            total=total,
+            retained=int(retained),
+            by_level=by_level,
+            by_service=by_service,
+            by_instance=by_instance,
+        )
+
+    async def ping(self) -> None:
+        """Return when Redis answers; raise `Unavailable` when it does not."""
+        await self._call(self._redis.ping())
+
+    async def aclose(self) -> None:
+        """Close the client if this store made it."""
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def _eval(self, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            try:
+                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await self._redis.eval(script, len(keys), *keys, *args)
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+
+
+def _entry(entry_id: str, instance: str, body: bytes) -> LogEntry:
+    log = _DECODE_BODY(body)
+    at = received_at(entry_id)
+    return LogEntry(
+        id=entry_id,
+        message=log.message,
+        level=log.level,
+        timestamp=log.timestamp or at,
+        received_at=at,
+        instance=instance,
+        service=log.service,
+        attributes=log.attributes,
+        trace_id=log.trace_id,
+    )
+
+
+def _digest(parts: Sequence[bytes | str | int]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

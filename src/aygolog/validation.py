@@ -1,0 +1,319 @@
+"""Turning untrusted input into checked `NewLog`s, with every problem named.
+
+The fast path decodes a whole body with one typed msgspec decoder; only when that fails does
+a slower pass look at each item on its own, so that a refused batch lists every bad item
+(index, field, reason), not just the first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+
+from aygolog.errors import ValidationError
+from aygolog.models import AttributeValue, FieldError, Limits, LogLevel, NewLog
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "SERVICE_PATTERN",
+    "decode_log",
+    "decode_logs",
+    "decode_ndjson",
+    "parse_timestamp",
+    "validate_logs",
+]
+
+DEFAULT_LIMITS: Final = Limits()
+SERVICE_PATTERN: Final = re.compile(r"[A-Za-z0-9._/-]+")
+_TRACE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+class _WireLog(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A log as it arrives: loosely typed where we accept several spellings."""
+
+    message: str | None = None
+    name: str | None = None  # the seed's body: {"name": "..."}
+    level: str | int | None = None
+    service: str | None = None
+    timestamp: datetime | int | float | None = None
+    attributes: dict[str, AttributeValue] | None = None
+    trace_id: str | None = None
+
+
+_ONE: Final = msgspec.json.Decoder(_WireLog)
+_MANY: Final = msgspec.json.Decoder(list[_WireLog])
+_ANY: Final = msgspec.json.Decoder()
+
+
+def decode_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
+    """Decode and check one JSON object.
+
+    Raises:
+        ValidationError: malformed JSON, a wrong type, or a value out of bounds.
+    """
+    try:
+        wire = _ONE.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ValidationError([_from_msgspec(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
+    errors: list[FieldError] = []
+    log = _normalise(wire, limits, datetime.now(UTC), None, errors)
+    if log is None:
+        raise ValidationError(errors)
+    return log
+
+
+def decode_logs(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> list[NewLog]:
+    """Decode and check a JSON array of log objects, all or nothing.
+
+    Raises:
+        ValidationError: lists every bad item with its index.
+    """
+    try:
+        wires = _MANY.decode(body)
+    except msgspec.ValidationError:
+        return _slow_batch(body, limits)
+    except msgspec.DecodeError as exc:
+        raise ValidationError([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
+    return _normalise_all(wires, limits)
+
+
+def decode_ndjson(body: bytes, *, limits: Limits = DEFAULT_LIMITS) -> list[NewLog]:
+    """Decode and check newline-delimited JSON (one object a line; blank lines are skipped).
+
+    The index in an error is the item's position among the non-blank lines.
+    """
+    now = datetime.now(UTC)
+    out: list[NewLog] = []
+    errors: list[FieldError] = []
+    index = 0
+    for line in body.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            log = _normalise(_ONE.decode(line), limits, now, index, errors)
+        except msgspec.ValidationError as exc:
+            errors.append(_from_msgspec(exc, index))
+        except msgspec.DecodeError as exc:
+            errors.append(FieldError(field="$", reason=f"malformed JSON: {exc}", index=index))
+        else:
+            if log is not None:
+                out.append(log)
+        index += 1
+    if errors:
+        raise ValidationError(errors)
+    return out
+
+
+def validate_logs(
+    logs: Iterable[NewLog], *, limits: Limits = DEFAULT_LIMITS, now: datetime | None = None
+) -> list[NewLog]:
+    """Check `NewLog`s built in code (the store does this before writing).
+
+    Raises:
+        ValidationError: lists every bad item with its index.
+    """
+    now = now or datetime.now(UTC)
+    errors: list[FieldError] = []
+    out: list[NewLog] = []
+    for index, log in enumerate(logs):
+        wire = _WireLog(
+            message=log.message,
+            level=log.level.value if isinstance(log.level, LogLevel) else log.level,
+            service=log.service,
+            timestamp=log.timestamp,
+            attributes=log.attributes,
+            trace_id=log.trace_id,
+        )
+        checked = _normalise(wire, limits, now, index, errors)
+        if checked is not None:
+            out.append(checked)
+    if errors:
+        raise ValidationError(errors)
+    return out
+
+
+def parse_timestamp(value: datetime | int | float | str) -> datetime:
+    """A UTC datetime from RFC 3339 text or epoch seconds / ms / µs / ns (told apart by size).
+
+    Raises:
+        ValueError: unparseable or out of range.
+    """
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, str):
+        try:
+            return parse_timestamp(msgspec.convert(value, datetime))
+        except msgspec.ValidationError:
+            raise ValueError(f"not an RFC 3339 time: {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"not a time: {value!r}")
+    if value < 0:
+        raise ValueError("must not be before 1970-01-01")
+    magnitude = abs(value)
+    if magnitude < 1e11:
+        seconds = float(value)
+    elif magnitude < 1e14:
+        seconds = value / 1e3
+    elif magnitude < 1e17:
+        seconds = value / 1e6
+    else:
+        seconds = value / 1e9
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time out of range: {value!r}") from None
+
+
+def _normalise_all(wires: list[_WireLog], limits: Limits) -> list[NewLog]:
+    now = datetime.now(UTC)
+    errors: list[FieldError] = []
+    out: list[NewLog] = []
+    for index, wire in enumerate(wires):
+        log = _normalise(wire, limits, now, index, errors)
+        if log is not None:
+            out.append(log)
+    if errors:
+        raise ValidationError(errors)
+    return out
+
+
+def _slow_batch(body: bytes | str, limits: Limits) -> list[NewLog]:
+    """The typed decode failed: find every bad item, one at a time."""
+    raw = _ANY.decode(body)  # well-formed: the typed decoder got past the syntax
+    if not isinstance(raw, list):
+        raise ValidationError([FieldError(field="$", reason="expected a JSON array of log objects")])
+    errors: list[FieldError] = []
+    now = datetime.now(UTC)
+    for index, item in enumerate(raw):
+        try:
+            wire = msgspec.convert(item, _WireLog)
+        except msgspec.ValidationError as exc:
+            errors.append(_from_msgspec(exc, index))
+            continue
+        _normalise(wire, limits, now, index, errors)
+    raise ValidationError(errors or [FieldError(field="$", reason="invalid batch")])
+
+
+def _normalise(
+    wire: _WireLog, limits: Limits, now: datetime, index: int | None, errors: list[FieldError]
+) -> NewLog | None:
+    """Check one item; append its problems to `errors` and return None if it has any."""
+    before = len(errors)
+
+    def bad(field: str, reason: str) -> None:
+        errors.append(FieldError(field=field, reason=reason, index=index))
+
+    message = wire.message if wire.message is not None else wire.name
+    if message is None:
+        bad("message", "required (the seed's `name` is accepted too)")
+    elif not message.strip():
+        bad("message", "must not be empty")
+    elif len(message) * 4 > limits.max_message_bytes and (
+        len(message.encode()) > limits.max_message_bytes
+    ):
+        bad("message", f"longer than {limits.max_message_bytes} bytes of UTF-8")
+
+    level = LogLevel.INFO
+    if wire.level is not None:
+        try:
+            level = LogLevel.parse(wire.level)
+        except ValueError as exc:
+            bad("level", str(exc))
+
+    service = wire.service or None
+    if service is not None and (
+        len(service) > limits.max_service_chars or not SERVICE_PATTERN.fullmatch(service)
+    ):
+        bad(
+            "service",
+            f"must be 1-{limits.max_service_chars} characters of letters, digits and ._/-",
+        )
+
+    timestamp: datetime | None = None
+    if wire.timestamp is not None:
+        try:
+            timestamp = parse_timestamp(wire.timestamp)
+        except ValueError as exc:
+            bad("timestamp", str(exc))
+        else:
+            if timestamp - now > limits.max_future_skew:
+                minutes = limits.max_future_skew.total_seconds() / 60
+                bad("timestamp", f"more than {minutes:g} minutes in the future")
+
+    attributes = wire.attributes or {}
+    if attributes:
+        _check_attributes(attributes, limits, bad)
+
+    trace_id = wire.trace_id or None
+    if trace_id is not None and (
+        len(trace_id) > limits.max_trace_id_chars or not _TRACE_ID_PATTERN.fullmatch(trace_id)
+    ):
+        bad(
+            "trace_id",
+            f"must be 1-{limits.max_trace_id_chars} characters of letters, digits and ._:-",
+        )
+
+    if len(errors) > before or message is None:
+        return None
+    return NewLog(
+        message=message,
+        level=level,
+        service=service,
+        timestamp=timestamp,
+        attributes=attributes,
+        trace_id=trace_id,
+    )
+
+
+def _check_attributes(attributes: dict[str, AttributeValue], limits: Limits, bad: Any) -> None:
+    if len(attributes) > limits.max_attributes:
+        bad("attributes", f"more than {limits.max_attributes} attributes")
+    for key, value in attributes.items():
+        if not key or len(key) > limits.max_attribute_key_chars:
+            bad(f"attributes.{key[:40]}", f"key must be 1-{limits.max_attribute_key_chars} chars")
+        if isinstance(value, str):
+            if len(value) * 4 > limits.max_attribute_value_bytes and (
+                len(value.encode()) > limits.max_attribute_value_bytes
+            ):
+                bad(
+                    f"attributes.{key[:40]}",
+                    f"value longer than {limits.max_attribute_value_bytes} bytes of UTF-8",
+                )
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad(f"attributes.{key[:40]}", "number must be finite")
+
+
+_PATH_RE: Final = re.compile(r"^\$(?:\[(\d+)\])?\.?(.*)$")
+_FIELD_IN_REASON: Final = re.compile(r"field `([^`]*)`")
+
+
+def _from_msgspec(exc: msgspec.ValidationError, index: int | None = None) -> FieldError:
+    """Turn msgspec's "reason - at `$[3].level`" into a FieldError."""
+    text = str(exc)
+    reason, _, path = text.partition(" - at `")
+    path = path.rstrip("`")
+    field = ""
+    if path:
+        match = _PATH_RE.match(path)
+        if match:
+            if match.group(1) is not None and index is None:
+                index = int(match.group(1))
+            field = match.group(2)
+    named = _FIELD_IN_REASON.search(reason)
+    if named and reason.startswith("Object"):
+        field = f"{field}.{named.group(1)}" if field else named.group(1)
+    reason = reason.replace("`", "'")
+    if reason.startswith("Object contains unknown field"):
+        reason = "unknown field"
+    elif reason.startswith("Invalid RFC3339"):
+        reason = "expected an RFC 3339 time or epoch seconds/ms/ns"
+    elif reason.startswith("Expected"):
+        reason = reason[0].lower() + reason[1:]
+    return FieldError(field=field or "$", reason=reason, index=index)

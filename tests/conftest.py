@@ -1,0 +1,52 @@
+"""Shared fixtures: one real Redis-compatible server per test session, a fresh key prefix per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from aygolog.embedded import EmbeddedRedis
+from aygolog.store import InMemoryLogStore, LogStore, RedisStreamLogStore
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """A private redis-server/valkey-server for the whole session (no mocks of Redis)."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """The URL of the session's server."""
+    return redis_server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test uses, so tests never see each other's data."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An async client of the session's server, closed after the test."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis, prefix: str
+) -> AsyncIterator[LogStore]:
+    """Each implementation of `LogStore` in turn: the contract suite runs against both."""
+    if request.param == "memory":
+        yield InMemoryLogStore(instance="inst-a")
+        return
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield RedisStreamLogStore(client, instance="inst-a", prefix=prefix)
+    await client.aclose()

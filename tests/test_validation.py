@@ -1,0 +1,219 @@
+"""Models and input checking: every refusal names the field (and batch index) and the reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aygolog.errors import ValidationError
+from aygolog.models import FieldError, Limits, LogLevel, LogQuery, NewLog
+from aygolog.validation import (
+    decode_log,
+    decode_logs,
+    decode_ndjson,
+    parse_timestamp,
+    validate_logs,
+)
+
+
+def body(obj: object) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+def test_seed_body_is_accepted_as_the_message() -> None:
+    log = decode_log(b'{"name": "from the seed form"}')
+    assert log == NewLog(message="from the seed form")
+
+
+def test_full_log() -> None:
+    log = decode_log(
+        body(
+            {
+                "message": "m",
+                "level": "WARN",
+                "service": "api/v1",
+                "timestamp": "2024-05-01T10:00:00+02:00",
+                "attributes": {"a": "x", "n": 3, "f": 1.5, "b": True},
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            }
+        )
+    )
+    assert log.level is LogLevel.WARNING
+    assert log.timestamp == datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+    assert log.attributes == {"a": "x", "n": 3, "f": 1.5, "b": True}
+
+
+@pytest.mark.parametrize(
+    ("alias", "level"),
+    [
+        ("warn", LogLevel.WARNING), ("Warning", LogLevel.WARNING), ("ERR", LogLevel.ERROR),
+        ("fatal", LogLevel.CRITICAL), ("information", LogLevel.INFO), ("verbose", LogLevel.TRACE),
+        ("crit", LogLevel.CRITICAL), (" debug ", LogLevel.DEBUG), (10, LogLevel.DEBUG),
+        (20, LogLevel.INFO), (30, LogLevel.WARNING), (40, LogLevel.ERROR), (50, LogLevel.CRITICAL),
+        (5, LogLevel.TRACE), (99, LogLevel.CRITICAL),
+    ],
+)  # fmt: skip
+def test_level_aliases(alias: str | int, level: LogLevel) -> None:
+    assert LogLevel.parse(alias) is level
+
+
+def test_level_order() -> None:
+    assert [lv.severity for lv in LogLevel] == [0, 1, 2, 3, 4, 5]
+    assert LogLevel.from_severity(3) is LogLevel.WARNING
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1_700_000_000, datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        (1_700_000_000.5, datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)),
+        (1_700_000_000_123, datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)),
+        (1_700_000_000_123_456, datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)),
+        (1_700_000_000_123_456_000, datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)),
+        ("2023-11-14T22:13:20Z", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("2023-11-14T22:13:20", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+    ],
+)
+def test_timestamps(value: int | float | str, expected: datetime) -> None:
+    assert parse_timestamp(value) == expected
+
+
+TOO_FAR = (datetime.now(UTC) + timedelta(minutes=11)).isoformat()
+LIMITS = Limits()
+
+# (body, field, reason fragment): each must be refused with that field named.
+BAD_ONE: list[tuple[bytes, str, str]] = [
+    (b"{}", "message", "required"),
+    (b'{"message": ""}', "message", "empty"),
+    (b'{"message": "   "}', "message", "empty"),
+    (b'{"message": 5}', "message", "expected"),
+    (b'{"message": null, "name": null}', "message", "required"),
+    (body({"message": "x" * (64 * 1024 + 1)}), "message", "65536 bytes"),
+    (body({"message": "é" * (32 * 1024 + 1)}), "message", "65536 bytes"),
+    (b'{"message": "m", "level": "loud"}', "level", "unknown level"),
+    (b'{"message": "m", "level": true}', "level", "expected"),
+    (b'{"message": "m", "level": -1}', "level", "unknown level"),
+    (b'{"message": "m", "service": "has space"}', "service", "letters, digits"),
+    (body({"message": "m", "service": "s" * 129}), "service", "1-128"),
+    (b'{"message": "m", "service": 3}', "service", "expected"),
+    (b'{"message": "m", "timestamp": "yesterday"}', "timestamp", "RFC 3339"),
+    (b'{"message": "m", "timestamp": -5}', "timestamp", "1970"),
+    (b'{"message": "m", "timestamp": true}', "timestamp", "expected"),
+    (body({"message": "m", "timestamp": TOO_FAR}), "timestamp", "future"),
+    (b'{"message": "m", "attributes": []}', "attributes", "expected"),
+    (b'{"message": "m", "attributes": {"a": {"b": 1}}}', "attributes", "expected"),
+    (b'{"message": "m", "attributes": {"a": null}}', "attributes", "expected"),
+    (b'{"message": "m", "attributes": {"a": [1]}}', "attributes", "expected"),
+    (body({"message": "m", "attributes": {f"k{i}": i for i in range(65)}}), "attributes",
+     "more than 64"),
+    (body({"message": "m", "attributes": {"k" * 129: 1}}), "attributes.", "1-128"),
+    (body({"message": "m", "attributes": {"": 1}}), "attributes.", "1-128"),
+    (body({"message": "m", "attributes": {"v": "x" * 4097}}), "attributes.v", "4096 bytes"),
+    (b'{"message": "m", "trace_id": "not valid!"}', "trace_id", "letters"),
+    (b'{"message": "m", "unknown": 1}', "unknown", "unknown field"),
+    (b'{"message": "m"', "$", "malformed JSON"),
+    (b"[]", "$", "expected"),
+    (b'"just a string"', "$", "expected"),
+    (b"", "$", "malformed JSON"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "field", "reason"), BAD_ONE)
+def test_bad_single_log_names_the_field(raw: bytes, field: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_log(raw)
+    errors = info.value.errors
+    assert errors, "a refusal must say why"
+    assert any(e.field.startswith(field) and reason in e.reason for e in errors), errors
+
+
+def test_batch_lists_every_bad_item() -> None:
+    raw = body(
+        [
+            {"message": "ok"},
+            {"message": "m", "level": "loud"},
+            {"message": "ok too"},
+            {"level": "info"},
+            {"message": 7},
+            {"message": "m", "extra": 1},
+        ]
+    )
+    with pytest.raises(ValidationError) as info:
+        decode_logs(raw)
+    by_index = {(e.index, e.field) for e in info.value.errors}
+    assert by_index == {(1, "level"), (3, "message"), (4, "message"), (5, "extra")}
+    assert "item 1: level" in str(info.value)
+
+
+def test_batch_not_an_array() -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_logs(b'{"message": "m"}')
+    assert info.value.errors == [
+        FieldError(field="$", reason="expected a JSON array of log objects")
+    ]
+
+
+def test_good_batch() -> None:
+    logs = decode_logs(body([{"message": f"m{i}", "level": "error"} for i in range(3)]))
+    assert [log.message for log in logs] == ["m0", "m1", "m2"]
+    assert {log.level for log in logs} == {LogLevel.ERROR}
+
+
+def test_ndjson() -> None:
+    logs = decode_ndjson(b'{"message": "a"}\n\n{"name": "b", "level": "warn"}\r\n')
+    assert [(log.message, log.level) for log in logs] == [
+        ("a", LogLevel.INFO),
+        ("b", LogLevel.WARNING),
+    ]
+
+
+def test_ndjson_lists_every_bad_line() -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_ndjson(b'{"message": "a"}\n{oops\n\n{"message": ""}\n{"message": 1}\n')
+    assert [(e.index, e.field) for e in info.value.errors] == [
+        (1, "$"),
+        (2, "message"),
+        (3, "message"),
+    ]
+
+
+def test_limits_are_configurable() -> None:
+    small = Limits(max_message_bytes=10, max_attributes=1)
+    with pytest.raises(ValidationError):
+        decode_log(b'{"message": "longer than ten"}', limits=small)
+    with pytest.raises(ValidationError):
+        decode_log(b'{"message": "m", "attributes": {"a": 1, "b": 2}}', limits=small)
+    assert decode_log(b'{"message": "short"}', limits=small).message == "short"
+
+
+def test_validate_logs_built_in_code() -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_logs([NewLog(message="ok"), NewLog(message="", service="bad service")])
+    assert {(e.index, e.field) for e in info.value.errors} == {(1, "message"), (1, "service")}
+
+
+def test_query_level_severities() -> None:
+    assert LogQuery().level_severities() is None
+    assert LogQuery(min_level=LogLevel.ERROR).level_severities() == {4, 5}
+    assert LogQuery(levels=frozenset({LogLevel.INFO, LogLevel.ERROR})).level_severities() == {2, 4}
+
+
+@given(
+    message=st.text(min_size=1, max_size=200).filter(str.strip),
+    level=st.sampled_from(list(LogLevel)),
+    attributes=st.dictionaries(
+        st.text(min_size=1, max_size=20),
+        st.one_of(st.text(max_size=50), st.integers(-(2**53), 2**53), st.booleans(),
+                  st.floats(allow_nan=False, allow_infinity=False)),
+        max_size=10,
+    ),
+)  # fmt: skip
+def test_roundtrip_through_the_wire(
+    message: str, level: LogLevel, attributes: dict[str, str | int | float | bool]
+) -> None:
+    log = NewLog(message=message, level=level, attributes=attributes)
+    assert decode_log(msgspec.json.encode(log)) == log
