@@ -23,9 +23,8 @@ from urllib.parse import urlparse
 import redis.asyncio as aioredis
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import redis_target, sample_logs  # noqa: E402
-
-from aygolog.store import RedisStreamLogStore  # noqa: E402
+from _common import redis_target, sample_logs
+from aygolog.store import RedisStreamLogStore
 
 
 async def measure(url: str, batch: int, writers: int, seconds: float) -> float:

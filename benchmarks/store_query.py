@@ -16,10 +16,9 @@ import uuid
 import redis.asyncio as aioredis
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import median, percentile, redis_target, sample_logs  # noqa: E402
-
-from aygolog.models import LogLevel, LogQuery  # noqa: E402
-from aygolog.store import RedisStreamLogStore, Retention, StoreOptions  # noqa: E402
+from _common import median, percentile, redis_target, sample_logs
+from aygolog.models import LogLevel, LogQuery
+from aygolog.store import RedisStreamLogStore, Retention, StoreOptions
 
 QUERIES = {
     "newest 100, no filter": LogQuery(limit=100),

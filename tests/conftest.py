@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Redis-compatible server per test session, a fresh key prefix per test."""
+"""Shared fixtures: one real Redis-compatible server per session, a fresh key prefix per test."""
 
 from __future__ import annotations
 

@@ -148,7 +148,9 @@ async def seed(store: LogStore) -> None:
          ["Disk FULL on node-1", "payment failed"]),
     ],
 )  # fmt: skip
-async def test_query_filters(store: LogStore, filters: dict[str, object], expected: list[str]) -> None:
+async def test_query_filters(
+    store: LogStore, filters: dict[str, object], expected: list[str]
+) -> None:
     await seed(store)
     page = await store.query(LogQuery(**filters))  # type: ignore[arg-type]
     assert [e.message for e in page.items] == expected
@@ -374,7 +376,7 @@ async def test_scan_is_bounded_and_continues(redis_client: aioredis.Redis, prefi
     assert len(page.items) < 5
     assert page.next_cursor is not None
     found = [e.message for e in page.items]
-    cursor = page.next_cursor
+    cursor: str | None = page.next_cursor
     while cursor is not None:
         page = await store.query(LogQuery(levels=query.levels, limit=5, cursor=cursor))
         found += [e.message for e in page.items]

@@ -151,7 +151,9 @@ class EmbeddedRedis:
             self._check_alive()
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the Redis server did not answer within {self.startup_timeout}s")
+                raise RuntimeError(
+                    f"the Redis server did not answer within {self.startup_timeout}s"
+                )
             time.sleep(0.01)
         return self
 
@@ -165,7 +167,9 @@ class EmbeddedRedis:
             self._check_alive()
             if time.monotonic() > deadline:
                 await self.astop()
-                raise RuntimeError(f"the Redis server did not answer within {self.startup_timeout}s")
+                raise RuntimeError(
+                    f"the Redis server did not answer within {self.startup_timeout}s"
+                )
             await asyncio.sleep(0.01)
         return self
 
@@ -184,7 +188,7 @@ class EmbeddedRedis:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
 
-    async def astop(self, timeout: float = 5.0) -> None:
+    async def astop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """`stop()` for async code."""
         await asyncio.to_thread(self.stop, timeout)
 
@@ -236,7 +240,7 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
             cwd=self._data_dir,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         _RUNNING.add(self)
 

@@ -3,12 +3,12 @@
 ```
 AygologError                 base of everything aygolog raises on purpose
 ├── ValidationError          bad input; .errors lists each field (and batch index) with the reason
-├── Conflict                 the request clashes with stored state (an idempotency key reused
-│                            with a different body)
-├── NotFound                 the named thing does not exist (an instance unknown to the registry)
+├── Conflict                 the request clashes with stored state (an idempotency
+│                            key reused with a different body)
+├── NotFound                 the named thing does not exist (e.g. an unknown instance)
 ├── AuthError                missing or wrong credentials (401/403)
 ├── RateLimited              the server asked to slow down (429); .retry_after
-└── Unavailable              a dependency cannot be reached (Redis, the LB, an instance); .retry_after
+└── Unavailable              a dependency is unreachable (Redis, the LB, an instance)
     └── NoHealthyInstance    the balancer has no instance to send to
 ```
 

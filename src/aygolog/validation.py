@@ -188,7 +188,9 @@ def _slow_batch(body: bytes | str, limits: Limits) -> list[NewLog]:
     """The typed decode failed: find every bad item, one at a time."""
     raw = _ANY.decode(body)  # well-formed: the typed decoder got past the syntax
     if not isinstance(raw, list):
-        raise ValidationError([FieldError(field="$", reason="expected a JSON array of log objects")])
+        raise ValidationError(
+            [FieldError(field="$", reason="expected a JSON array of log objects")]
+        )
     errors: list[FieldError] = []
     now = datetime.now(UTC)
     for index, item in enumerate(raw):

@@ -105,7 +105,9 @@ class InMemoryLogStore:
         if query.cursor is not None:
             cursor = parse_stream_id(query.cursor)
             if query.direction is Direction.BACKWARD:
-                high = min(high, (cursor[0], cursor[1] - 1) if cursor[1] else (cursor[0] - 1, 2**64))
+                high = min(
+                    high, (cursor[0], cursor[1] - 1) if cursor[1] else (cursor[0] - 1, 2**64)
+                )
             else:
                 low = max(low, (cursor[0], cursor[1] + 1))
         first = bisect.bisect_left(self._keys, low)

@@ -200,8 +200,10 @@ class RedisStreamLogStore:
             scanned_calls += 1
             last, done = reply[0].decode(), reply[1] == 1
             body = reply[2:]
-            for i in range(0, len(body), 3):
-                items.append(_entry(body[i].decode(), body[i + 1].decode(), body[i + 2]))
+            items += (
+                _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
+                for i in range(0, len(body), 3)
+            )
             if done:
                 break
             cursor = last
