@@ -288,6 +288,7 @@ async def test_stats_count_per_level_service_and_instance(store: LogStore) -> No
     assert stats.by_level == {"error": 2, "info": 1, "warning": 1, "debug": 1, "critical": 1}
     assert stats.by_service == {"storage": 1, "auth": 2, "db": 1, "billing": 1}
     assert stats.by_instance == {"inst-a": 6}
+    assert 6 / 70 <= stats.ingest_rate <= 6 / 60
 
 
 async def test_ping(store: LogStore) -> None:

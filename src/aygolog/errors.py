@@ -3,6 +3,7 @@
 ```
 AygologError                 base of everything aygolog raises on purpose
 ├── ValidationError          bad input; .errors lists each field (and batch index) with the reason
+│   └── MalformedInput       the body is not even well-formed (broken JSON)
 ├── Conflict                 the request clashes with stored state (an idempotency
 │                            key reused with a different body)
 ├── NotFound                 the named thing does not exist (e.g. an unknown instance)
@@ -26,6 +27,7 @@ __all__ = [
     "AuthError",
     "AygologError",
     "Conflict",
+    "MalformedInput",
     "NoHealthyInstance",
     "NotFound",
     "RateLimited",
@@ -44,6 +46,10 @@ class ValidationError(AygologError, ValueError):
     def __init__(self, errors: Sequence[FieldError], message: str | None = None) -> None:
         self.errors: list[FieldError] = list(errors)
         super().__init__(message or _summarise(self.errors))
+
+
+class MalformedInput(ValidationError):
+    """The input could not be parsed at all (e.g. broken JSON)."""
 
 
 class Conflict(AygologError):

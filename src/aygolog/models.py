@@ -31,6 +31,7 @@ __all__ = [
     "NewLog",
     "Registration",
     "RegistryEvent",
+    "SeedLog",
     "ServiceInstance",
 ]
 
@@ -167,6 +168,17 @@ class LogEntry(msgspec.Struct, kw_only=True):
     trace_id: str | None = None
 
 
+class SeedLog(LogEntry, kw_only=True):
+    """A `LogEntry` with the seed's `name` field (= message), for `GET /api/log`."""
+
+    name: str
+
+    @classmethod
+    def from_entry(cls, entry: LogEntry) -> SeedLog:
+        """The entry with `name` filled in."""
+        return cls(name=entry.message, **msgspec.structs.asdict(entry))
+
+
 class BatchResult(msgspec.Struct, kw_only=True):
     """What `append_many` stored: the ids in input order, and which instance stored them."""
 
@@ -237,6 +249,8 @@ class LogStats(msgspec.Struct, kw_only=True):
     by_level: dict[str, int]
     by_service: dict[str, int]
     by_instance: dict[str, int]
+    ingest_rate: float = 0.0
+    """Entries per second over about the last minute, across all instances."""
 
 
 class InstanceStatus(enum.StrEnum):

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from aygolog.errors import ValidationError
+from aygolog.errors import MalformedInput, ValidationError
 from aygolog.models import AttributeValue, FieldError, Limits, LogLevel, NewLog
 
 __all__ = [
@@ -61,7 +61,7 @@ def decode_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
     except msgspec.ValidationError as exc:
         raise ValidationError([_from_msgspec(exc)]) from None
     except msgspec.DecodeError as exc:
-        raise ValidationError([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
+        raise MalformedInput([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
     errors: list[FieldError] = []
     log = _normalise(wire, limits, datetime.now(UTC), None, errors)
     if log is None:
@@ -80,7 +80,7 @@ def decode_logs(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> list[N
     except msgspec.ValidationError:
         return _slow_batch(body, limits)
     except msgspec.DecodeError as exc:
-        raise ValidationError([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
+        raise MalformedInput([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
     return _normalise_all(wires, limits)
 
 

@@ -10,7 +10,7 @@ import asyncio
 import bisect
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
@@ -65,6 +65,7 @@ class InMemoryLogStore:
         self._counters: Counter[str] = Counter()
         self._idempotency: dict[str, tuple[float, str, BatchResult]] = {}
         self._arrived = asyncio.Event()
+        self._recent: deque[float] = deque()
 
     @property
     def instance(self) -> str:
@@ -147,6 +148,7 @@ class InMemoryLogStore:
             by_level={k[2:]: v for k, v in counters.items() if k.startswith("l:")},
             by_service={k[2:]: v for k, v in counters.items() if k.startswith("s:")},
             by_instance={k[2:]: v for k, v in counters.items() if k.startswith("i:")},
+            ingest_rate=round(len(self._recent_since(self._clock() - 60)) / 60, 3),
         )
 
     async def ping(self) -> None:
@@ -178,10 +180,16 @@ class InMemoryLogStore:
         if log.service:
             self._counters[f"s:{log.service}"] += 1
         self._trim(ms)
+        self._recent.append(ms / 1000)
         # Wake every tail waiting now; later waiters get a fresh event.
         self._arrived.set()
         self._arrived = asyncio.Event()
         return entry
+
+    def _recent_since(self, floor: float) -> deque[float]:
+        while self._recent and self._recent[0] < floor:
+            self._recent.popleft()
+        return self._recent
 
     def _trim(self, now_ms: int) -> None:
         retention = self._options.retention
@@ -191,6 +199,7 @@ class InMemoryLogStore:
         if retention.max_age is not None:
             floor = (now_ms - int(retention.max_age.total_seconds() * 1000), 0)
             drop = max(drop, bisect.bisect_left(self._keys, floor))
+        self._recent_since(now_ms / 1000 - 60)
         if drop:
             del self._keys[:drop]
             del self._entries[:drop]

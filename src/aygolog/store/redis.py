@@ -7,6 +7,8 @@ Layout (all keys share the deployment's hash tag, so the scripts stay valid on a
   the receive time in ms plus a sequence, so a time range is an id range.
 - `{prefix}:stats`: a hash of counters: `total`, `l:<severity>`, `s:<service>`, `i:<instance>`.
 - `{prefix}:idem:<key>`: "digest\\ninstance\\nids" of a batch sent with an idempotency key.
+- `{prefix}:rate:<t // 10>`: entries ingested in each 10-second bucket (kept 2 minutes), for
+  the ingest rate over the last minute.
 
 A batch is written by one EVALSHA (`lua/append.lua`); filtered queries run `lua/scan.lua`, which
 reads at most `StoreOptions.scan_budget` entries per call and returns where to continue.
@@ -15,6 +17,7 @@ reads at most `StoreOptions.scan_budget` entries per call and returns where to c
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from importlib.resources import files
@@ -54,6 +57,7 @@ _DECODE_BODY: Final = msgspec.json.Decoder(NewLog).decode
 _DIGITS: Final = tuple(str(i).encode() for i in range(len(LogLevel)))
 _RETRY_AFTER: Final = 1.0
 _BLOCK_MS: Final = 1000
+_BUCKET_SECONDS: Final = 10
 
 
 class RedisStreamLogStore:
@@ -149,7 +153,9 @@ class RedisStreamLogStore:
             idem_key = self._keys.key(f"idem:{idempotency_key}")
             args[2] = self._idem_ttl_ms
             args[4] = _digest(args[5:])
-        reply = await self._eval(_SHA_APPEND, _APPEND, (self._stream, self._stats, idem_key), args)
+        rate_key = self._keys.key(f"rate:{int(time.time()) // _BUCKET_SECONDS}")
+        keys = (self._stream, self._stats, idem_key, rate_key)
+        reply = await self._eval(_SHA_APPEND, _APPEND, keys, args)
         if reply[0] == 1:
             return BatchResult(ids=[i.decode() for i in reply[1:]], instance=self._instance)
         digest, instance, ids = bytes(reply[1]).decode().split("\n", 2)
@@ -234,10 +240,16 @@ class RedisStreamLogStore:
 
     async def stats(self) -> LogStats:
         """Ingest counters, and how many entries the stream holds now."""
+        now = time.time()
+        bucket = int(now) // _BUCKET_SECONDS
+        buckets = [self._keys.key(f"rate:{b}") for b in range(bucket - 6, bucket + 1)]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._stats)
             pipe.xlen(self._stream)
-            counters, retained = await self._call(pipe.execute())
+            pipe.mget(buckets)
+            counters, retained, recent = await self._call(pipe.execute())
+        window = 6 * _BUCKET_SECONDS + (now - bucket * _BUCKET_SECONDS)
+        rate = sum(int(v) for v in recent if v is not None) / window
         by_level: dict[str, int] = {}
         by_service: dict[str, int] = {}
         by_instance: dict[str, int] = {}
@@ -259,6 +271,7 @@ class RedisStreamLogStore:
             by_level=by_level,
             by_service=by_service,
             by_instance=by_instance,
+            ingest_rate=round(rate, 3),
         )
 
     async def ping(self) -> None:

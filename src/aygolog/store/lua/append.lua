@@ -1,5 +1,6 @@
 -- Append a batch of log entries to the stream in one call, all or nothing.
--- KEYS[1] stream, KEYS[2] stats hash, KEYS[3] idempotency record (unused when ARGV[3] is 0)
+-- KEYS[1] stream, KEYS[2] stats hash, KEYS[3] idempotency record (unused when ARGV[3] is 0),
+-- KEYS[4] the ingest counter of the current 10-second bucket
 -- ARGV[1] max entries (0: no bound; trimmed approximately, whole nodes at a time)
 -- ARGV[2] max age in ms (0: no bound; trimmed exactly)
 -- ARGV[3] idempotency TTL in ms (0: no key)   ARGV[4] instance   ARGV[5] batch digest
@@ -30,6 +31,8 @@ end
 local n = #ids - 1
 local stats = KEYS[2]
 redis.call('HINCRBY', stats, 'total', n)
+redis.call('INCRBY', KEYS[4], n)
+redis.call('EXPIRE', KEYS[4], 120)
 redis.call('HINCRBY', stats, 'i:' .. instance, n)
 for level, count in pairs(levels) do
   redis.call('HINCRBY', stats, 'l:' .. level, count)

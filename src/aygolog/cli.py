@@ -1,0 +1,112 @@
+"""The `aygolog` command.
+
+    aygolog api [--host H] [--port P] [--server granian|uvicorn]   run a Log API instance
+    aygolog version
+
+Settings come from the environment (the seed's names work: `ConnectionStrings__Redis`,
+`ServiceRegistration__*`); the flags here override them. Exit codes: 0 success, 1 a user error,
+2 a server unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+EXIT_UNAVAILABLE = 2
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aygolog")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _serve(target: str, host: str, port: int, server: str) -> None:
+    """Run the ASGI app factory `target` ("module:function") until interrupted."""
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            target,
+            factory=True,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        return
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    Server(
+        target,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=1,
+        loop=Loops.uvloop,
+        log_access=False,
+        workers_kill_timeout=5,
+    ).serve()
+
+
+def _api(args: argparse.Namespace) -> int:
+    if args.host:
+        os.environ["AYGOLOG_HOST"] = args.host
+    if args.port:
+        os.environ["AYGOLOG_PORT"] = str(args.port)
+    from aygolog.settings import LogApiSettings
+
+    settings = LogApiSettings()
+    _serve("aygolog.server.app:create_log_api", settings.host, settings.port, args.server)
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aygolog", description="aygolog: distributed log management for Python."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    api = commands.add_parser("api", help="run a Log API instance (default port 8080)")
+    api.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0)")
+    api.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    api.add_argument(
+        "--server",
+        choices=("granian", "uvicorn"),
+        default="granian",
+        help="the ASGI server (default granian; see docs/benchmarks.md)",
+    )
+    api.set_defaults(handler=_api)
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=lambda _args: print(_version()) or EXIT_OK)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""`create_log_api`: the Log API as a Litestar app, built from settings (no globals).
+
+The app's lifespan opens the Redis client, starts the live-tail reader and the registration
+agent, and closes them in reverse order on shutdown (deregistering from the load balancer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from aygolog.metrics import Counter, Histogram, Metrics
+from aygolog.models import Limits, Registration
+from aygolog.redis import create_redis
+from aygolog.server.agent import RegistrationAgent
+from aygolog.server.instrumented import InstrumentedStore
+from aygolog.server.routes import ROUTES, ApiState
+from aygolog.server.tail import TailHub
+from aygolog.settings import LogApiSettings
+from aygolog.store import LogStore, Retention, StoreOptions
+from aygolog.store.redis import RedisStreamLogStore
+from aygolog.web import exception_handlers
+
+__all__ = ["create_log_api"]
+
+log = logging.getLogger("aygolog.server")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Where the Log API looks for Redis when neither AYGOLOG_REDIS_URL nor ConnectionStrings__Redis
+is set."""
+
+
+def create_log_api(
+    settings: LogApiSettings | None = None,
+    *,
+    store: LogStore | None = None,
+    limits: Limits | None = None,
+    keepalive_seconds: float = 15.0,
+    tail_queue_size: int = 1000,
+) -> Litestar:
+    """Build the Log API app.
+
+    Args:
+        settings: where Redis and the load balancer are, the instance's name, limits;
+            read from the environment (seed names included) when None.
+        store: a store to use instead of the Redis one the settings describe (it is not
+            closed by the app).
+        limits: what one log entry may hold.
+        keepalive_seconds: how often an idle live-tail stream gets a comment.
+        tail_queue_size: how many live-tail entries a subscriber may have waiting.
+    """
+    settings = settings or LogApiSettings()
+    instance = settings.instance_name
+    metrics = Metrics()
+    requests = metrics.counter(
+        "aygolog_http_requests_total", "HTTP requests by route and status", ("route", "status")
+    )
+    latency = metrics.histogram(
+        "aygolog_http_request_seconds", "HTTP request latency by route", ("route",)
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client: aioredis.Redis | None = None
+        active = store
+        if active is None:
+            made = create_redis(
+                settings.redis.url or DEFAULT_REDIS_URL,
+                cluster=settings.redis.cluster,
+                socket_connect_timeout=settings.redis.connect_timeout,
+                socket_timeout=settings.redis.socket_timeout,
+            )
+            if not isinstance(made, aioredis.Redis):
+                raise TypeError("the Log API needs a single-node or sentinel Redis client")
+            client = made
+            active = RedisStreamLogStore(
+                client,
+                instance=instance,
+                prefix=settings.redis.prefix,
+                options=StoreOptions(
+                    retention=Retention(
+                        max_entries=settings.retention_max_entries or None,
+                        max_age=timedelta(seconds=settings.retention_max_age)
+                        if settings.retention_max_age
+                        else None,
+                    )
+                ),
+            )
+        active = InstrumentedStore(active, metrics)
+        hub = TailHub(active, queue_size=tail_queue_size)
+        api = ApiState(
+            instance=instance,
+            store=active,
+            hub=hub,
+            metrics=metrics,
+            limits=limits or Limits(),
+            max_batch_items=settings.max_batch_items,
+            max_body_bytes=settings.max_body_bytes,
+            keepalive_seconds=keepalive_seconds,
+        )
+        app.state.api = api
+        await hub.start()
+        agent = _agent(settings, instance, api.registration)
+        if agent is not None:
+            await agent.start()
+        log.info("Log API %s ready", instance)
+        try:
+            yield
+        finally:
+            if agent is not None:
+                await agent.stop()
+            await hub.stop()
+            if client is not None:
+                await client.aclose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers(),
+        openapi_config=OpenAPIConfig(
+            title="aygolog Log API",
+            version=_version(),
+            description="Ingest, query and live-tail logs. JSON field names are snake_case.",
+        ),
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
+        if settings.cors_origins
+        else None,
+        middleware=[_metrics_middleware(requests, latency)],
+        request_max_body_size=settings.max_body_bytes + 1,
+        debug=False,
+    )
+
+
+def _agent(
+    settings: LogApiSettings, instance: str, report: dict[str, Any]
+) -> RegistrationAgent | None:
+    registration = settings.registration
+    if not registration.enabled or registration.lb_url is None:
+        return None
+    token = registration.registration_token
+    return RegistrationAgent(
+        lb_url=registration.lb_url,
+        registration=Registration(name=instance, url=settings.advertised_url()),
+        token=token.get_secret_value() if token is not None else None,
+        interval=registration.heartbeat_interval,
+        report=report,
+    )
+
+
+def _metrics_middleware(requests: Counter, latency: Histogram) -> Callable[[ASGIApp], ASGIApp]:
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = [500]
+
+            async def watch(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, watch)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                requests.inc(route, str(status[0]))
+                latency.observe(time.perf_counter() - started, route)
+
+        return middleware
+
+    return factory
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aygolog")
+    except PackageNotFoundError:
+        return "0"

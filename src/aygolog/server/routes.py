@@ -1,0 +1,392 @@
+"""The Log API's routes. Handlers read `ApiState` from the app state; no globals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from aygolog.errors import ValidationError
+from aygolog.metrics import Metrics
+from aygolog.models import (
+    BatchResult,
+    Direction,
+    ErrorBody,
+    FieldError,
+    Limits,
+    LogEntry,
+    LogPage,
+    LogQuery,
+    LogStats,
+    SeedLog,
+)
+from aygolog.querystring import parse_query_params
+from aygolog.server.tail import Dropped, TailHub
+from aygolog.store import LogStore
+from aygolog.store.base import parse_stream_id
+from aygolog.validation import decode_log, decode_logs, decode_ndjson
+from aygolog.web import JSON, error_response, json_response
+
+__all__ = ["ROUTES", "ApiState"]
+
+_NDJSON: Final = ("application/x-ndjson", "application/jsonl", "application/json-seq")
+_ERRORS: Final = {
+    400: "Malformed body (broken JSON)",
+    409: "The Idempotency-Key was used for a different batch",
+    413: "Body too large, or too many entries",
+    415: "Unsupported content type",
+    422: "Invalid input: each bad field, and the item index in a batch",
+    503: "Redis is unavailable; retry after Retry-After seconds",
+}
+
+
+def _error_responses(*codes: int) -> dict[int, ResponseSpec]:
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=_ERRORS[code]) for code in codes
+    }
+
+
+@dataclass(kw_only=True)
+class ApiState:
+    """Everything the handlers need, built by `create_log_api`."""
+
+    instance: str
+    store: LogStore
+    hub: TailHub
+    metrics: Metrics
+    limits: Limits = field(default_factory=Limits)
+    max_batch_items: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    keepalive_seconds: float = 15.0
+    started_at: float = field(default_factory=time.time)
+    registration: dict[str, Any] = field(default_factory=dict)
+    """What the registration agent reports (state, lb_url, last error)."""
+
+    def __post_init__(self) -> None:
+        metrics = self.metrics
+        self.ingested = metrics.counter(
+            "aygolog_entries_ingested_total", "Log entries stored through this instance"
+        )
+        self.batch_sizes = metrics.histogram(
+            "aygolog_batch_size",
+            "Entries per batch request",
+            buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000),
+        )
+        self.dropped = metrics.counter(
+            "aygolog_tail_dropped_total", "Live-tail events dropped for slow subscribers"
+        )
+        metrics.gauge(
+            "aygolog_tail_subscribers",
+            "Open live-tail subscriptions",
+            read=lambda: {(): float(self.hub.subscribers)},
+        )
+
+
+def _api(state: State) -> ApiState:
+    api: ApiState = state.api
+    return api
+
+
+def _content_type(request: Request[Any, Any, Any]) -> str:
+    return request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
+
+
+def _unsupported(kind: str, allowed: str) -> Response[bytes]:
+    return error_response(
+        415,
+        f"unsupported content type {kind!r}; send {allowed}",
+        [FieldError(field="content-type", reason=f"expected {allowed}")],
+    )
+
+
+async def _read_body(request: Request[Any, Any, Any], api: ApiState) -> bytes | Response[bytes]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > api.max_body_bytes:
+        return _too_large(api)
+    body = await request.body()
+    if len(body) > api.max_body_bytes:
+        return _too_large(api)
+    return body
+
+
+def _too_large(api: ApiState) -> Response[bytes]:
+    return error_response(
+        413,
+        "request body too large",
+        [FieldError(field="$", reason=f"at most {api.max_body_bytes} bytes")],
+    )
+
+
+def _is_json(kind: str) -> bool:
+    return kind == JSON or kind.endswith("+json")
+
+
+@post(
+    "/api/log",
+    status_code=201,
+    summary="Store one log entry",
+    description='Body: a NewLog object. The seed\'s `{"name": ...}` is taken as the message.',
+    responses=_error_responses(400, 413, 415, 422, 503),
+)
+async def create_log(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """POST /api/log: one entry; 201 with the stored entry, including `instance`."""
+    api = _api(state)
+    kind = _content_type(request)
+    if not _is_json(kind):
+        return _unsupported(kind, JSON)
+    body = await _read_body(request, api)
+    if isinstance(body, Response):
+        return body
+    entry = await api.store.append(decode_log(body, limits=api.limits))
+    api.ingested.inc()
+    api.batch_sizes.observe(1)
+    return json_response(entry, 201)
+
+
+@post(
+    "/api/logs",
+    status_code=201,
+    summary="Store a batch, all or nothing",
+    description="Body: a JSON array of NewLog objects, or NDJSON (application/x-ndjson). "
+    "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true).",
+    responses=_error_responses(400, 409, 413, 415, 422, 503),
+)
+async def create_logs(
+    request: Request[Any, Any, Any],
+    state: State,
+    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+) -> Response[bytes]:
+    """POST /api/logs: a JSON array or NDJSON; 201 with the ids, in order."""
+    api = _api(state)
+    kind = _content_type(request)
+    body = await _read_body(request, api)
+    if isinstance(body, Response):
+        return body
+    if kind in _NDJSON:
+        logs = decode_ndjson(body, limits=api.limits)
+    elif _is_json(kind):
+        logs = decode_logs(body, limits=api.limits)
+    else:
+        return _unsupported(kind, "application/json (an array) or application/x-ndjson")
+    if len(logs) > api.max_batch_items:
+        return error_response(
+            413,
+            "too many entries in one batch",
+            [FieldError(field="$", reason=f"at most {api.max_batch_items} entries")],
+        )
+    if not logs:
+        raise ValidationError([FieldError(field="$", reason="the batch is empty")])
+    result: BatchResult = await api.store.append_many(logs, idempotency_key=idempotency_key)
+    if not result.replayed:
+        api.ingested.inc(amount=len(logs))
+    api.batch_sizes.observe(len(logs))
+    return json_response(result, 200 if result.replayed else 201)
+
+
+def _query_params(
+    level: list[str] | None,
+    min_level: str | None,
+    service: list[str] | None,
+    q: str | None,
+    since: str | None,
+    until: str | None,
+    attr: list[str] | None,
+    limit: int,
+    cursor: str | None,
+    direction: str | None,
+) -> LogQuery:
+    return parse_query_params(
+        level=level,
+        min_level=min_level,
+        service=service,
+        q=q,
+        since=since,
+        until=until,
+        attr=attr,
+        limit=limit,
+        cursor=cursor,
+        direction=direction,
+    )
+
+
+@get(
+    "/api/log",
+    summary="The seed's list: the newest entries, each with `name` and `timestamp`",
+    responses=_error_responses(503),
+)
+async def list_logs_seed(
+    state: State, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100
+) -> list[SeedLog]:
+    """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
+    page = await _api(state).store.query(LogQuery(limit=limit))
+    return [SeedLog.from_entry(e) for e in page.items]
+
+
+@get(
+    "/api/logs",
+    summary="Search stored entries, one page at a time",
+    responses=_error_responses(422, 503),
+)
+async def query_logs(
+    state: State,
+    level: list[str] | None = None,
+    min_level: str | None = None,
+    service: list[str] | None = None,
+    q: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    attr: list[str] | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    direction: str | None = None,
+) -> LogPage:
+    """GET /api/logs: filters, `limit` (<= 1000) and `cursor`; items and `next_cursor`."""
+    query = _query_params(
+        level, min_level, service, q, since, until, attr, limit, cursor, direction
+    )
+    return await _api(state).store.query(query)
+
+
+@get(
+    "/api/logs/stats",
+    summary="Totals per level, service and instance; ingest rate",
+    responses=_error_responses(503),
+)
+async def log_stats(state: State) -> LogStats:
+    """GET /api/logs/stats."""
+    return await _api(state).store.stats()
+
+
+@get(
+    "/api/logs/stream",
+    summary="Live tail as Server-Sent Events",
+    responses=_error_responses(422),
+)
+async def stream_logs(
+    state: State,
+    level: list[str] | None = None,
+    min_level: str | None = None,
+    service: list[str] | None = None,
+    q: str | None = None,
+    attr: list[str] | None = None,
+    last_event_id_query: Annotated[str | None, Parameter(query="last_event_id")] = None,
+    last_event_id_header: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+) -> ServerSentEvent:
+    """GET /api/logs/stream: new entries as SSE; event id = stream id.
+
+    `Last-Event-ID` (header, or `last_event_id` query parameter) resumes after that entry with
+    no gap and no duplicate. A subscriber that falls behind gets an `event: dropped` with the
+    count. A comment is sent every 15 s to keep the connection open.
+    """
+    api = _api(state)
+    query = _query_params(level, min_level, service, q, None, None, attr, 1000, None, None)
+    resume = last_event_id_header or last_event_id_query
+    if resume:
+        parse_stream_id(resume, "last_event_id")
+    return ServerSentEvent(
+        _events(api, query, resume),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _log_event(entry: LogEntry) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=msgspec.json.encode(entry).decode(), id=entry.id)
+
+
+async def _events(
+    api: ApiState, query: LogQuery, resume: str | None
+) -> AsyncIterator[ServerSentEventMessage]:
+    subscription = api.hub.subscribe(query)
+    try:
+        yield ServerSentEventMessage(data=None, comment="connected", retry=2000)
+        last = parse_stream_id(resume) if resume else None
+        if resume:
+            # Catch up from the store, then switch to the live queue, skipping what was sent.
+            cursor: str | None = resume
+            while cursor is not None:
+                page = await api.store.query(
+                    msgspec.structs.replace(
+                        query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                    )
+                )
+                for entry in page.items:
+                    last = parse_stream_id(entry.id)
+                    yield _log_event(entry)
+                cursor = page.next_cursor
+        while True:
+            item = await subscription.get(api.keepalive_seconds)
+            if item is None:
+                yield ServerSentEventMessage(data=None, comment="keep-alive")
+            elif isinstance(item, Dropped):
+                api.dropped.inc(amount=item.count)
+                yield ServerSentEventMessage(
+                    event="dropped", data=msgspec.json.encode({"count": item.count}).decode()
+                )
+            else:
+                if last is not None and parse_stream_id(item.id) <= last:
+                    continue
+                last = None  # past the catch-up: ids only grow from here
+                yield _log_event(item)
+    finally:
+        subscription.close()
+
+
+@get("/health", summary="Liveness")
+async def health(state: State) -> dict[str, Any]:
+    """GET /health: 200 while the process serves requests."""
+    api = _api(state)
+    return {
+        "status": "ok",
+        "instance": api.instance,
+        "uptime_seconds": round(time.time() - api.started_at, 3),
+    }
+
+
+@get("/health/ready", summary="Readiness: Redis answers, the live tail follows it")
+async def ready(state: State) -> Response[bytes]:
+    """GET /health/ready: 200 when Redis answers, else 503 with the reason."""
+    api = _api(state)
+    checks: dict[str, Any] = {"registration": api.registration or {"state": "disabled"}}
+    status = 200
+    try:
+        started = time.perf_counter()
+        await asyncio.wait_for(api.store.ping(), 2.0)
+        checks["redis"] = {
+            "ok": True,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+    except Exception as exc:
+        checks["redis"] = {"ok": False, "error": str(exc) or type(exc).__name__}
+        status = 503
+    checks["tail"] = {"ok": api.hub.connected.is_set(), "subscribers": api.hub.subscribers}
+    body = {"status": "ok" if status == 200 else "unavailable", "instance": api.instance, **checks}
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return json_response(body, status, headers)
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def metrics(state: State) -> Response[str]:
+    """GET /metrics: Prometheus text format."""
+    return Response(_api(state).metrics.render(), media_type=Metrics.content_type)
+
+
+ROUTES: Final = [
+    create_log,
+    create_logs,
+    list_logs_seed,
+    query_logs,
+    log_stats,
+    stream_logs,
+    health,
+    ready,
+    metrics,
+]
