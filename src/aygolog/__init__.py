@@ -1,1 +1,110 @@
-"""aygolog: distributed log management for Python."""
+"""aygolog: distributed log management for Python.
+
+The public names are re-exported here. Everything that needs the `server` extra (redis-py,
+Litestar) stays in its own module, so `import aygolog` works with the SDK-only install:
+
+- `aygolog.store.RedisStreamLogStore`, `aygolog.registry.RedisServiceRegistry`
+- `aygolog.redis` (connection factory), `aygolog.server` (Log API), `aygolog.lb` (load balancer)
+"""
+
+from aygolog.balancing import (
+    BalancerStrategy,
+    LeastOutstanding,
+    PowerOfTwoChoices,
+    Random,
+    RoundRobin,
+    WeightedRoundRobin,
+    make_strategy,
+)
+from aygolog.embedded import EmbeddedRedis
+from aygolog.errors import (
+    AuthError,
+    AygologError,
+    Conflict,
+    MalformedInput,
+    NoHealthyInstance,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    ValidationError,
+)
+from aygolog.models import (
+    BatchResult,
+    Direction,
+    ErrorBody,
+    EventKind,
+    FieldError,
+    InstanceStatus,
+    Limits,
+    LogEntry,
+    LogLevel,
+    LogPage,
+    LogQuery,
+    LogStats,
+    NewLog,
+    Registration,
+    RegistryEvent,
+    SeedLog,
+    ServiceInstance,
+)
+from aygolog.registry import InMemoryServiceRegistry, ServiceRegistry, check_registration
+from aygolog.settings import (
+    LoadBalancerSettings,
+    LogApiSettings,
+    RedisSettings,
+    ServiceRegistrationSettings,
+    UISettings,
+)
+from aygolog.store import InMemoryLogStore, LogStore, Retention, StoreOptions
+
+__all__ = [
+    "AuthError",
+    "AygologError",
+    "BalancerStrategy",
+    "BatchResult",
+    "Conflict",
+    "Direction",
+    "EmbeddedRedis",
+    "ErrorBody",
+    "EventKind",
+    "FieldError",
+    "InMemoryLogStore",
+    "InMemoryServiceRegistry",
+    "InstanceStatus",
+    "LeastOutstanding",
+    "Limits",
+    "LoadBalancerSettings",
+    "LogApiSettings",
+    "LogEntry",
+    "LogLevel",
+    "LogPage",
+    "LogQuery",
+    "LogStats",
+    "LogStore",
+    "MalformedInput",
+    "NewLog",
+    "NoHealthyInstance",
+    "NotFound",
+    "PowerOfTwoChoices",
+    "Random",
+    "RateLimited",
+    "RedisSettings",
+    "Registration",
+    "RegistryEvent",
+    "Retention",
+    "RoundRobin",
+    "SeedLog",
+    "ServiceInstance",
+    "ServiceRegistrationSettings",
+    "ServiceRegistry",
+    "StoreOptions",
+    "UISettings",
+    "Unavailable",
+    "ValidationError",
+    "WeightedRoundRobin",
+    "__version__",
+    "check_registration",
+    "make_strategy",
+]
+
+__version__ = "0.1.0"
