@@ -109,7 +109,6 @@ def create_log_api(
             keepalive_seconds=keepalive_seconds,
         )
         app.state.api = api
-        await hub.start()
         agent = _agent(settings, instance, api.registration)
         if agent is not None:
             await agent.start()

@@ -305,7 +305,7 @@ def _log_event(entry: LogEntry) -> ServerSentEventMessage:
 async def _events(
     api: ApiState, query: LogQuery, resume: str | None
 ) -> AsyncIterator[ServerSentEventMessage]:
-    subscription = api.hub.subscribe(query)
+    subscription = await api.hub.subscribe(query)
     try:
         yield ServerSentEventMessage(data=None, comment="connected", retry=2000)
         last = parse_stream_id(resume) if resume else None
@@ -367,7 +367,7 @@ async def ready(state: State) -> Response[bytes]:
     except Exception as exc:
         checks["redis"] = {"ok": False, "error": str(exc) or type(exc).__name__}
         status = 503
-    checks["tail"] = {"ok": api.hub.connected.is_set(), "subscribers": api.hub.subscribers}
+    checks["tail"] = {"following": api.hub.connected.is_set(), "subscribers": api.hub.subscribers}
     body = {"status": "ok" if status == 200 else "unavailable", "instance": api.instance, **checks}
     headers = {"Retry-After": "1"} if status == 503 else None
     return json_response(body, status, headers)

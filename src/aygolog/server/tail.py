@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from aygolog.errors import Unavailable
 from aygolog.models import LogEntry, LogQuery
@@ -42,38 +42,35 @@ class Subscription:
         self._hub = hub
         self._query = query
         self._severities = query.level_severities() if query is not None else None
-        self._queue: asyncio.Queue[LogEntry] = asyncio.Queue(size)
+        self._queue: asyncio.Queue[LogEntry | Dropped] = asyncio.Queue(size)
         self.dropped = 0
-        """Entries dropped since the last `Dropped` marker was taken."""
+        """Entries dropped since the last `Dropped` marker was queued."""
         self.dropped_total = 0
 
     def offer(self, entry: LogEntry) -> bool:
         """Queue the entry if it matches; count it as dropped if the queue is full."""
         if self._query is not None and not matches(entry, self._query, self._severities):
             return True
-        try:
-            self._queue.put_nowait(entry)
-        except asyncio.QueueFull:
+        queue = self._queue
+        # The gap marker goes where the gap is: after what was queued before it, before this.
+        if self.dropped and queue.qsize() < queue.maxsize - 1:
+            queue.put_nowait(Dropped(self.dropped))
+            self.dropped = 0
+        if self.dropped or queue.full():
             self.dropped += 1
             self.dropped_total += 1
             return False
+        queue.put_nowait(entry)
         return True
 
     async def get(self, timeout: float | None = None) -> LogEntry | Dropped | None:  # noqa: ASYNC109
-        """The next entry, a `Dropped` marker if entries were lost, or None after `timeout`."""
-        if self.dropped:
+        """The next entry or `Dropped` marker, in order; None after `timeout` with nothing."""
+        if self._queue.empty() and self.dropped:
             count, self.dropped = self.dropped, 0
             return Dropped(count)
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
-            return None
-
-    def get_nowait(self) -> LogEntry | None:
-        """The next queued entry, or None when the queue is empty."""
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
             return None
 
     def close(self) -> None:
@@ -116,23 +113,34 @@ class TailHub:
         """The id of the last entry the reader saw ("$" before the first)."""
         return self._last_id
 
-    def subscribe(self, query: LogQuery | None = None) -> Subscription:
-        """A new subscription receiving entries that match `query` from now on."""
+    async def subscribe(self, query: LogQuery | None = None) -> Subscription:
+        """A new subscription receiving entries that match `query` from now on.
+
+        The reader runs only while someone is subscribed (reading every entry costs CPU in
+        proportion to the ingest rate); the first subscriber starts it and waits until it
+        follows the store, so nothing written after this returns is missed.
+        """
         subscription = Subscription(self, query, self._queue_size)
         self._subscriptions.add(subscription)
+        if self._task is None or self._task.done():
+            self._last_id = "$"
+            self.connected.clear()
+            self._task = asyncio.create_task(self._run(), name="aygolog-tail-reader")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), 5.0)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Forget a subscription (safe to call twice)."""
+        """Forget a subscription (safe to call twice); the last one out stops the reader."""
         self._subscriptions.discard(subscription)
-
-    async def start(self) -> None:
-        """Start the reader (in the app's lifespan)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="aygolog-tail-reader")
+        if not self._subscriptions and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self.connected.clear()
 
     async def stop(self) -> None:
-        """Stop the reader."""
+        """Stop the reader and drop every subscription (in the app's shutdown)."""
+        self._subscriptions.clear()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -143,9 +151,13 @@ class TailHub:
         delay = 0.1
         while True:
             try:
-                stream: AsyncIterator[LogEntry] = self._store.tail(self._last_id)
+                if self._last_id == "$":
+                    # Pin "now" to the newest id, so that nothing written after a subscriber
+                    # was told "connected" is missed, and a reconnect resumes from here.
+                    newest = await self._store.query(LogQuery(limit=1))
+                    self._last_id = newest.items[0].id if newest.items else "0-0"
                 self.connected.set()
-                async for entry in stream:
+                async for entry in self._store.tail(self._last_id):
                     delay = 0.1
                     self._last_id = entry.id
                     self._fan_out(entry)

@@ -228,15 +228,34 @@ class RedisStreamLogStore:
         if last == "$":
             newest = await self._call(self._redis.xrevrange(self._stream, "+", "-", count=1))
             last = newest[0][0].decode() if newest else "0-0"
-        while True:
-            reply = await self._call(
-                self._redis.xread({self._stream: last}, count=1000, block=_BLOCK_MS)
-            )
-            if not reply:
-                continue
-            for raw_id, fields in reply[0][1]:
-                last = raw_id.decode()
-                yield _entry(last, fields[b"i"].decode(), fields[b"d"])
+        # A connection of its own for the blocking reads, used without redis-py's reply
+        # callback (which builds a dict per entry): the raw reply is {stream: entries} (RESP3)
+        # or [[stream, entries]] (RESP2), entries being [[id, [b"l", v, b"s", v, b"i", v,
+        # b"d", v]], ...].
+        pool = self._redis.connection_pool
+        connection = await self._call(pool.get_connection())  # type: ignore[no-untyped-call]
+        try:
+            while True:
+                try:
+                    await connection.send_command(
+                        "XREAD", "COUNT", 1000, "BLOCK", _BLOCK_MS, "STREAMS", self._stream, last
+                    )
+                    reply = await connection.read_response()
+                except RedisError as exc:
+                    await connection.disconnect()
+                    raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+                except BaseException:
+                    # Cancelled mid-read: the reply would arrive later on a reused connection.
+                    await connection.disconnect()
+                    raise
+                if not reply:
+                    continue
+                entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+                for raw_id, fields in entries:
+                    last = raw_id.decode()
+                    yield _entry(last, fields[5].decode(), fields[7])
+        finally:
+            await pool.release(connection)
 
     async def stats(self) -> LogStats:
         """Ingest counters, and how many entries the stream holds now."""

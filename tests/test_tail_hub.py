@@ -1,0 +1,49 @@
+"""The live-tail hub: reads only while someone listens, isolates slow subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aygolog.models import LogLevel, LogQuery, NewLog
+from aygolog.server.tail import Dropped, TailHub
+from aygolog.store import InMemoryLogStore
+
+
+async def test_reader_runs_only_while_subscribed() -> None:
+    store = InMemoryLogStore()
+    hub = TailHub(store)
+    assert not hub.connected.is_set()
+    first = await hub.subscribe()
+    second = await hub.subscribe()
+    assert hub.connected.is_set()
+    first.close()
+    assert hub.connected.is_set()
+    second.close()
+    assert not hub.connected.is_set()
+    assert hub.subscribers == 0
+    await hub.stop()
+
+
+async def test_filters_and_drop_counts() -> None:
+    store = InMemoryLogStore()
+    drops: list[int] = []
+    hub = TailHub(store, queue_size=4, on_drop=drops.append)
+    errors_only = await hub.subscribe(LogQuery(min_level=LogLevel.ERROR))
+    everything = await hub.subscribe()
+    for i in range(6):
+        level = LogLevel.ERROR if i == 5 else LogLevel.INFO
+        await store.append(NewLog(message=f"m{i}", level=level))
+    await asyncio.sleep(0.05)
+    got = [await everything.get(0.1) for _ in range(5)]
+    assert [getattr(g, "message", None) for g in got[:4]] == ["m0", "m1", "m2", "m3"]
+    assert isinstance(got[4], Dropped)
+    assert got[4].count == 2
+    assert sum(drops) == 2
+    # Once there is room again, the marker is queued in its place, before newer entries.
+    await store.append(NewLog(message="m6"))
+    await asyncio.sleep(0.05)
+    assert getattr(await everything.get(0.1), "message", None) == "m6"
+    only = await errors_only.get(0.1)
+    assert getattr(only, "message", None) == "m5"
+    assert await errors_only.get(0.05) is None
+    await hub.stop()
