@@ -191,6 +191,15 @@ def test_openapi_schema_is_complete(a: ServiceProcess) -> None:
         assert path in paths
     assert "422" in paths["/api/logs"]["post"]["responses"]
     assert "ErrorBody" in json.dumps(schema["components"])
+    # Request bodies are documented although the handlers parse them themselves.
+    one = paths["/api/log"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert one["required"] == ["message"]
+    assert set(one["properties"]) >= {"message", "level", "service", "attributes", "trace_id"}
+    assert "warning" in one["properties"]["level"]["enum"]
+    batch = paths["/api/logs"]["post"]["requestBody"]["content"]
+    assert set(batch) == {"application/json", "application/x-ndjson"}
+    assert batch["application/json"]["schema"]["type"] == "array"
+    assert batch["application/json"]["schema"]["items"]["required"] == ["message"]
 
 
 # -- live tail across instances ----------------------------------------------------------------

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 
 from aygolog.errors import (
     AuthError,
@@ -29,7 +31,13 @@ from aygolog.errors import (
 )
 from aygolog.models import ErrorBody, FieldError
 
-__all__ = ["JSON", "error_response", "exception_handlers", "json_response"]
+__all__ = [
+    "JSON",
+    "error_response",
+    "exception_handlers",
+    "json_response",
+    "request_body",
+]
 
 log = logging.getLogger("aygolog.web")
 JSON: Final = "application/json"
@@ -112,3 +120,59 @@ def exception_handlers() -> dict[type[Exception] | int, ExceptionHandler]:
         HTTPException: _http_error,
         Exception: _unexpected,
     }
+
+
+# -- OpenAPI for routes that read the raw body themselves ------------------------------------
+
+_CAMEL: Final[dict[str, str]] = {
+    "anyOf": "any_of",
+    "oneOf": "one_of",
+    "allOf": "all_of",
+    "additionalProperties": "additional_properties",
+    "maxLength": "max_length",
+    "minLength": "min_length",
+    "maxItems": "max_items",
+    "minItems": "min_items",
+}
+_LOCAL_REF: Final = "#/$defs/{name}"
+
+
+def _schema(node: Any, defs: Mapping[str, Any]) -> Any:
+    """msgspec's JSON Schema (a dict) as Litestar's OpenAPI objects, references inlined."""
+    if isinstance(node, list):
+        return [_schema(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return _schema(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+    values: dict[str, Any] = {}
+    for key, value in node.items():
+        name: str = _CAMEL.get(key, key)
+        if key == "properties":
+            values[name] = {prop: _schema(sub, defs) for prop, sub in value.items()}
+        elif isinstance(value, (dict, list)) and key not in ("default", "enum", "required"):
+            values[name] = _schema(value, defs)
+        else:
+            values[name] = value
+    return Schema(**values)
+
+
+def request_body(media: Mapping[str, Any], description: str) -> type[Operation]:
+    """An `operation_class` documenting a body that the handler parses itself.
+
+    Args:
+        media: content type -> msgspec type, e.g. {"application/json": NewLog}.
+        description: what the body is.
+    """
+    content = {}
+    for media_type, kind in media.items():
+        (schema,), defs = msgspec.json.schema_components([kind], ref_template=_LOCAL_REF)
+        content[media_type] = OpenAPIMediaType(schema=_schema(schema, defs))
+    body = RequestBody(content=content, description=description, required=True)
+
+    @dataclass
+    class _WithBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return _WithBody

@@ -27,6 +27,7 @@ from aygolog.models import (
     LogPage,
     LogQuery,
     LogStats,
+    NewLog,
     SeedLog,
 )
 from aygolog.querystring import parse_query_params
@@ -34,7 +35,7 @@ from aygolog.server.tail import Dropped, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id
 from aygolog.validation import decode_log, decode_logs, decode_ndjson
-from aygolog.web import JSON, error_response, json_response
+from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
 
@@ -136,6 +137,11 @@ def _is_json(kind: str) -> bool:
     summary="Store one log entry",
     description='Body: a NewLog object. The seed\'s `{"name": ...}` is taken as the message.',
     responses=_error_responses(400, 413, 415, 422, 503),
+    operation_class=request_body(
+        {JSON: NewLog},
+        'One log entry. The seed\'s body {"name": "..."} is accepted: name is taken as '
+        "the message.",
+    ),
 )
 async def create_log(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     """POST /api/log: one entry; 201 with the stored entry, including `instance`."""
@@ -159,6 +165,11 @@ async def create_log(request: Request[Any, Any, Any], state: State) -> Response[
     description="Body: a JSON array of NewLog objects, or NDJSON (application/x-ndjson). "
     "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true).",
     responses=_error_responses(400, 409, 413, 415, 422, 503),
+    operation_class=request_body(
+        {JSON: list[NewLog], "application/x-ndjson": NewLog},
+        "Up to 10,000 entries (configurable) and 10 MiB: a JSON array, or NDJSON with one "
+        "entry a line.",
+    ),
 )
 async def create_logs(
     request: Request[Any, Any, Any],
