@@ -147,7 +147,7 @@ def _schema(node: Any, defs: Mapping[str, Any]) -> Any:
         return _schema(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
     values: dict[str, Any] = {}
     for key, value in node.items():
-        name: str = _CAMEL.get(key, key)
+        name = _CAMEL[key] if key in _CAMEL else str(key)
         if key == "properties":
             values[name] = {prop: _schema(sub, defs) for prop, sub in value.items()}
         elif isinstance(value, (dict, list)) and key not in ("default", "enum", "required"):
