@@ -41,6 +41,7 @@ __all__ = [
     "KeySpace",
     "RedisTarget",
     "create_redis",
+    "create_single_redis",
     "create_sync_redis",
     "parse_redis_url",
 ]
@@ -105,35 +106,15 @@ def create_redis(
     Raises:
         ValueError: the address is invalid, or cannot be used as asked (a unix socket as a cluster).
     """
-    target = url if isinstance(url, RedisTarget) else parse_redis_url(url)
-    options: dict[str, Any] = {
+    options = {
         "decode_responses": decode_responses,
         "socket_connect_timeout": socket_connect_timeout,
         "socket_timeout": socket_timeout,
         "health_check_interval": health_check_interval,
         **kwargs,
     }
-    if cluster:
-        _check_cluster(target)
-        return aioredis.RedisCluster.from_url(target.url, **options)
-    options.setdefault(
-        "retry",
-        AsyncRetry(_backoff(), _RETRIES, supported_errors=(RedisConnectionError,)),
-    )
-    if target.scheme == "redis+sentinel":
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
-            list(target.hosts),
-            sentinel_kwargs=_sentinel_kwargs(options),
-            db=target.db,
-            username=target.username,
-            password=target.password,
-            **options,
-        )
-        master: aioredis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
-            target.service_name or "", redis_class=aioredis.Redis
-        )
-        return master
-    return aioredis.Redis.from_url(target.url, **options)
+    client: aioredis.Redis | aioredis.RedisCluster = _build(url, cluster, options, _ASYNC)
+    return client
 
 
 def create_sync_redis(
@@ -147,23 +128,55 @@ def create_sync_redis(
     **kwargs: Any,
 ) -> redis.Redis | redis.RedisCluster:
     """A blocking client for `url`: `create_redis` for scripts, the CLI and tests."""
-    target = url if isinstance(url, RedisTarget) else parse_redis_url(url)
-    options: dict[str, Any] = {
+    options = {
         "decode_responses": decode_responses,
         "socket_connect_timeout": socket_connect_timeout,
         "socket_timeout": socket_timeout,
         "health_check_interval": health_check_interval,
         **kwargs,
     }
+    client: redis.Redis | redis.RedisCluster = _build(url, cluster, options, _SYNC)
+    return client
+
+
+def create_single_redis(url: str) -> aioredis.Redis:
+    """An async client for one Redis server (or a sentinel-managed primary), not a cluster.
+
+    Raises:
+        TypeError: the address describes a cluster.
+    """
+    client = create_redis(url)
+    if not isinstance(client, aioredis.Redis):
+        raise TypeError("this needs a single-node client; pass a cluster client explicitly")
+    return client
+
+
+@dataclass(frozen=True)
+class _Flavour:
+    """The redis-py classes of one flavour, blocking or async."""
+
+    redis: Any
+    cluster: Any
+    retry: Any
+    sentinel: Any
+
+
+_ASYNC: Final = _Flavour(aioredis.Redis, aioredis.RedisCluster, AsyncRetry, AsyncSentinel)
+_SYNC: Final = _Flavour(redis.Redis, redis.RedisCluster, SyncRetry, SyncSentinel)
+
+
+def _build(
+    url: str | RedisTarget, cluster: bool, options: dict[str, Any], flavour: _Flavour
+) -> Any:
+    target = url if isinstance(url, RedisTarget) else parse_redis_url(url)
     if cluster:
         _check_cluster(target)
-        return redis.RedisCluster.from_url(target.url, **options)
+        return flavour.cluster.from_url(target.url, **options)
     options.setdefault(
-        "retry",
-        SyncRetry(_backoff(), _RETRIES, supported_errors=(RedisConnectionError,)),
+        "retry", flavour.retry(_backoff(), _RETRIES, supported_errors=(RedisConnectionError,))
     )
     if target.scheme == "redis+sentinel":
-        sentinel = SyncSentinel(  # type: ignore[no-untyped-call]
+        sentinel = flavour.sentinel(
             list(target.hosts),
             sentinel_kwargs=_sentinel_kwargs(options),
             db=target.db,
@@ -171,11 +184,8 @@ def create_sync_redis(
             password=target.password,
             **options,
         )
-        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
-            target.service_name or "", redis_class=redis.Redis
-        )
-        return master
-    return redis.Redis.from_url(target.url, **options)
+        return sentinel.master_for(target.service_name or "", redis_class=flavour.redis)
+    return flavour.redis.from_url(target.url, **options)
 
 
 def _backoff() -> ExponentialWithJitterBackoff:

@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from aygolog.errors import NotFound, Unavailable
 from aygolog.models import Registration, RegistryEvent, ServiceInstance
-from aygolog.redis import KeySpace, create_redis
+from aygolog.redis import KeySpace, create_single_redis
 from aygolog.registry.base import (
     DEFAULT_PURGE_AFTER,
     DEFAULT_TTL,
@@ -111,9 +111,7 @@ class RedisServiceRegistry:
         purge_after: timedelta = DEFAULT_PURGE_AFTER,
     ) -> Self:
         """A registry with its own client for `url`, closed by `aclose()`."""
-        client = create_redis(url)
-        if not isinstance(client, aioredis.Redis):
-            raise TypeError("from_url makes single-node clients; pass a cluster client to __init__")
+        client = create_single_redis(url)
         registry = cls(client, prefix=prefix, ttl=ttl, purge_after=purge_after)
         registry._owns_client = True
         return registry

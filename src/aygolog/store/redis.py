@@ -38,7 +38,7 @@ from aygolog.models import (
     LogStats,
     NewLog,
 )
-from aygolog.redis import KeySpace, create_redis
+from aygolog.redis import KeySpace, create_single_redis
 from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
@@ -101,9 +101,7 @@ class RedisStreamLogStore:
         options: StoreOptions | None = None,
     ) -> Self:
         """A store with its own client for `url`, closed by `aclose()`."""
-        client = create_redis(url)
-        if not isinstance(client, aioredis.Redis):
-            raise TypeError("from_url makes single-node clients; pass a cluster client to __init__")
+        client = create_single_redis(url)
         store = cls(client, instance=instance, prefix=prefix, options=options)
         store._owns_client = True
         return store
