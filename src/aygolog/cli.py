@@ -1,5 +1,6 @@
 """The `aygolog` command.
 
+    aygolog up [--instances N]                                    run the whole system here
     aygolog api [--host H] [--port P] [--server granian|uvicorn]   run a Log API instance
     aygolog version
 
@@ -77,6 +78,30 @@ def _api(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _up(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aygolog.settings import RedisSettings
+    from aygolog.up import UpOptions, run_up
+
+    if args.instances < 1:
+        print("aygolog up: --instances must be at least 1", file=sys.stderr)
+        return EXIT_USER_ERROR
+    options = UpOptions(
+        instances=args.instances,
+        host=args.host,
+        lb_port=args.lb_port,
+        ui_port=args.ui_port,
+        ui=not args.no_ui,
+        redis_url=RedisSettings().url,
+    )
+    try:
+        return asyncio.run(run_up(options))
+    except FileNotFoundError as exc:  # no Redis URL and no server binary
+        print(f"aygolog up: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aygolog", description="aygolog: distributed log management for Python."
@@ -92,6 +117,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the ASGI server (default granian; see docs/benchmarks.md)",
     )
     api.set_defaults(handler=_api)
+    up = commands.add_parser(
+        "up", help="run the whole system here: Redis, the load balancer, N instances, the web page"
+    )
+    up.add_argument("--instances", type=int, default=3, help="Log API instances (default 3)")
+    up.add_argument("--host", default="127.0.0.1", help="address everything listens on")
+    up.add_argument("--lb-port", type=int, default=8080, help="load balancer port (default 8080)")
+    up.add_argument("--ui-port", type=int, default=8000, help="web page port (default 8000)")
+    up.add_argument("--no-ui", action="store_true", help="do not start the web page")
+    up.set_defaults(handler=_up)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=lambda _args: print(_version()) or EXIT_OK)
     return parser
