@@ -102,6 +102,55 @@ def _up(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
 
 
+def detect_role(env: dict[str, str] | None = None) -> str:
+    """Which service the environment describes: `AYGOLOG_ROLE` if set, else the seed's names.
+
+    The seed ran three images; ours is one. Its web page is configured with `VITE_API_*`, its
+    Log API with `ServiceRegistration__*`, and its load balancer with neither.
+    """
+    env = dict(os.environ) if env is None else env
+    names = {name.lower(): value for name, value in env.items() if value}
+    role = names.get("aygolog_role", "").strip().lower()
+    if role:
+        return role
+    if "vite_api_base_url" in names or "aygolog_ui_lb_url" in names:
+        return "ui"
+    if any(name.startswith("serviceregistration__") for name in names) or (
+        "aygolog_instance_name" in names
+    ):
+        return "api"
+    return "lb"
+
+
+def _auto(args: argparse.Namespace) -> int:
+    role = detect_role()
+    if role not in ("api", "lb", "ui"):
+        print(f"aygolog: AYGOLOG_ROLE must be api, lb or ui, not {role!r}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"aygolog: starting the {role} (chosen from the environment)", file=sys.stderr)
+    return main([role])
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when this container's service answers its health endpoint (Docker HEALTHCHECK)."""
+    import urllib.request
+
+    role = detect_role()
+    if role == "ui":
+        port, path = os.environ.get("AYGOLOG_UI_PORT", "8000"), "/"
+    else:
+        port, path = os.environ.get("AYGOLOG_PORT", "8080"), "/health"
+        urls = os.environ.get("ASPNETCORE_URLS", "")
+        if "AYGOLOG_PORT" not in os.environ and urls.rsplit(":", 1)[-1].strip("/").isdigit():
+            port = urls.rsplit(":", 1)[-1].strip("/")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return EXIT_OK if response.status == 200 else EXIT_UNAVAILABLE
+    except OSError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aygolog", description="aygolog: distributed log management for Python."
@@ -126,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ui-port", type=int, default=8000, help="web page port (default 8000)")
     up.add_argument("--no-ui", action="store_true", help="do not start the web page")
     up.set_defaults(handler=_up)
+    auto = commands.add_parser(
+        "auto", help="run the service the environment describes (the container's default)"
+    )
+    auto.set_defaults(handler=_auto)
+    health = commands.add_parser("healthcheck", help="exit 0 if this host's service is healthy")
+    health.set_defaults(handler=_healthcheck)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=lambda _args: print(_version()) or EXIT_OK)
     return parser
