@@ -4,7 +4,9 @@
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 UV_PYTHON_DOWNLOADS=never
+# UV_SYSTEM_CERTS: trust the build host's CA store too (needed behind TLS-inspecting proxies).
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 UV_PYTHON_DOWNLOADS=never \
+    UV_SYSTEM_CERTS=1
 RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --quiet "uv==0.13.9"
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
