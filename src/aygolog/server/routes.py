@@ -12,7 +12,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromQuery, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from aygolog.errors import ValidationError
@@ -174,7 +174,7 @@ async def create_log(request: Request[Any, Any, Any], state: State) -> Response[
 async def create_logs(
     request: Request[Any, Any, Any],
     state: State,
-    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
     """POST /api/logs: a JSON array or NDJSON; 201 with the ids, in order."""
     api = _api(state)
@@ -235,7 +235,7 @@ def _query_params(
     responses=_error_responses(503),
 )
 async def list_logs_seed(
-    state: State, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100
+    state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
 ) -> list[SeedLog]:
     """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
     page = await _api(state).store.query(LogQuery(limit=limit))
@@ -249,16 +249,16 @@ async def list_logs_seed(
 )
 async def query_logs(
     state: State,
-    level: list[str] | None = None,
-    min_level: str | None = None,
-    service: list[str] | None = None,
-    q: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    attr: list[str] | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
-    direction: str | None = None,
+    level: FromQuery[list[str] | None] = None,
+    min_level: FromQuery[str | None] = None,
+    service: FromQuery[list[str] | None] = None,
+    q: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    attr: FromQuery[list[str] | None] = None,
+    limit: FromQuery[int] = 100,
+    cursor: FromQuery[str | None] = None,
+    direction: FromQuery[str | None] = None,
 ) -> LogPage:
     """GET /api/logs: filters, `limit` (<= 1000) and `cursor`; items and `next_cursor`."""
     query = _query_params(
@@ -284,13 +284,13 @@ async def log_stats(state: State) -> LogStats:
 )
 async def stream_logs(
     state: State,
-    level: list[str] | None = None,
-    min_level: str | None = None,
-    service: list[str] | None = None,
-    q: str | None = None,
-    attr: list[str] | None = None,
-    last_event_id_query: Annotated[str | None, Parameter(query="last_event_id")] = None,
-    last_event_id_header: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+    level: FromQuery[list[str] | None] = None,
+    min_level: FromQuery[str | None] = None,
+    service: FromQuery[list[str] | None] = None,
+    q: FromQuery[str | None] = None,
+    attr: FromQuery[list[str] | None] = None,
+    last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id")] = None,
+    last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
     """GET /api/logs/stream: new entries as SSE; event id = stream id.
 
