@@ -16,6 +16,7 @@ from aygolog.balancing import (
     WeightedRoundRobin,
     make_strategy,
 )
+from aygolog.client import AsyncLogClient, AygologHandler, LogClient
 from aygolog.embedded import EmbeddedRedis
 from aygolog.errors import (
     AuthError,
@@ -58,8 +59,10 @@ from aygolog.settings import (
 from aygolog.store import InMemoryLogStore, LogStore, Retention, StoreOptions
 
 __all__ = [
+    "AsyncLogClient",
     "AuthError",
     "AygologError",
+    "AygologHandler",
     "BalancerStrategy",
     "BatchResult",
     "Conflict",
@@ -75,6 +78,7 @@ __all__ = [
     "Limits",
     "LoadBalancerSettings",
     "LogApiSettings",
+    "LogClient",
     "LogEntry",
     "LogLevel",
     "LogPage",

@@ -1,0 +1,720 @@
+"""`AygologHandler`: a `logging.Handler` that ships records to aygolog without losing them.
+
+    import logging
+    from aygolog.client import AygologHandler
+
+    handler = AygologHandler("http://127.0.0.1:8080", service="checkout", spool_dir="/var/spool/x")
+    logging.getLogger().addHandler(handler)
+
+How it behaves:
+
+- `emit` turns the record into JSON and puts it on a bounded in-memory queue; it never touches the
+  network and never raises (a failure goes to `logging.Handler.handleError`).
+- When the queue is full (`capacity`, default 10,000) the `overflow` policy drops the oldest or
+  the newest record; `dropped` counts them, and stderr says so at most once a `report_interval`.
+- A daemon thread sends batches of up to `batch_size` records (default 500), or whatever is
+  queued once the oldest record is `flush_interval` old (default 1 s), to `POST /api/logs`. Each
+  batch gets an `Idempotency-Key` when it is formed and keeps it through every retry and the
+  spool, so the server stores it exactly once.
+- Failures: connection errors, 429 and 5xx are retried with exponential backoff and full jitter,
+  honouring `Retry-After`, for as long as it takes (the batch waits in memory; the queue keeps
+  its bound). Entries the server refuses (422) are counted in `invalid`, reported, and the rest
+  of the batch is sent; a batch that is too large is split.
+- `spool_dir`: a batch that fails is written to disk (with its key) at once, and while the server
+  stays unreachable new batches go straight there; spooled batches are sent, oldest first, when
+  the server answers again, also by a later process using the same directory.
+- `close()` (called by `logging.shutdown()` at interpreter exit) sends what is queued within
+  `close_timeout` (default 5 s), spools what it could not send (with `spool_dir`), and reports the
+  rest on stderr; `undelivered` holds that count. Batches already in the spool stay there for
+  the next start.
+
+Record mapping: `levelname` -> level (unknown names by number), the logger's name -> attribute
+`logger`, `service` from the handler, `exc_info` -> attribute `exception` (the formatted
+traceback, its end kept if too long), `stack_info` -> `stack`, fields passed with `extra=` ->
+attributes (non-scalar values as strings; `trace_id` becomes the entry's trace id),
+`record.created` -> timestamp. The message is `record.getMessage()`: level, logger and traceback
+have fields of their own, and `logging.basicConfig(handlers=[...])` gives every handler a
+formatter that would repeat them in the text. `use_formatter=True` sends `self.format(record)`
+instead. Values are trimmed to the server's default `Limits`, so a record is never refused for
+its size.
+
+structlog through the standard library works two ways: with `render_to_log_kwargs` as the last
+processor the key-values arrive as `extra` (attributes); with `wrap_for_formatter` (and no
+`use_formatter`), the event dict's `event` is the message and its other keys attributes.
+
+Records logged by the handler's own thread (e.g. httpx's request log) are ignored, so attaching it
+to the root logger cannot feed back into itself. After `os.fork()` (e.g. a pre-forking server
+that configured logging before forking) the child starts its own worker and, when the handler
+made its client from a URL, its own connections; what the parent had queued stays the parent's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal, TextIO
+
+import httpx
+
+from aygolog.client._base import (
+    NO_RETRY,
+    PreparedBatch,
+    RetryPolicy,
+    body_size,
+    encode_log,
+    new_idempotency_key,
+)
+from aygolog.client._sync import LogClient
+from aygolog.errors import AygologError, Conflict, RateLimited, Unavailable, ValidationError
+from aygolog.models import AttributeValue, Limits, LogLevel, NewLog
+from aygolog.validation import SERVICE_PATTERN
+
+__all__ = ["AygologHandler", "Overflow", "Spool"]
+
+Overflow = Literal["drop_oldest", "drop_newest"]
+
+_STANDARD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_TRACE_ID_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"
+)
+_FORMATTER: Final = logging.Formatter()
+# structlog keys that the entry holds in its own fields (or that are structlog's internals).
+_STRUCTLOG_FIELDS: Final = frozenset({"event", "level", "timestamp", "logger"})
+_SPOOL_MAGIC: Final = b"aygolog-spool 1"
+_DEFAULT_BACKOFF: Final = RetryPolicy(retries=0, backoff_base=0.2, backoff_max=10.0)
+
+
+def _trim(text: str, max_bytes: int, *, keep_end: bool = False) -> str:
+    """`text` within `max_bytes` of UTF-8, cut on a character boundary, marked with an ellipsis."""
+    if len(text) * 4 <= max_bytes:
+        return text
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    room = max(0, max_bytes - 3)  # "…" is 3 bytes
+    if keep_end:
+        return "…" + data[len(data) - room :].decode("utf-8", "ignore")
+    return data[:room].decode("utf-8", "ignore") + "…"
+
+
+class Spool:
+    """Batches on disk, oldest first: one file each, holding the idempotency key and the entries.
+
+    A file is written under a temporary name, fsynced and renamed, so a crash never leaves half a
+    batch under a real name. Several processes may share a directory: a batch sent twice is
+    stored once, thanks to its key (within the server's idempotency window, 24 h by default).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 256 * 1024**2):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._files: deque[tuple[Path, int, int]] = deque()  # path, bytes, records
+        self._seq = 0
+        for path in sorted(self.directory.glob("*.batch")):
+            try:
+                with path.open("rb") as file:
+                    count = self._header(file.readline())[1]
+                self._files.append((path, path.stat().st_size, count))
+            except ValueError:
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".bad"))
+            except OSError:
+                continue  # gone meanwhile (another process sent it)
+
+    @staticmethod
+    def _header(line: bytes) -> tuple[str, int]:
+        parts = line.split()
+        if len(parts) != 4 or b" ".join(parts[:2]) != _SPOOL_MAGIC:
+            raise ValueError("not a spool file")
+        return parts[2].decode("ascii"), int(parts[3])
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def records(self) -> int:
+        """How many records are spooled."""
+        with self._lock:
+            return sum(count for _, _, count in self._files)
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        with self._lock:
+            return sum(size for _, size, _ in self._files)
+
+    def put(self, batch: PreparedBatch) -> bool:
+        """Write a batch; False when that would exceed `max_bytes` (or the disk refused)."""
+        data = b"%s %s %d\n" % (_SPOOL_MAGIC, batch.idempotency_key.encode(), batch.count)
+        data += b"\n".join(batch.items) + b"\n"
+        if self.size + len(data) > self.max_bytes:
+            return False
+        with self._lock:
+            self._seq += 1
+            name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.batch"
+        path = self.directory / name
+        temporary = path.with_suffix(".tmp")
+        try:
+            with temporary.open("wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            return False
+        with self._lock:
+            self._files.append((path, len(data), batch.count))
+        return True
+
+    def peek(self) -> tuple[Path, PreparedBatch] | None:
+        """The oldest batch (files that cannot be read are renamed `*.bad` and skipped)."""
+        while True:
+            with self._lock:
+                if not self._files:
+                    return None
+                path = self._files[0][0]
+            try:
+                lines = path.read_bytes().split(b"\n")
+                key, count = self._header(lines[0])
+                items = tuple(line for line in lines[1:] if line)
+                if len(items) != count:
+                    raise ValueError("truncated spool file")
+                return path, PreparedBatch(items, key)
+            except FileNotFoundError:  # another process sent it
+                self.remove(path)
+            except (OSError, ValueError, UnicodeDecodeError):
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".bad"))
+                self.remove(path)
+
+    def remove(self, path: Path) -> None:
+        """Forget a batch and delete its file."""
+        with self._lock:
+            self._files = deque(f for f in self._files if f[0] != path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+class AygologHandler(logging.Handler):
+    """A `logging.Handler` that never blocks, never raises, and never loses or doubles a record.
+
+    Args:
+        target: the LB's (or an instance's) URL, or a `LogClient` to use (not closed by us).
+        service: the service of every entry.
+        level: the handler's level.
+        capacity: the most records waiting in memory.
+        overflow: which record to drop when full: `"drop_oldest"` or `"drop_newest"`.
+        batch_size: the most records per request.
+        flush_interval: send whatever is queued once the oldest record is this many seconds old.
+        close_timeout: how long `close()` may take to deliver what is queued.
+        spool_dir: where batches that cannot be delivered wait (None: in memory only).
+        spool_max_bytes: the most the spool may hold; beyond it batches wait in memory.
+        backoff: the backoff between attempts (`retries` is not used: it retries until closed).
+        limits: what the server accepts; records are trimmed to fit.
+        report_interval: the least time between two stderr reports of dropped records.
+        use_formatter: send `self.format(record)` as the message, not `record.getMessage()`.
+        api_key, timeout, balance: for the client the handler makes from a URL.
+        stream: where reports go (default: `sys.stderr` at the time of writing).
+    """
+
+    def __init__(
+        self,
+        target: str | LogClient,
+        *,
+        service: str | None = None,
+        level: int | str = logging.NOTSET,
+        capacity: int = 10_000,
+        overflow: Overflow = "drop_oldest",
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        close_timeout: float = 5.0,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 256 * 1024**2,
+        backoff: RetryPolicy = _DEFAULT_BACKOFF,
+        limits: Limits | None = None,
+        report_interval: float = 60.0,
+        use_formatter: bool = False,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = 10.0,
+        balance: Literal["lb", "client"] = "lb",
+        stream: TextIO | None = None,
+    ) -> None:
+        super().__init__(level)
+        if overflow not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"overflow must be 'drop_oldest' or 'drop_newest', not {overflow!r}")
+        if capacity < 1 or batch_size < 1:
+            raise ValueError("capacity and batch_size must be at least 1")
+        self.limits = limits or Limits()
+        if service is not None and (
+            len(service) > self.limits.max_service_chars or not SERVICE_PATTERN.fullmatch(service)
+        ):
+            raise ValueError(f"service {service!r}: use letters, digits and ._/-")
+        self.service = service
+        self.capacity = capacity
+        self.overflow: Overflow = overflow
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.close_timeout = close_timeout
+        self.backoff = backoff
+        self.report_interval = report_interval
+        self.use_formatter = use_formatter
+        self._stream = stream
+        self._make_client: Callable[[], LogClient] | None = None
+        if isinstance(target, LogClient):
+            self.client = target
+        else:
+            url = target
+            self._make_client = lambda: LogClient(
+                url, timeout=timeout, api_key=api_key, balance=balance
+            )
+            self.client = self._make_client()
+        self._owns_client = self._make_client is not None
+        self._max_batch_bytes = self.client._core.max_batch_bytes
+        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes) if spool_dir else None
+
+        self.dropped = 0
+        """Records dropped because the queue was full."""
+        self.invalid = 0
+        """Records the server refused (they would never be accepted)."""
+        self.sent = 0
+        """Records delivered."""
+        self.undelivered = 0
+        """Records neither delivered nor spooled (counted at close)."""
+        self.failed_attempts = 0
+        """Sends that failed and were (or will be) retried: a sign of outages."""
+
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[tuple[float, bytes]] = deque()
+        self._current: PreparedBatch | None = None
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._flushing = 0
+        self._attempts = 0
+        self._closing = False
+        self._deadline = math.inf
+        self._spool_ok_at = 0.0
+        self._rng = random.Random()
+        self._reported = {"dropped": 0, "invalid": 0, "undelivered": 0}
+        self._last_report = -math.inf
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._pid = os.getpid()
+        self._worker = threading.Thread(target=self._run, name="aygolog-handler", daemon=True)
+        self._worker.start()
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's worker thread did not come along, its lock may be
+        held for ever and its queue is the parent's to send. Start afresh."""
+        self._cond = threading.Condition(threading.Lock())
+        self._queue = deque()
+        self._current = None
+        self._failures = 0
+        self._next_attempt = 0.0
+        if self._make_client is not None:  # never share pooled sockets with the parent
+            self.client = self._make_client()
+        if self.spool is not None:
+            self.spool._lock = threading.Lock()
+        self._start_worker()
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Records waiting in memory (the queue and the batch being sent)."""
+        self._check_fork()
+        with self._cond:
+            return len(self._queue) + (self._current.count if self._current else 0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record (never blocks on the network, never raises)."""
+        try:
+            self._check_fork()
+            if threading.get_ident() == self._worker.ident:
+                return  # our own thread's logs (httpx's): shipping them would feed back
+            item = encode_log(self.map_record(record))
+            now = time.monotonic()
+            with self._cond:
+                if self._closing:
+                    self.dropped += 1
+                    return
+                if len(self._queue) >= self.capacity:
+                    self.dropped += 1
+                    if self.overflow == "drop_newest":
+                        return
+                    self._queue.popleft()
+                self._queue.append((now, item))
+                size = len(self._queue)
+                if size == 1 or size == self.batch_size:
+                    self._cond.notify_all()
+        except Exception:
+            self.handleError(record)
+
+    def map_record(self, record: logging.LogRecord) -> NewLog:
+        """The `NewLog` for a record (override to change the mapping)."""
+        limits = self.limits
+        attributes: dict[str, AttributeValue] = {"logger": record.name}
+        extra: dict[str, object] = {}
+        msg = record.msg
+        if isinstance(msg, dict) and not record.args and not self.use_formatter:
+            # structlog's wrap_for_formatter: the event dict travels in `msg`.
+            message = str(msg.get("event", ""))
+            extra.update(
+                (str(k), v)
+                for k, v in msg.items()
+                if k not in _STRUCTLOG_FIELDS and not str(k).startswith("_")
+            )
+        elif self.use_formatter:
+            message = self.format(record)
+        else:
+            message = record.getMessage()
+        if record.exc_info and record.exc_info[0] is not None:
+            text = record.exc_text or _FORMATTER.formatException(record.exc_info)
+            attributes["exception"] = text
+        if record.stack_info:
+            attributes["stack"] = record.stack_info
+        extra.update(
+            (k, v)
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
+        )
+        trace_id = None
+        raw_trace = extra.pop("trace_id", None)
+        if isinstance(raw_trace, str) and raw_trace and set(raw_trace) <= _TRACE_ID_CHARS:
+            if len(raw_trace) <= limits.max_trace_id_chars:
+                trace_id = raw_trace
+        elif raw_trace is not None:
+            extra["trace_id"] = raw_trace
+        for key, value in extra.items():
+            if len(attributes) >= limits.max_attributes:
+                break
+            if value is None or key in attributes:
+                continue
+            name = str(key)[: limits.max_attribute_key_chars] or "_"
+            attributes[name] = _attribute(value)
+        for key, value in attributes.items():
+            if isinstance(value, str):
+                keep_end = key in ("exception", "stack")
+                attributes[key] = _trim(value, limits.max_attribute_value_bytes, keep_end=keep_end)
+        try:
+            level = LogLevel.parse(record.levelname)
+        except ValueError:
+            level = LogLevel.parse(record.levelno)
+        return NewLog(
+            message=_trim(message, limits.max_message_bytes) if message.strip() else "(empty)",
+            level=level,
+            service=self.service,
+            timestamp=datetime.fromtimestamp(record.created, UTC),
+            attributes=attributes,
+            trace_id=trace_id,
+        )
+
+    def flush(self) -> None:
+        """Send what is queued now and wait for it (see `drain`; at most `close_timeout`)."""
+        self.drain()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Send what is queued now; wait until it is delivered or spooled.
+
+        Returns True when nothing is left in memory; False when the server is failing (it does
+        not wait out an outage) or `timeout` (default `close_timeout`) passed first.
+        """
+        self._check_fork()
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        with self._cond:
+            if self._failing() or not self._worker.is_alive():
+                return not self._queue and self._current is None
+            attempts = self._attempts
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._queue or self._current is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or (self._failing() and self._attempts != attempts):
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._flushing -= 1
+
+    def _failing(self) -> bool:
+        return self._failures > 0
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued within `timeout` (default `close_timeout`), spool or report
+        the rest, and stop. Called by `logging.shutdown()` at interpreter exit."""
+        self._check_fork()
+        limit = self.close_timeout if timeout is None else timeout
+        now = time.monotonic()
+        with self._cond:
+            first = not self._closing
+            self._closing = True
+            # The worker stops a little early, so that spooling and reporting fit in `limit`.
+            self._deadline = min(self._deadline, now + limit - min(0.25, limit / 5))
+            self._next_attempt = min(self._next_attempt, now)  # one more try at once
+            self._cond.notify_all()
+        if first:
+            self._worker.join(max(0.0, now + limit - time.monotonic()))
+            with self._cond:
+                if self._worker.is_alive():  # stuck in a request: what it holds may be lost
+                    self._abandon()
+            self._report(final=True)
+            if self._owns_client and not self._worker.is_alive():
+                self.client.close()
+        super().close()
+
+    # -- the worker -------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        stream = self._stream or sys.stderr
+        with contextlib.suppress(Exception):
+            stream.write(text + "\n")
+            stream.flush()
+
+    def _report(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        with self._cond:
+            counts = {"dropped": self.dropped, "invalid": self.invalid}
+            counts["undelivered"] = self.undelivered
+            new = {k: v - self._reported[k] for k, v in counts.items() if v > self._reported[k]}
+            if not new or (not final and now - self._last_report < self.report_interval):
+                return
+            self._reported.update(counts)
+            self._last_report = now
+        where = self.client.base_url
+        parts = []
+        if "dropped" in new:
+            parts.append(
+                f"dropped {new['dropped']} log records: the queue was full ({self.capacity},"
+                f" {self.overflow})"
+            )
+        if "invalid" in new:
+            parts.append(f"{new['invalid']} log records were refused by the server as invalid")
+        if "undelivered" in new:
+            parts.append(f"{new['undelivered']} log records could not be delivered to {where}")
+        self._write("aygolog: " + "; ".join(parts))
+
+    def _abandon(self) -> None:
+        """At the end: spool what is left, or count it as undelivered (lock held)."""
+        batches: list[PreparedBatch] = []
+        if self._current is not None:
+            batches.append(self._current)
+            self._current = None
+        while self._queue:
+            batches.append(self._take())
+        for batch in batches:
+            if self.spool is None or not self.spool.put(batch):
+                self.undelivered += batch.count
+        if self.spool is not None and len(self.spool):
+            self._write(
+                f"aygolog: {self.spool.records} log records are spooled in {self.spool.directory};"
+                " they will be sent when the server is reachable"
+            )
+
+    def _take(self) -> PreparedBatch:
+        """The next batch from the queue (lock held)."""
+        items: list[bytes] = []
+        size = 0
+        while self._queue and len(items) < self.batch_size:
+            item = self._queue[0][1]
+            if items and body_size(len(items) + 1, size + len(item)) > self._max_batch_bytes:
+                break
+            self._queue.popleft()
+            items.append(item)
+            size += len(item)
+        return PreparedBatch(tuple(items), new_idempotency_key())
+
+    def _decide(self) -> tuple[str, float | None]:
+        """What the worker does next, and how long to wait first (lock held)."""
+        now = time.monotonic()
+        if self._closing and now >= self._deadline:
+            return "exit", None
+        queue = self._queue
+        if self._current is None and queue:
+            due = (
+                self._closing
+                or self._flushing
+                or len(queue) >= self.batch_size
+                or now - queue[0][0] >= self.flush_interval
+            )
+            if due:
+                self._current = self._take()
+        if self._current is not None:
+            if now >= self._next_attempt:
+                return "send", None
+            if self.spool is not None and now >= self._spool_ok_at:
+                return "spool", None
+            return "wait", min(self._next_attempt, self._deadline) - now
+        if self._closing and not queue:
+            return "exit", None
+        if self.spool is not None and len(self.spool) and now >= self._next_attempt:
+            return "unspool", None
+        wait: float | None = None
+        if queue:
+            wait = max(0.0, self.flush_interval - (now - queue[0][0]))
+        if self.spool is not None and len(self.spool):
+            until = max(0.0, self._next_attempt - now)
+            wait = until if wait is None else min(wait, until)
+        if self._closing:
+            wait = min(wait if wait is not None else math.inf, self._deadline - now)
+        return "wait", wait
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                action, wait = self._decide()
+                if action == "wait":
+                    self._cond.wait(wait)
+                    continue
+                if action == "exit":
+                    self._abandon()
+                    self._cond.notify_all()
+                    return
+                batch = self._current
+            try:
+                if action == "spool" and batch is not None:
+                    self._spool_current(batch)
+                elif action == "send" and batch is not None:
+                    self._send_current(batch)
+                elif action == "unspool":
+                    self._unspool()
+            except Exception:  # a bug must not stop the worker: say so, back off, go on
+                self._write("aygolog: handler error:\n" + traceback.format_exc())
+                with self._cond:
+                    self._failed(None)
+            self._report()
+
+    def _spool_current(self, batch: PreparedBatch) -> None:
+        assert self.spool is not None
+        stored = self.spool.put(batch)
+        with self._cond:
+            if stored:
+                self._current = None
+            else:  # full or failing disk: keep it in memory, try the spool again later
+                self._spool_ok_at = time.monotonic() + 5.0
+            self._cond.notify_all()
+
+    def _attempt_timeout(self) -> float | None:
+        if not self._closing:
+            return None
+        return max(0.1, self._deadline - time.monotonic())
+
+    def _deliver(self, batch: PreparedBatch) -> PreparedBatch | _Split | Exception | None:
+        """Send once. None: delivered; a batch: send this instead (refused items removed);
+        an exception: a failure to back off from."""
+        try:
+            result = self.client.send_batch(batch, policy=NO_RETRY, timeout=self._attempt_timeout())
+        except ValidationError as exc:
+            bad = {e.index for e in exc.errors if e.index is not None and e.index < batch.count}
+            if bad and len(bad) < batch.count:
+                self._refused(len(bad))
+                return batch.without(bad)
+            if batch.count > 1:
+                return _Split(batch)
+            self._refused(batch.count)
+            return None
+        except Conflict:
+            return PreparedBatch(batch.items, new_idempotency_key())
+        except (Unavailable, RateLimited) as exc:
+            return exc
+        except AygologError as exc:  # 401/403/404/500...: cannot deliver now
+            return exc
+        with self._cond:
+            self.sent += result.count
+        return None
+
+    def _refused(self, count: int) -> None:
+        with self._cond:
+            self.invalid += count
+
+    def _send_current(self, batch: PreparedBatch) -> None:
+        outcome = self._deliver(batch)
+        with self._cond:
+            self._attempts += 1
+            if outcome is None:
+                self._succeeded()
+                self._current = None
+            elif isinstance(outcome, _Split):
+                first, second = outcome.batch.split()
+                self._current = first
+                self._queue.extendleft(reversed([(0.0, i) for i in second.items]))
+            elif isinstance(outcome, PreparedBatch):
+                self._current = outcome if outcome.count else None
+            else:
+                self._failed(outcome)
+            self._cond.notify_all()
+
+    def _unspool(self) -> None:
+        assert self.spool is not None
+        found = self.spool.peek()
+        if found is None:
+            return
+        path, batch = found
+        outcome = self._deliver(batch)
+        with self._cond:
+            self._attempts += 1
+            if isinstance(outcome, Exception):
+                self._failed(outcome)
+                return
+            self._succeeded()
+        if isinstance(outcome, _Split):
+            for half in outcome.batch.split():
+                self.spool.put(half)
+        elif isinstance(outcome, PreparedBatch) and outcome.count:
+            self.spool.put(outcome)
+        self.spool.remove(path)
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        self._next_attempt = 0.0
+
+    def _failed(self, error: Exception | None) -> None:
+        """Back off after a failed attempt (lock held)."""
+        raw = getattr(error, "retry_after", None)
+        retry_after = min(float(raw), self.backoff.max_retry_after) if raw is not None else None
+        delay = self.backoff.delay(self._failures, retry_after, self._rng)
+        now = time.monotonic()
+        if self._closing:  # a few more tries before the deadline rather than one long wait
+            delay = min(delay, max(0.05, (self._deadline - now) / 4))
+        self._failures += 1
+        self.failed_attempts += 1
+        self._next_attempt = now + delay
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """The server refused the whole batch without naming items (e.g. too large): halve it."""
+
+    batch: PreparedBatch
+
+
+def _attribute(value: object) -> AttributeValue:
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)

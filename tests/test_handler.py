@@ -1,0 +1,469 @@
+"""AygologHandler against an in-process fake server (httpx.MockTransport): mapping, batching,
+overflow, retries, refusals, close and the spool. The live-stack tests are in test_client_live.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aygolog.client import AygologHandler, LogClient, RetryPolicy, Spool
+from aygolog.client._base import PreparedBatch
+from aygolog.models import Limits, LogLevel
+
+URL = "http://logs.test"
+FAST = RetryPolicy(retries=0, backoff_base=0.01, backoff_max=0.05)
+
+
+class FakeServer:
+    """`POST /api/logs` with idempotency; `answer` may be replaced to inject failures."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, list[dict[str, Any]]]] = []
+        self.stored: dict[str, list[dict[str, Any]]] = {}
+        self.answer: Callable[[str, list[dict[str, Any]]], httpx.Response | None] = (
+            lambda key, items: None
+        )
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/logs", request.url
+        self.gate.wait(10)
+        key = request.headers["Idempotency-Key"]
+        items = json.loads(request.content)
+        with self.lock:
+            self.requests.append((key, items))
+        special = self.answer(key, items)
+        if special is not None:
+            return special
+        with self.lock:
+            replayed = key in self.stored
+            self.stored.setdefault(key, items)
+        ids = [f"{len(self.stored)}-{i}" for i in range(len(items))]
+        body = {"ids": ids, "instance": "fake", "replayed": replayed}
+        return httpx.Response(200 if replayed else 201, json=body)
+
+    @property
+    def messages(self) -> list[str]:
+        with self.lock:
+            return [item["message"] for items in self.stored.values() for item in items]
+
+    def items(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [item for items in self.stored.values() for item in items]
+
+
+@pytest.fixture
+def server() -> FakeServer:
+    return FakeServer()
+
+
+@pytest.fixture
+def make(server: FakeServer) -> Iterator[Callable[..., AygologHandler]]:
+    """Builds handlers on the fake server; closes them (and their clients) after the test."""
+    made: list[tuple[AygologHandler, LogClient]] = []
+
+    def build(**options: Any) -> AygologHandler:
+        client = LogClient(URL, transport=httpx.MockTransport(server), retries=0)
+        options.setdefault("backoff", FAST)
+        options.setdefault("stream", io.StringIO())
+        handler = AygologHandler(client, **options)
+        made.append((handler, client))
+        return handler
+
+    yield build
+    server.gate.set()
+    for handler, client in made:
+        handler.close(timeout=1)
+        client.close()
+
+
+def logger_with(handler: logging.Handler, name: str = "app") -> logging.Logger:
+    log = logging.getLogger(f"test.{name}.{id(handler)}")
+    log.handlers = [handler]
+    log.setLevel(1)
+    log.propagate = False
+    return log
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
+# -- mapping ---------------------------------------------------------------------------------
+
+
+def test_record_mapping(make: Callable[..., AygologHandler], server: FakeServer) -> None:
+    handler = make(service="billing", flush_interval=0.05)
+    log = logger_with(handler, "mapping")
+    logging.addLevelName(25, "NOTICE")
+    log.warning("disk %s%% full", 91, extra={"host": "db1", "tags": ["a", "b"], "n": 3,
+                                            "ratio": 0.5, "ok": True, "none": None})  # fmt: skip
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.exception("division failed")
+    log.log(25, "custom level", extra={"trace_id": "abc-123"})
+    log.log(5, "below debug", stack_info=True)
+    before = time.time()
+    log.info("")
+    assert handler.drain(5)
+    items = {item["message"]: item for item in server.items()}
+    warning = items["disk 91% full"]
+    assert warning["level"] == "warning"
+    assert warning["service"] == "billing"
+    assert warning["attributes"] == {
+        "logger": log.name, "host": "db1", "tags": "['a', 'b']", "n": 3, "ratio": 0.5, "ok": True,
+    }  # fmt: skip
+    error = items["division failed"]
+    assert error["level"] == "error"
+    assert "ZeroDivisionError: division by zero" in error["attributes"]["exception"]
+    assert "Traceback" in error["attributes"]["exception"]
+    assert "level" not in items["custom level"]  # NOTICE is an alias of info, the default
+    assert items["custom level"]["trace_id"] == "abc-123"
+    assert items["below debug"]["level"] == "trace"
+    assert "test_record_mapping" in items["below debug"]["attributes"]["stack"]
+    empty = items["(empty)"]
+    stamp = empty["timestamp"]
+    assert stamp.endswith(("Z", "+00:00"))
+    assert abs(_epoch(stamp) - before) < 5
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_mapping_trims_to_the_limits(make: Callable[..., AygologHandler]) -> None:
+    limits = Limits(max_message_bytes=100, max_attribute_value_bytes=50, max_attributes=4)
+    handler = make(limits=limits)
+    record = logging.LogRecord("big", logging.ERROR, __file__, 1, "é" * 200, (), None)
+    record.__dict__.update({f"k{i}": "v" * 100 for i in range(10)})
+    try:
+        raise ValueError("the end of the traceback matters most")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    log = handler.map_record(record)
+    assert len(log.message.encode()) <= 100
+    assert log.message.endswith("…")
+    assert len(log.attributes) == 4
+    exception = log.attributes["exception"]
+    assert isinstance(exception, str)
+    assert len(exception.encode()) <= 50
+    assert exception.startswith("…")
+    assert exception.endswith("the end of the traceback matters most")
+    assert log.level is LogLevel.ERROR
+
+
+def test_formatter_only_when_asked(make: Callable[..., AygologHandler]) -> None:
+    record = logging.LogRecord("svc", logging.INFO, __file__, 1, "hi %s", ("there",), None)
+    plain = make()  # e.g. logging.basicConfig(handlers=[...]) sets a formatter on every handler
+    plain.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    assert plain.map_record(record).message == "hi there"
+    formatted = make(use_formatter=True)
+    formatted.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    assert formatted.map_record(record).message == "[svc] hi there"
+
+
+def test_structlog_event_dict_in_msg(make: Callable[..., AygologHandler]) -> None:
+    """structlog's `wrap_for_formatter` puts the event dict in `record.msg`."""
+    handler = make()
+    event = {"event": "user logged in", "user": "ana", "attempt": 2, "_record": object(),
+             "level": "info", "timestamp": "2026-01-01T00:00:00Z"}  # fmt: skip
+    record = logging.LogRecord("auth", logging.INFO, __file__, 1, event, (), None)
+    log = handler.map_record(record)
+    assert log.message == "user logged in"
+    assert log.attributes["user"] == "ana"
+    assert log.attributes["attempt"] == 2
+    assert set(log.attributes) == {"logger", "user", "attempt"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("structlog") is None, reason="structlog not installed")
+def test_structlog_through_the_standard_library(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    import structlog  # type: ignore[import-not-found, unused-ignore]
+
+    handler = make(service="sl", flush_interval=0.05)
+    std = logger_with(handler, "structlog")
+    log = structlog.wrap_logger(
+        std,
+        processors=[structlog.stdlib.add_log_level, structlog.stdlib.render_to_log_kwargs],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    log.bind(user="ana").warning("paid", amount=12)
+    assert handler.drain(5)
+    (item,) = server.items()
+    assert item["message"] == "paid"
+    assert item["level"] == "warning"
+    assert item["attributes"]["user"] == "ana"
+    assert item["attributes"]["amount"] == 12
+
+
+def test_emit_never_raises(make: Callable[..., AygologHandler]) -> None:
+    errors: list[logging.LogRecord] = []
+
+    class Quiet(AygologHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            errors.append(record)
+
+    client = LogClient(URL, transport=httpx.MockTransport(FakeServer()))
+    handler = Quiet(client, stream=io.StringIO())
+    try:
+        log = logger_with(handler, "raise")
+        log.info("%d", "not a number")  # a broken format: getMessage raises
+        assert len(errors) == 1
+    finally:
+        handler.close(timeout=1)
+        client.close()
+
+
+# -- batching --------------------------------------------------------------------------------
+
+
+def test_emit_does_not_wait_for_the_network(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    server.gate.clear()  # every request hangs until the gate opens
+    handler = make(batch_size=10, flush_interval=0.01)
+    log = logger_with(handler, "fast")
+    started = time.perf_counter()
+    for i in range(2000):
+        log.info("m%d", i)
+    assert time.perf_counter() - started < 2.0
+    server.gate.set()
+    assert handler.drain(10)
+    assert len(server.messages) == 2000
+
+
+def test_batches_by_size_then_by_age(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    handler = make(batch_size=10, flush_interval=0.5)
+    log = logger_with(handler, "size")
+    for i in range(25):
+        log.info("s%d", i)
+    assert wait_until(lambda: len(server.requests) >= 2, 2)
+    assert [len(items) for _, items in server.requests[:2]] == [10, 10]
+    time.sleep(0.1)
+    assert len(server.requests) == 2  # the last 5 wait for their age
+    assert wait_until(lambda: len(server.requests) == 3, 3)
+    assert len(server.requests[2][1]) == 5
+    assert server.messages == [f"s{i}" for i in range(25)]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_overflow_policy_and_report(
+    make: Callable[..., AygologHandler], server: FakeServer, policy: str
+) -> None:
+    stream = io.StringIO()
+    handler = make(capacity=10, batch_size=5, flush_interval=0.01, overflow=policy,
+                   stream=stream, report_interval=0.3)  # fmt: skip
+    log = logger_with(handler, "overflow")
+    server.gate.clear()
+    log.info("first")
+    assert wait_until(lambda: handler.queued == 1 and not handler._queue)  # in flight, stuck
+    for i in range(25):
+        log.info("o%d", i)
+    assert handler.dropped == 15
+    time.sleep(0.05)
+    log.info("one more")  # 16 dropped
+    server.gate.set()
+    assert handler.drain(5)
+    kept = [f"o{i}" for i in range(15, 25)] if policy == "drop_oldest" else []
+    if policy == "drop_oldest":
+        assert server.messages == ["first", *kept[1:], "one more"]
+    else:
+        assert server.messages == ["first", *[f"o{i}" for i in range(10)]]
+    assert handler.dropped == 16
+    assert wait_until(lambda: "dropped" in stream.getvalue())
+    assert stream.getvalue().count("dropped") == 1  # at most once per report_interval
+    time.sleep(0.4)  # past report_interval, but nothing new was dropped: no new report
+    assert stream.getvalue().count("dropped") == 1
+
+
+def test_retries_keep_the_idempotency_key(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    calls = {"n": 0}
+
+    def flaky(key: str, items: list[dict[str, Any]]) -> httpx.Response | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ConnectError("refused")
+        if calls["n"] == 2:
+            return httpx.Response(503, json={"error": "redis"}, headers={"Retry-After": "0"})
+        if calls["n"] == 3:
+            server.stored[key] = items  # stored, but the answer is lost
+            raise httpx.ReadError("reset after storing")
+        return None
+
+    server.answer = flaky
+    handler = make(flush_interval=0.01)
+    log = logger_with(handler, "retry")
+    for i in range(3):
+        log.info("r%d", i)
+    assert wait_until(lambda: calls["n"] >= 4)
+    assert handler.drain(5)
+    keys = {key for key, _ in server.requests}
+    assert len(keys) == 1
+    assert server.messages == ["r0", "r1", "r2"]  # once, although attempt 3 stored it
+    assert handler.sent == 3
+
+
+def test_refused_items_are_counted_and_the_rest_delivered(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    def refuse(key: str, items: list[dict[str, Any]]) -> httpx.Response | None:
+        bad = [i for i, item in enumerate(items) if item["message"].startswith("bad")]
+        if bad:
+            detail = [{"field": "message", "index": i, "reason": "nope"} for i in bad]
+            return httpx.Response(422, json={"error": "invalid input", "detail": detail})
+        if len(items) > 4:
+            return httpx.Response(413, json={"error": "too large"})
+        return None
+
+    server.answer = refuse
+    stream = io.StringIO()
+    handler = make(flush_interval=0.05, batch_size=20, stream=stream, report_interval=0)
+    log = logger_with(handler, "refuse")
+    for i in range(10):
+        log.info("bad%d" if i in (2, 7) else "good%d", i)
+    assert wait_until(lambda: len(server.messages) == 8)
+    assert handler.drain(5)
+    assert sorted(server.messages) == sorted(f"good{i}" for i in range(10) if i not in (2, 7))
+    assert handler.invalid == 2
+    assert wait_until(lambda: "refused by the server" in stream.getvalue())
+
+
+def test_no_feedback_from_its_own_thread(server: FakeServer) -> None:
+    client = LogClient(URL, transport=httpx.MockTransport(server))
+    handler = AygologHandler(client, flush_interval=0.01, stream=io.StringIO())
+    root = logging.getLogger()
+    level = root.level
+    httpx_level = logging.getLogger("httpx").level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.INFO)  # httpx logs each request at INFO
+    try:
+        logging.getLogger("user").info("one")
+        assert handler.drain(5)
+        time.sleep(0.2)
+        assert handler.drain(5)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("httpx").setLevel(httpx_level)
+        handler.close(timeout=1)
+        client.close()
+    assert server.messages == ["one"]
+
+
+# -- close and the spool -----------------------------------------------------------------------
+
+
+def down(key: str, items: list[dict[str, Any]]) -> httpx.Response:
+    raise httpx.ConnectError("connection refused")
+
+
+def test_close_with_the_server_down_returns_in_time_and_reports(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    server.answer = down
+    stream = io.StringIO()
+    handler = make(flush_interval=0.05, stream=stream, close_timeout=1.0,
+                   backoff=RetryPolicy(backoff_base=0.5, backoff_max=5.0))  # fmt: skip
+    log = logger_with(handler, "down")
+    for i in range(1234):
+        log.info("d%d", i)
+    time.sleep(0.2)
+    started = time.monotonic()
+    handler.close()
+    took = time.monotonic() - started
+    assert took < 1.0 + 0.1
+    assert handler.undelivered == 1234
+    assert "1234 log records could not be delivered" in stream.getvalue()
+    log.info("after close")
+    assert handler.dropped == 1
+
+
+def test_spool_keeps_batches_and_their_keys_across_a_restart(
+    make: Callable[..., AygologHandler], server: FakeServer, tmp_path: Path
+) -> None:
+    server.answer = down
+    stream = io.StringIO()
+    first = make(spool_dir=tmp_path, batch_size=50, flush_interval=0.02, stream=stream,
+                 close_timeout=2.0)  # fmt: skip
+    log = logger_with(first, "spool")
+    for i in range(220):
+        log.info("p%d", i)
+    assert wait_until(lambda: first.spool is not None and first.spool.records == 220)
+    started = time.monotonic()
+    first.close()
+    assert time.monotonic() - started < 2.5
+    assert first.undelivered == 0
+    assert "220 log records are spooled" in stream.getvalue()
+    files = sorted(tmp_path.glob("*.batch"))
+    assert files
+    keys = {f.read_bytes().split(b"\n", 1)[0].split()[2].decode() for f in files}
+    attempted = {key for key, _ in server.requests}
+    assert attempted <= keys  # what was tried before spooling kept its key
+
+    # A new process (a new handler) with the same directory sends them once the server is up.
+    server.answer = lambda key, items: None
+    second = make(spool_dir=tmp_path, flush_interval=0.02)
+    assert wait_until(lambda: len(server.messages) == 220)
+    assert sorted(server.messages) == sorted(f"p{i}" for i in range(220))
+    assert set(server.stored) == keys
+    assert wait_until(lambda: not list(tmp_path.glob("*.batch")))
+    assert second.sent == 220
+
+
+def test_spool_skips_unreadable_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert spool.put(PreparedBatch((b'{"message":"a"}', b'{"message":"b"}'), "key-1"))
+    (tmp_path / "00000000000000000000-1-000001.batch").write_bytes(b"garbage\n")
+    reopened = Spool(tmp_path)
+    assert list(tmp_path.glob("*.bad"))
+    found = reopened.peek()
+    assert found is not None
+    assert found[1] == PreparedBatch((b'{"message":"a"}', b'{"message":"b"}'), "key-1")
+    assert reopened.records == 2
+    reopened.remove(found[0])
+    assert reopened.peek() is None
+    assert not Spool(tmp_path, max_bytes=10).put(PreparedBatch((b"x" * 20,), "k"))
+
+
+def test_drop_reports_are_rate_limited(make: Callable[..., AygologHandler]) -> None:
+    stream = io.StringIO()
+    handler = make(stream=stream, report_interval=60)
+    handler.dropped = 5
+    handler._report()
+    handler.dropped = 9
+    handler._report()  # within the minute: nothing
+    assert stream.getvalue().count("\n") == 1
+    assert "dropped 5 log records" in stream.getvalue()
+    handler._last_report -= 61  # a minute later
+    handler._report()
+    assert stream.getvalue().count("\n") == 2
+    assert "dropped 4 log records" in stream.getvalue().splitlines()[1]
