@@ -82,7 +82,7 @@ def test_timestamps(value: int | float | str, expected: datetime) -> None:
     assert parse_timestamp(value) == expected
 
 
-TOO_FAR = (datetime.now(UTC) + timedelta(minutes=11)).isoformat()
+TOO_FAR = (datetime.now(UTC) + timedelta(hours=2)).isoformat()  # far past the 10-minute limit
 LIMITS = Limits()
 
 # (body, field, reason fragment): each must be refused with that field named.
