@@ -2,6 +2,7 @@
 
     aygolog up [--instances N]                                    run the whole system here
     aygolog api [--host H] [--port P] [--server granian|uvicorn]   run a Log API instance
+    aygolog lb [--host H] [--port P] [--insecure-open-registration] run the load balancer
     aygolog version
 
 Settings come from the environment (the seed's names work: `ConnectionStrings__Redis`,
@@ -75,6 +76,31 @@ def _api(args: argparse.Namespace) -> int:
 
     settings = LogApiSettings()
     _serve("aygolog.server.app:create_log_api", settings.host, settings.port, args.server)
+    return EXIT_OK
+
+
+def _lb(args: argparse.Namespace) -> int:
+    if args.host:
+        os.environ["AYGOLOG_HOST"] = args.host
+    if args.port:
+        os.environ["AYGOLOG_PORT"] = str(args.port)
+    if args.insecure_open_registration:
+        os.environ["AYGOLOG_INSECURE_OPEN_REGISTRATION"] = "true"
+    from pydantic import ValidationError
+
+    from aygolog.settings import LoadBalancerSettings
+
+    try:
+        settings = LoadBalancerSettings()
+    except ValidationError as exc:
+        reasons = "; ".join(
+            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
+        )
+        print(f"aygolog lb: {reasons}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    from aygolog.lb import serve_load_balancer
+
+    serve_load_balancer(settings)
     return EXIT_OK
 
 
@@ -166,6 +192,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the ASGI server (default granian; see docs/benchmarks.md)",
     )
     api.set_defaults(handler=_api)
+    lb = commands.add_parser("lb", help="run the load balancer (default port 8080)")
+    lb.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    lb.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    lb.add_argument(
+        "--insecure-open-registration",
+        action="store_true",
+        help="let anyone register an instance when no AYGOLOG_REGISTRATION_TOKEN is set (unsafe)",
+    )
+    lb.set_defaults(handler=_lb)
     up = commands.add_parser(
         "up", help="run the whole system here: Redis, the load balancer, N instances, the web page"
     )

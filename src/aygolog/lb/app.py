@@ -1,0 +1,549 @@
+"""`create_load_balancer`: the load balancer's control plane as a Litestar app.
+
+Routes: the registration API (`POST /api/registration`, `PUT /api/registration/{name}/heartbeat`,
+`DELETE /api/registration/{name}`, `GET /api/registration/services`), `GET /health` and
+`GET /metrics`. Every other `/api/*` request is proxied to an instance by the data plane
+(`aygolog.lb.proxy`), which hands this app whatever it does not proxy.
+
+The lifespan opens Redis, builds the shared `RedisServiceRegistry`, loads and follows it in an
+`InstancePool`, starts the active `HealthChecker`, and closes them in reverse order on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from litestar import Litestar, Request, Response, delete, get, post, put
+from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import PermissionDeniedException
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
+
+from aygolog.balancing import BalancerStrategy, make_strategy
+from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
+from aygolog.lb.health import HealthChecker, HealthCheckOptions
+from aygolog.lb.pool import InstancePool, InstanceView, PoolOptions
+from aygolog.metrics import Counter, Metrics
+from aygolog.models import ErrorBody, FieldError, Registration, ServiceInstance
+from aygolog.redis import create_redis
+from aygolog.registry import ServiceRegistry, check_registration
+from aygolog.registry.redis import RedisServiceRegistry
+from aygolog.settings import LoadBalancerSettings
+from aygolog.validation import _from_msgspec
+from aygolog.web import exception_handlers, json_response, request_body
+
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "LifespanDriver",
+    "LoadBalancerState",
+    "create_load_balancer",
+    "lb_state",
+    "serve_load_balancer",
+]
+
+log = logging.getLogger("aygolog.lb")
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+"""Where the load balancer looks for Redis when no address is configured."""
+_DECODE_REGISTRATION: Final = msgspec.json.Decoder(Registration)
+_MAX_REGISTRATION_BYTES: Final = 64 * 1024
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(kw_only=True)
+class LoadBalancerState:
+    """What the handlers and the data plane share, built in the app's lifespan."""
+
+    settings: LoadBalancerSettings
+    registry: ServiceRegistry
+    pool: InstancePool
+    health: HealthChecker
+    metrics: Metrics
+    token: bytes | None
+    allowed_networks: Sequence[Network] = ()
+    registrations: Counter | None = None
+    stopping: bool = field(default=False)
+
+
+def lb_state(app: Litestar) -> LoadBalancerState:
+    """The running load balancer's state (after the lifespan has started).
+
+    Raises:
+        RuntimeError: the lifespan has not started.
+    """
+    state = app.state.get("lb")
+    if not isinstance(state, LoadBalancerState):
+        raise RuntimeError("the load balancer's lifespan has not started")
+    return state
+
+
+def create_load_balancer(
+    settings: LoadBalancerSettings | None = None,
+    *,
+    registry: ServiceRegistry | None = None,
+    strategy: BalancerStrategy | None = None,
+    pool_options: PoolOptions | None = None,
+    health_options: HealthCheckOptions | None = None,
+    allowed_networks: Sequence[str | Network] = (),
+) -> Litestar:
+    """Build the load balancer's control plane.
+
+    Args:
+        settings: Redis, strategy, registration token, TTL; read from the environment when None.
+        registry: a registry to use instead of the Redis one the settings describe (not closed
+            by the app).
+        strategy: a strategy instance instead of `settings.strategy`.
+        pool_options: polling, passive ejection and health thresholds.
+        health_options: the active health check's interval, timeout and path.
+        allowed_networks: if given, only instances whose URL host is (or resolves only to)
+            addresses in these networks may register, e.g. `["10.0.0.0/8"]`.
+
+    Raises:
+        ValueError: an allowed network is not a valid CIDR.
+    """
+    settings = settings or LoadBalancerSettings()
+    networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+    token = settings.registration_token
+    token_bytes = token.get_secret_value().encode() if token is not None else None
+    if token_bytes is None:
+        _warn_open_registration()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client: aioredis.Redis | None = None
+        active = registry
+        if active is None:
+            made = create_redis(
+                settings.redis.url or DEFAULT_REDIS_URL,
+                cluster=settings.redis.cluster,
+                socket_connect_timeout=settings.redis.connect_timeout,
+                socket_timeout=settings.redis.socket_timeout,
+            )
+            if not isinstance(made, aioredis.Redis):
+                raise TypeError("the load balancer needs a single-node or sentinel Redis client")
+            client = made
+            active = RedisServiceRegistry(
+                client,
+                prefix=settings.redis.prefix,
+                ttl=timedelta(seconds=settings.heartbeat_ttl),
+            )
+        metrics = Metrics()
+        pool = InstancePool(
+            active,
+            strategy or make_strategy(settings.strategy),
+            options=pool_options,
+            metrics=metrics,
+        )
+        health = HealthChecker(pool, health_options)
+        state = LoadBalancerState(
+            settings=settings,
+            registry=active,
+            pool=pool,
+            health=health,
+            metrics=metrics,
+            token=token_bytes,
+            allowed_networks=networks,
+            registrations=metrics.counter(
+                "aygolog_lb_registration_requests_total",
+                "Registration API requests by route and outcome",
+                ("route", "outcome"),
+            ),
+        )
+        app.state.lb = state
+        try:
+            if token_bytes is None:
+                _warn_open_registration()
+            await pool.start()
+            if pool.registry_error is not None:
+                log.warning("load balancer started without the registry: %s", pool.registry_error)
+            await health.start()
+            log.info(
+                "load balancer ready: strategy %s, %d instance(s) known",
+                pool.strategy.name,
+                len(pool.views()),
+            )
+            yield
+        finally:
+            state.stopping = True
+            await health.aclose()
+            await pool.aclose()
+            if client is not None:
+                await client.aclose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers(),
+        openapi_config=OpenAPIConfig(
+            title="aygolog load balancer",
+            version=_version(),
+            description=(
+                "The registration API of the load balancer. Every other /api/* request is"
+                " proxied to a Log API instance."
+            ),
+        ),
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
+        if settings.cors_origins
+        else None,
+        request_max_body_size=_MAX_REGISTRATION_BYTES,
+        debug=False,
+    )
+
+
+def _warn_open_registration() -> None:
+    log.warning(
+        "!!! REGISTRATION IS OPEN: no AYGOLOG_REGISTRATION_TOKEN is set and"
+        " --insecure-open-registration was given. Anyone who can reach this load balancer can"
+        " register an instance and take over its traffic. Set AYGOLOG_REGISTRATION_TOKEN here"
+        " and on every Log API instance. !!!"
+    )
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+def _state(state: State) -> LoadBalancerState:
+    lb = state.get("lb")
+    assert isinstance(lb, LoadBalancerState)
+    return lb
+
+
+async def require_token(
+    connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+) -> None:
+    """Guard: the request carries `Authorization: Bearer <registration token>`.
+
+    The comparison takes the same time whatever the token sent; without a configured token
+    (open registration, opted into) every request passes.
+    """
+    lb = _state(connection.app.state)
+    if lb.token is None:
+        return
+    header = connection.headers.get("authorization", "")
+    scheme, _sep, sent = header.partition(" ")
+    if not header:
+        _count(lb, connection, "unauthorized")
+        raise AuthError("registration needs Authorization: Bearer <AYGOLOG_REGISTRATION_TOKEN>")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), lb.token):
+        _count(lb, connection, "unauthorized")
+        raise AuthError("wrong registration token")
+
+
+def _count(
+    lb: LoadBalancerState, connection: ASGIConnection[Any, Any, Any, Any], outcome: str
+) -> None:
+    if lb.registrations is not None:
+        route = connection.scope.get("path_template") or connection.url.path
+        lb.registrations.inc(f"{connection.scope.get('method', '')} {route}", outcome)
+
+
+# -- the registration API --------------------------------------------------------------------
+
+_ERRORS: Final = {
+    400: "Malformed JSON",
+    401: "Missing or wrong registration token",
+    403: "The instance's host is outside the allowed networks",
+    404: "No instance by that name is registered",
+    422: "Invalid registration: each bad field and why",
+    503: "The registry (Redis) is unavailable; retry after Retry-After seconds",
+}
+
+
+def _responses(*codes: int) -> dict[int, ResponseSpec]:
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=_ERRORS[code]) for code in codes
+    }
+
+
+def decode_registration(body: bytes) -> Registration:
+    """Decode and check a registration body.
+
+    Raises:
+        MalformedInput: not JSON.
+        ValidationError: a wrong type, or a value `check_registration` refuses.
+    """
+    try:
+        registration = _DECODE_REGISTRATION.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ValidationError([_from_msgspec(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedInput([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
+    check_registration(registration)
+    return registration
+
+
+async def check_network(url: str, networks: Sequence[Network]) -> None:
+    """Refuse a URL whose host is not (or does not resolve only to) an allowed address.
+
+    Raises:
+        PermissionDeniedException: the host is outside `networks`, or cannot be resolved.
+    """
+    if not networks:
+        return
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, None, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise PermissionDeniedException(f"url: cannot resolve {host!r}: {exc}") from None
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    outside = sorted(str(a) for a in addresses if not any(a in n for n in networks))
+    if outside or not addresses:
+        raise PermissionDeniedException(
+            f"url: {host!r} ({', '.join(outside)}) is outside the networks allowed to register"
+        )
+
+
+@post(
+    "/api/registration",
+    guards=[require_token],
+    summary="Register or update an instance",
+    operation_class=request_body({"application/json": Registration}, "The instance"),
+    responses=_responses(400, 401, 403, 422, 503),
+    status_code=201,
+)
+async def register(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """POST /api/registration: add an instance (201), or update it and refresh its heartbeat."""
+    lb = _state(state)
+    registration = decode_registration(await request.body())
+    await check_network(registration.url, lb.allowed_networks)
+    instance = await lb.registry.register(registration)
+    new = instance.registered_at == instance.last_heartbeat
+    lb.pool.observe(instance, came_back=True)  # a (re)starting process: forget its old record
+    _count(lb, request, "ok")
+    return json_response(instance, 201 if new else 200)
+
+
+@put(
+    "/api/registration/{name:str}/heartbeat",
+    guards=[require_token],
+    summary="Heartbeat: the instance is alive",
+    responses=_responses(401, 404, 503),
+)
+async def heartbeat(
+    name: FromPath[str], request: Request[Any, Any, Any], state: State
+) -> ServiceInstance:
+    """PUT /api/registration/{name}/heartbeat: 200, or 404 when unknown (register again)."""
+    lb = _state(state)
+    instance = await lb.registry.heartbeat(name)
+    lb.pool.observe(instance)
+    _count(lb, request, "ok")
+    return instance
+
+
+@delete(
+    "/api/registration/{name:str}",
+    guards=[require_token],
+    summary="Deregister an instance",
+    responses=_responses(401, 404, 503),
+    status_code=204,
+)
+async def deregister(name: FromPath[str], request: Request[Any, Any, Any], state: State) -> None:
+    """DELETE /api/registration/{name}: 204; new requests stop at once, in-flight ones finish."""
+    lb = _state(state)
+    if not await lb.registry.deregister(name):
+        raise NotFound(f"no instance named {name!r} is registered")
+    lb.pool.remove(name)
+    _count(lb, request, "ok")
+
+
+@get(
+    "/api/registration/services",
+    summary="Every instance with its status, heartbeat age, load and failures",
+)
+async def services(state: State) -> list[InstanceView]:
+    """GET /api/registration/services: the seed's verification call, from the local snapshot."""
+    return _state(state).pool.views()
+
+
+@get("/health", summary="Load balancer health, with instance counts")
+async def health(state: State) -> Response[bytes]:
+    """GET /health: 200 while it can route (the registry has been read), else 503."""
+    lb = _state(state)
+    pool = lb.pool
+    counts = pool.counts()
+    routable = len(pool.routable())
+    sync_age = pool.sync_age()
+    if lb.stopping:
+        status = "stopping"
+    elif not pool.loaded:
+        status = "registry_unavailable"
+    elif routable == 0:
+        status = "no_healthy_instances"
+    elif pool.registry_error is not None:
+        status = "degraded"
+    else:
+        status = "ok"
+    body = {
+        "status": status,
+        "strategy": pool.strategy.name,
+        "healthy_instances": routable,
+        "instances": counts,
+        "registry": {
+            "ok": pool.registry_error is None,
+            "error": pool.registry_error,
+            "last_sync_seconds_ago": None if sync_age is None else round(sync_age, 3),
+        },
+    }
+    if pool.loaded and not lb.stopping:
+        return json_response(body)
+    return json_response(body, 503, {"Retry-After": "1"})
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def metrics(state: State) -> Response[str]:
+    """GET /metrics: requests by instance and status, latency, retries, ejections, health."""
+    return Response(_state(state).metrics.render(), media_type=Metrics.content_type)
+
+
+ROUTES: Final = [register, heartbeat, deregister, services, health, metrics]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aygolog")
+    except PackageNotFoundError:
+        return "0"
+
+
+# -- running the app's lifespan without an ASGI server ------------------------------------------
+
+
+class LifespanDriver:
+    """Runs an ASGI app's lifespan by hand: `await startup()`, serve, `await shutdown()`.
+
+    The data plane is not an ASGI server, so it drives the Litestar app's lifespan itself.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._started: asyncio.Future[None] | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        """Send `lifespan.startup` and wait for the app to be ready.
+
+        Raises:
+            RuntimeError: the app's start-up failed (its message says why).
+        """
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._stopped = loop.create_future()
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        self._task = asyncio.create_task(self._run(scope), name="aygolog-lb-lifespan")
+        await self._inbox.put({"type": "lifespan.startup"})
+        await self._started
+
+    async def shutdown(self) -> None:
+        """Send `lifespan.shutdown` and wait for the app to have released everything."""
+        if self._task is None or self._stopped is None:
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        try:
+            await self._stopped
+        finally:
+            with contextlib.suppress(Exception):
+                await self._task
+
+    async def _run(self, scope: dict[str, Any]) -> None:
+        try:
+            await self._app(scope, self._inbox.get, self._send)
+        except Exception as exc:
+            for future in (self._started, self._stopped):
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError(f"lifespan failed: {exc}"))
+            raise
+        for future in (self._started, self._stopped):
+            if future is not None and not future.done():
+                future.set_exception(RuntimeError("the app ended its lifespan early"))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        future = self._started if kind.startswith("lifespan.startup") else self._stopped
+        if future is None or future.done():
+            return
+        if kind.endswith(".complete"):
+            future.set_result(None)
+        else:
+            future.set_exception(RuntimeError(message.get("message") or kind))
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+
+def serve_load_balancer(settings: LoadBalancerSettings | None = None) -> None:
+    """Run the load balancer until SIGTERM/SIGINT (what `aygolog lb` does), on uvloop.
+
+    Stops gracefully: no new connections, in-flight requests get up to 4 s, then the lifespan
+    closes the pool, the health checker and Redis; all within 5 s.
+    """
+    import uvloop
+
+    settings = settings or LoadBalancerSettings()
+    _configure_logging()
+    uvloop.run(_serve(settings))
+
+
+async def _serve(settings: LoadBalancerSettings) -> None:
+    import signal
+
+    import uvicorn
+
+    app = create_load_balancer(settings)
+    lifespan = LifespanDriver(app)
+    await lifespan.startup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=4,
+    )
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    serving = asyncio.create_task(server.serve())
+    try:
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 4.5)
+        await asyncio.wait_for(lifespan.shutdown(), 1.0)
+
+
+def _configure_logging() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per health probe
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )

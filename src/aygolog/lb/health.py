@@ -1,0 +1,103 @@
+"""Active health checking: every few seconds, `GET /health` of each live instance.
+
+The verdict (healthy after `healthy_threshold` passes in a row, unhealthy after
+`unhealthy_threshold` failures in a row) is kept by `InstancePool.record_probe`; this module only
+probes. httpx is fine here: a probe every 2 s per instance is far off the proxy's hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import httpx
+
+from aygolog.lb.pool import InstancePool
+
+__all__ = ["HealthCheckOptions", "HealthChecker"]
+
+log = logging.getLogger("aygolog.lb.health")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckOptions:
+    """How instances are probed.
+
+    Args:
+        interval: seconds between probe rounds (0 turns active checking off).
+        timeout: seconds a probe may take before it counts as failed.
+        path: what to GET on each instance; a 2xx answer passes.
+    """
+
+    interval: float = 2.0
+    timeout: float = 1.0
+    path: str = "/health"
+
+
+class HealthChecker:
+    """Probes every live instance of a pool and reports each result to it.
+
+    Args:
+        pool: whose instances to probe, and where the results go.
+        options: interval, timeout, path.
+        transport: an httpx transport (tests).
+    """
+
+    def __init__(
+        self,
+        pool: InstancePool,
+        options: HealthCheckOptions | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.pool = pool
+        self.options = options or HealthCheckOptions()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.options.timeout),
+            limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=30.0),
+            headers={"User-Agent": "aygolog-lb-health"},
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Begin probing in the background."""
+        if self._task is None and self.options.interval > 0:
+            self._task = asyncio.create_task(self._run(), name="aygolog-lb-health")
+
+    async def aclose(self) -> None:
+        """Stop probing and close connections."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()
+
+    async def probe_all(self) -> None:
+        """Probe every live instance once, concurrently, and report the results."""
+        targets = self.pool.probe_targets()
+        if targets:
+            results = await asyncio.gather(*(self._probe(url) for _, url in targets))
+            for (name, url), ok in zip(targets, results, strict=True):
+                self.pool.record_probe(name, url, ok)
+
+    async def _run(self) -> None:
+        # Start at a random point of the first interval, so that several load balancers started
+        # together do not probe in step.
+        await asyncio.sleep(random.uniform(0, self.options.interval))
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(self.options.interval)
+
+    async def _probe(self, url: str) -> bool:
+        try:
+            response = await self._client.get(url.rstrip("/") + self.options.path)
+        except httpx.HTTPError as exc:
+            log.debug("health probe of %s failed: %s", url, exc)
+            return False
+        return response.is_success

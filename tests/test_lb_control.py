@@ -1,0 +1,521 @@
+"""The load balancer's control plane in-process: registration API, auth, listing, health,
+metrics, and the instance pool's rules (strategy use, ejection, draining, health checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from aygolog.balancing import RoundRobin, make_strategy
+from aygolog.errors import NoHealthyInstance, Unavailable
+from aygolog.lb import (
+    HealthChecker,
+    HealthCheckOptions,
+    InstancePool,
+    PoolOptions,
+    create_load_balancer,
+    lb_state,
+)
+from aygolog.models import Registration, RegistryEvent, ServiceInstance
+from aygolog.registry import InMemoryServiceRegistry
+from aygolog.settings import LoadBalancerSettings
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NO_PROBES = HealthCheckOptions(interval=0)
+
+
+class Clock:
+    """Seconds that move only when told to (monotonic for the pool, epoch for the registry)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settings(**values: Any) -> LoadBalancerSettings:
+    values.setdefault("registration_token", TOKEN)
+    return LoadBalancerSettings(**values)
+
+
+@asynccontextmanager
+async def client_for(
+    app: Litestar,
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+@pytest.fixture
+def registry() -> InMemoryServiceRegistry:
+    return InMemoryServiceRegistry()
+
+
+@pytest.fixture
+async def client(registry: InMemoryServiceRegistry) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    app = create_load_balancer(
+        settings(strategy="round_robin"), registry=registry, health_options=NO_PROBES
+    )
+    async with client_for(app) as c:
+        yield c
+
+
+def reg(name: str, at: int, **more: Any) -> dict[str, Any]:
+    return {"name": name, "url": f"http://127.0.0.1:{at}", **more}
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+     {"Authorization": "Bearer"}, {"Authorization": f"Bearer {TOKEN}x"}],
+    ids=["none", "wrong", "basic", "empty", "longer"],
+)  # fmt: skip
+async def test_registration_routes_need_the_token(
+    client: AsyncTestClient[Litestar], headers: dict[str, str]
+) -> None:
+    calls = [
+        client.post("/api/registration", json=reg("a", 5001), headers=headers),
+        client.put("/api/registration/a/heartbeat", headers=headers),
+        client.delete("/api/registration/a", headers=headers),
+    ]
+    for call in calls:
+        response = await call
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "error" in response.json()
+    assert (await client.get("/api/registration/services")).json() == []
+
+
+async def test_open_registration_needs_opt_in_and_warns(
+    registry: InMemoryServiceRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match="AYGOLOG_REGISTRATION_TOKEN"):
+        LoadBalancerSettings(registration_token=None)
+    with caplog.at_level(logging.WARNING, logger="aygolog.lb"):
+        app = create_load_balancer(
+            LoadBalancerSettings(registration_token=None, insecure_open_registration=True),
+            registry=registry,
+            health_options=NO_PROBES,
+        )
+        async with client_for(app) as c:
+            assert (await c.post("/api/registration", json=reg("a", 5001))).status_code == 201
+    assert any("REGISTRATION IS OPEN" in r.message for r in caplog.records)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "a", "url": "file:///etc/passwd"}, "url"),
+        ({"name": "a", "url": "http://user:pw@127.0.0.1:5001"}, "url"),
+        ({"name": "a", "url": "http://127.0.0.1:5001/path"}, "url"),
+        ({"name": "bad name!", "url": "http://127.0.0.1:5001"}, "name"),
+        ({"name": "a", "url": "http://127.0.0.1:5001", "weight": 5000}, "weight"),
+        ({"name": "a", "url": "http://127.0.0.1:5001", "weight": "x"}, "weight"),
+        ({"url": "http://127.0.0.1:5001"}, "name"),
+    ],
+    ids=["file", "credentials", "path", "name", "weight-range", "weight-type", "no-name"],
+)
+async def test_bad_registration_is_422_naming_the_field(
+    client: AsyncTestClient[Litestar], body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/api/registration", json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert field in [d["field"] for d in response.json()["detail"]]
+    assert (await client.get("/api/registration/services")).json() == []
+
+
+async def test_malformed_json_is_400(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/api/registration", content=b"{nope", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed request body"
+
+
+async def test_allowed_networks(registry: InMemoryServiceRegistry) -> None:
+    app = create_load_balancer(
+        settings(), registry=registry, health_options=NO_PROBES, allowed_networks=["10.0.0.0/8"]
+    )
+    async with client_for(app) as c:
+        outside = await c.post("/api/registration", json=reg("a", 5001), headers=AUTH)
+        assert outside.status_code == 403
+        assert "outside the networks" in outside.json()["error"]
+        inside = {"name": "b", "url": "http://10.1.2.3:5001"}
+        assert (await c.post("/api/registration", json=inside, headers=AUTH)).status_code == 201
+        names = [s["name"] for s in (await c.get("/api/registration/services")).json()]
+        assert names == ["b"]
+
+
+# -- the registration life cycle -----------------------------------------------------------
+
+
+async def test_register_heartbeat_deregister(
+    client: AsyncTestClient[Litestar], registry: InMemoryServiceRegistry
+) -> None:
+    first = await client.post("/api/registration", json=reg("api-1", 5001), headers=AUTH)
+    assert first.status_code == 201, first.text
+    assert first.json()["name"] == "api-1"
+    assert first.json()["status"] == "healthy"
+    again = await client.post("/api/registration", json=reg("api-1", 5001, weight=3), headers=AUTH)
+    assert again.status_code == 200
+    assert (await registry.get("api-1")) is not None
+
+    beat = await client.put("/api/registration/api-1/heartbeat", headers=AUTH)
+    assert beat.status_code == 200
+    assert beat.json()["weight"] == 3
+    unknown = await client.put("/api/registration/nobody/heartbeat", headers=AUTH)
+    assert unknown.status_code == 404
+    assert "nobody" in unknown.json()["error"]
+
+    gone = await client.delete("/api/registration/api-1", headers=AUTH)
+    assert gone.status_code == 204
+    assert await registry.get("api-1") is None
+    assert (await client.get("/api/registration/services")).json() == []
+    assert (await client.delete("/api/registration/api-1", headers=AUTH)).status_code == 404
+    assert (await client.put("/api/registration/api-1/heartbeat", headers=AUTH)).status_code == 404
+
+
+async def test_services_listing_fields(client: AsyncTestClient[Litestar]) -> None:
+    body = reg("api-1", 5001, weight=2, ip="127.0.0.1", port=5001, metadata={"zone": "a"})
+    await client.post("/api/registration", json=body, headers=AUTH)
+    await client.post("/api/registration", json=reg("api-2", 5002), headers=AUTH)
+    pool = lb_state(client.app).pool
+    target = pool.pick()
+    pool.started(target.name)
+    pool.finished(target.name, 503, 0.01, None)
+
+    listed = (await client.get("/api/registration/services")).json()
+    assert [s["name"] for s in listed] == ["api-1", "api-2"]
+    one = listed[0]
+    assert one["url"] == "http://127.0.0.1:5001"
+    assert one["weight"] == 2
+    assert one["metadata"] == {"zone": "a"}
+    assert 0 <= one["heartbeat_age"] < 5
+    assert one["status"] == "ejected"  # its 503 ejected it (1 of 2 is within the 50% cap)
+    assert one["ejected_until"] is not None
+    assert one["served"] == 1
+    assert one["in_flight"] == 0
+    assert one["recent_failures"] == 1
+    assert one["ejections"] == 1
+    assert one["health_check"] == "passing"
+    assert listed[1]["status"] == "healthy"
+    assert listed[1]["ejected_until"] is None
+    for key in ("last_heartbeat", "registered_at", "ip", "port"):
+        assert key in one
+
+
+async def test_health_and_metrics(client: AsyncTestClient[Litestar]) -> None:
+    empty = await client.get("/health")
+    assert empty.status_code == 200
+    assert empty.json()["status"] == "no_healthy_instances"
+    await client.post("/api/registration", json=reg("api-1", 5001), headers=AUTH)
+    health = (await client.get("/health")).json()
+    assert health["status"] == "ok"
+    assert health["healthy_instances"] == 1
+    assert health["instances"]["healthy"] == 1
+    assert health["registry"]["ok"] is True
+    assert health["strategy"] == "round_robin"
+
+    pool = lb_state(client.app).pool
+    pool.started("api-1")
+    pool.finished("api-1", 200, 0.003, None)
+    pool.pick(exclude={"other"})
+    text = (await client.get("/metrics")).text
+    assert 'aygolog_lb_requests_total{instance="api-1",status="200"} 1' in text
+    assert 'aygolog_lb_request_seconds_count{instance="api-1"} 1' in text
+    assert "aygolog_lb_retries_total 1" in text
+    assert "aygolog_lb_healthy_instances 1" in text
+    assert "# TYPE aygolog_lb_ejections_total counter" in text
+
+
+async def test_unknown_route_is_json_404(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/nothing-here")
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+# -- the pool ---------------------------------------------------------------------------------
+
+
+def instance(name: str, port: int = 5000, weight: int = 1) -> ServiceInstance:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return ServiceInstance(
+        name=name,
+        url=f"http://127.0.0.1:{port}",
+        registered_at=now,
+        last_heartbeat=now,
+        weight=weight,
+    )
+
+
+def make_pool(
+    n: int, *, strategy: str = "round_robin", clock: Callable[[], float] | None = None, **opts: Any
+) -> InstancePool:
+    pool = InstancePool(
+        InMemoryServiceRegistry(),
+        make_strategy(strategy),
+        options=PoolOptions(**opts),
+        clock=clock or Clock(),
+    )
+    pool.replace([instance(f"i{k}", 5000 + k) for k in range(n)])
+    return pool
+
+
+def fail(pool: InstancePool, name: str, status: int | None = 502, error: object = None) -> None:
+    pool.started(name)
+    pool.finished(name, status, 0.001, error)
+
+
+def test_pick_uses_the_strategy_over_routable_instances() -> None:
+    pool = make_pool(3)
+    picks = [pool.pick().name for _ in range(30)]
+    assert {name: picks.count(name) for name in set(picks)} == {"i0": 10, "i1": 10, "i2": 10}
+    target = pool.pick()
+    assert (target.host, target.port) == ("127.0.0.1", 5000 + int(target.name[1]))
+    for _ in range(10):
+        assert pool.pick(exclude={"i0", "i1"}).name == "i2"
+    with pytest.raises(NoHealthyInstance):
+        pool.pick(exclude={"i0", "i1", "i2"})
+    with pytest.raises(NoHealthyInstance):
+        make_pool(0).pick()
+
+
+def test_least_outstanding_sees_started_and_finished() -> None:
+    pool = make_pool(2, strategy="least_outstanding")
+    pool.started("i0")
+    assert [pool.pick().name for _ in range(5)] == ["i1"] * 5
+    pool.finished("i0", 200, 0.01)
+    pool.started("i1")
+    assert pool.pick().name == "i0"
+
+
+def test_weight_zero_drains() -> None:
+    pool = make_pool(0)
+    pool.replace([instance("a", 1), instance("b", 2, weight=0)])
+    assert {pool.pick().name for _ in range(10)} == {"a"}
+    assert {v.name: v.status for v in pool.views()} == {"a": "healthy", "b": "draining"}
+
+
+def test_ejection_doubles_on_repeats_and_resets() -> None:
+    clock = Clock()
+    pool = make_pool(4, clock=clock)
+    fail(pool, "i0", error=ConnectionRefusedError())
+    assert "i0" not in pool.routable()
+    view = {v.name: v for v in pool.views()}["i0"]
+    assert view.status == "ejected"
+    clock.now += 4.9
+    assert "i0" not in [pool.pick().name for _ in range(8)]
+    clock.now += 0.2  # 5 s: back
+    assert "i0" in [pool.pick().name for _ in range(4)]
+    fail(pool, "i0", 500)  # again soon after: 10 s
+    clock.now += 9.9
+    assert "i0" not in pool.routable()
+    clock.now += 0.2
+    assert "i0" in pool.routable()
+    fail(pool, "i0", 503)  # 20 s
+    clock.now += 19.9
+    assert "i0" not in pool.routable()
+    clock.now += 0.2 + 61  # back, and well behaved for longer than ejection_reset
+    fail(pool, "i0", 500)  # the base again
+    clock.now += 5.1
+    assert "i0" in pool.routable()
+    assert {v.name: v.ejections for v in pool.views()}["i0"] == 4
+
+
+def test_at_most_half_ejected_unless_all_fail() -> None:
+    clock = Clock()
+    pool = make_pool(4, clock=clock)
+    fail(pool, "i0")
+    fail(pool, "i1")
+    fail(pool, "i2")  # a third of four would be over 50%: stays in
+    assert sorted(pool.routable()) == ["i2", "i3"]
+    fail(pool, "i3")  # now every live instance is failing: all may go
+    fail(pool, "i2")
+    assert pool.routable() == []
+    with pytest.raises(NoHealthyInstance):
+        pool.pick()
+    clock.now += 5.1
+    assert sorted(pool.routable()) == ["i0", "i1", "i2", "i3"]
+
+
+def test_one_success_clears_the_failure_streak() -> None:
+    pool = make_pool(2, failures_to_eject=3)
+    fail(pool, "i0")
+    fail(pool, "i0")
+    pool.started("i0")
+    pool.finished("i0", 200, 0.01)
+    fail(pool, "i0")
+    assert "i0" in pool.routable()
+    fail(pool, "i0")
+    fail(pool, "i0")
+    assert "i0" not in pool.routable()
+
+
+def test_single_instance_may_be_ejected() -> None:
+    pool = make_pool(1)
+    fail(pool, "i0", error=ConnectionResetError())
+    assert pool.routable() == []
+
+
+def test_deregistered_instance_gets_nothing_new_but_drains() -> None:
+    pool = make_pool(2)
+    pool.started("i0")
+    pool.remove("i0")
+    assert {pool.pick().name for _ in range(6)} == {"i1"}
+    assert {v.name: v.status for v in pool.views()}["i0"] == "draining"
+    pool.finished("i0", 200, 0.5)
+    assert [v.name for v in pool.views()] == ["i1"]
+    pool.remove("i1")  # nothing in flight: forgotten at once
+    assert pool.views() == []
+
+
+def test_active_health_thresholds() -> None:
+    pool = make_pool(2)
+    url = "http://127.0.0.1:5000"
+    for _ in range(2):
+        pool.record_probe("i0", url, False)
+    assert "i0" in pool.routable()
+    pool.record_probe("i0", url, False)
+    assert "i0" not in pool.routable()
+    assert {v.name: v.status for v in pool.views()}["i0"] == "unhealthy"
+    pool.record_probe("i0", "http://elsewhere:1", True)  # a stale probe of an old address
+    pool.record_probe("i0", url, True)
+    assert "i0" not in pool.routable()
+    pool.record_probe("i0", url, True)
+    assert "i0" in pool.routable()
+
+
+async def test_health_checker_probes_each_live_instance() -> None:
+    pool = make_pool(2)
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200 if request.url.port == 5000 else 503)
+
+    checker = HealthChecker(pool, HealthCheckOptions(), transport=httpx.MockTransport(handler))
+    for _ in range(3):
+        await checker.probe_all()
+    await checker.aclose()
+    assert sorted(set(seen)) == ["http://127.0.0.1:5000/health", "http://127.0.0.1:5001/health"]
+    assert pool.routable() == ["i0"]
+
+
+# -- following the registry ------------------------------------------------------------------
+
+
+async def wait_until(check: Callable[[], bool], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_pool_follows_registry_events_and_expiry() -> None:
+    wall = Clock(time.time())
+    registry = InMemoryServiceRegistry(ttl=timedelta(seconds=6), clock=wall)
+    await registry.register(Registration(name="old", url="http://127.0.0.1:5000"))
+    pool = InstancePool(registry, RoundRobin(), options=PoolOptions(poll_interval=0.02))
+    await pool.start()
+    try:
+        assert pool.routable() == ["old"]
+        await registry.register(Registration(name="new", url="http://127.0.0.1:5001"))
+        await wait_until(lambda: sorted(pool.routable()) == ["new", "old"])
+        await registry.deregister("old")
+        await wait_until(lambda: pool.routable() == ["new"])
+        wall.now += 7  # the poll's sweep() announces the expiry
+        await wait_until(lambda: pool.routable() == [])
+        assert [v.status for v in pool.views()] == ["expired"]
+        await registry.heartbeat("new")  # it came back
+        await wait_until(lambda: pool.routable() == ["new"])
+    finally:
+        await pool.aclose()
+
+
+class FlakyRegistry(InMemoryServiceRegistry):
+    """A registry whose watch and reads fail a few times, as when Redis restarts."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def _maybe_fail(self) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise Unavailable("Redis is restarting")
+
+    async def instances(self) -> list[ServiceInstance]:
+        self._maybe_fail()
+        return await super().instances()
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[RegistryEvent]]:
+        self._maybe_fail()
+        async with super().watch() as events:
+            yield events
+
+
+async def test_pool_rewatches_after_the_registry_fails() -> None:
+    registry = FlakyRegistry(failures=3)
+    await registry.register(Registration(name="a", url="http://127.0.0.1:5000"))
+    pool = InstancePool(registry, RoundRobin(), options=PoolOptions(poll_interval=60))
+    await pool.start()
+    try:
+        await wait_until(lambda: pool.routable() == ["a"])
+        assert pool.registry_error is None
+        await registry.register(Registration(name="b", url="http://127.0.0.1:5001"))
+        await wait_until(lambda: sorted(pool.routable()) == ["a", "b"])
+    finally:
+        await pool.aclose()
+
+
+class DownRegistry(InMemoryServiceRegistry):
+    """A registry whose every call fails, as when Redis is down."""
+
+    async def register(self, registration: Registration) -> ServiceInstance:
+        raise Unavailable("Redis: connection refused", retry_after=1.0)
+
+    async def instances(self) -> list[ServiceInstance]:
+        raise Unavailable("Redis: connection refused", retry_after=1.0)
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[RegistryEvent]]:
+        raise Unavailable("Redis: connection refused", retry_after=1.0)
+        yield  # type: ignore[unreachable]  # makes this an async generator
+
+
+async def test_registry_down_gives_503_with_retry_after() -> None:
+    pool_options = PoolOptions(poll_interval=0.05)
+    app = create_load_balancer(
+        settings(), registry=DownRegistry(), health_options=NO_PROBES, pool_options=pool_options
+    )
+    lb_task_start = time.monotonic()
+    async with client_for(app) as c:
+        assert time.monotonic() - lb_task_start < 10
+        response = await c.post("/api/registration", json=reg("a", 5001), headers=AUTH)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "Redis" in response.json()["error"]
+        health = await c.get("/health")
+        assert health.status_code == 503
+        assert health.json()["registry"]["ok"] is False
