@@ -35,7 +35,7 @@ from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
 
 # The parsing lives in `aygolog.settings` so that settings validate addresses without redis-py.
-from aygolog.settings import RedisTarget, _check_key_prefix, parse_redis_url
+from aygolog.settings import RedisSettings, RedisTarget, _check_key_prefix, parse_redis_url
 
 __all__ = [
     "KeySpace",
@@ -44,6 +44,7 @@ __all__ = [
     "create_single_redis",
     "create_sync_redis",
     "parse_redis_url",
+    "redis_from_settings",
 ]
 
 _CONNECT_TIMEOUT: Final = 2.0
@@ -148,6 +149,28 @@ def create_single_redis(url: str) -> aioredis.Redis:
     client = create_redis(url)
     if not isinstance(client, aioredis.Redis):
         raise TypeError("this needs a single-node client; pass a cluster client explicitly")
+    return client
+
+
+DEFAULT_URL: Final = "redis://127.0.0.1:6379/0"
+"""Where a service looks for Redis when neither AYGOLOG_REDIS_URL nor ConnectionStrings__Redis
+is set."""
+
+
+def redis_from_settings(settings: RedisSettings) -> aioredis.Redis:
+    """The single-node (or sentinel) async client a service's `RedisSettings` describe.
+
+    Raises:
+        TypeError: the settings describe a cluster (the services need one primary).
+    """
+    client = create_redis(
+        settings.url or DEFAULT_URL,
+        cluster=settings.cluster,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
+    )
+    if not isinstance(client, aioredis.Redis):
+        raise TypeError("aygolog's services need a single-node or sentinel Redis client")
     return client
 
 

@@ -41,7 +41,8 @@ from aygolog.lb.health import HealthChecker, HealthCheckOptions
 from aygolog.lb.pool import InstancePool, InstanceView, PoolOptions
 from aygolog.metrics import Counter, Metrics
 from aygolog.models import ErrorBody, FieldError, Registration, ServiceInstance
-from aygolog.redis import create_redis
+from aygolog.redis import DEFAULT_URL as DEFAULT_REDIS_URL
+from aygolog.redis import redis_from_settings
 from aygolog.registry import ServiceRegistry, check_registration
 from aygolog.registry.redis import RedisServiceRegistry
 from aygolog.settings import LoadBalancerSettings
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("aygolog.lb")
-DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 """Where the load balancer looks for Redis when no address is configured."""
 _DECODE_REGISTRATION: Final = msgspec.json.Decoder(Registration)
 _MAX_REGISTRATION_BYTES: Final = 64 * 1024
@@ -128,15 +128,7 @@ def create_load_balancer(
         client: aioredis.Redis | None = None
         active = registry
         if active is None:
-            made = create_redis(
-                settings.redis.url or DEFAULT_REDIS_URL,
-                cluster=settings.redis.cluster,
-                socket_connect_timeout=settings.redis.connect_timeout,
-                socket_timeout=settings.redis.socket_timeout,
-            )
-            if not isinstance(made, aioredis.Redis):
-                raise TypeError("the load balancer needs a single-node or sentinel Redis client")
-            client = made
+            client = redis_from_settings(settings.redis)
             active = RedisServiceRegistry(
                 client,
                 prefix=settings.redis.prefix,

@@ -22,7 +22,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from aygolog.metrics import Counter, Histogram, Metrics
 from aygolog.models import Limits, Registration
-from aygolog.redis import create_redis
+from aygolog.redis import redis_from_settings
 from aygolog.server.agent import RegistrationAgent
 from aygolog.server.instrumented import InstrumentedStore
 from aygolog.server.routes import ROUTES, ApiState
@@ -35,9 +35,6 @@ from aygolog.web import exception_handlers
 __all__ = ["create_log_api"]
 
 log = logging.getLogger("aygolog.server")
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-"""Where the Log API looks for Redis when neither AYGOLOG_REDIS_URL nor ConnectionStrings__Redis
-is set."""
 
 
 def create_log_api(
@@ -74,15 +71,7 @@ def create_log_api(
         client: aioredis.Redis | None = None
         active = store
         if active is None:
-            made = create_redis(
-                settings.redis.url or DEFAULT_REDIS_URL,
-                cluster=settings.redis.cluster,
-                socket_connect_timeout=settings.redis.connect_timeout,
-                socket_timeout=settings.redis.socket_timeout,
-            )
-            if not isinstance(made, aioredis.Redis):
-                raise TypeError("the Log API needs a single-node or sentinel Redis client")
-            client = made
+            client = redis_from_settings(settings.redis)
             active = RedisStreamLogStore(
                 client,
                 instance=instance,
