@@ -339,7 +339,10 @@ def test_handler_stores_every_record_once_through_restarts(stack: LiveStack, ser
     handler.close(timeout=10)
     assert (handler.dropped, handler.invalid, handler.undelivered) == (0, 0, 0)
     assert handler.sent == threads * per_thread
-    assert handler.failed_attempts > 0  # the restarts did hit it
+    if not stack.use_lb:
+        # Straight to one instance, its restart must show; through the LB, the LB's own
+        # retries may absorb both restarts (what matters is the exactly-once check below).
+        assert handler.failed_attempts > 0
 
     entries = stored(stack.url, service)
     messages = [e.message for e in entries]

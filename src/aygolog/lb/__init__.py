@@ -12,6 +12,8 @@ from aygolog.lb.app import (
     LoadBalancerState,
     create_load_balancer,
     lb_state,
+    proxied,
+    run_load_balancer,
     serve_load_balancer,
 )
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
@@ -27,5 +29,7 @@ __all__ = [
     "PoolOptions",
     "create_load_balancer",
     "lb_state",
+    "proxied",
+    "run_load_balancer",
     "serve_load_balancer",
 ]

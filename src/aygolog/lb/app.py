@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
@@ -55,11 +55,12 @@ __all__ = [
     "LoadBalancerState",
     "create_load_balancer",
     "lb_state",
+    "proxied",
+    "run_load_balancer",
     "serve_load_balancer",
 ]
 
 log = logging.getLogger("aygolog.lb")
-"""Where the load balancer looks for Redis when no address is configured."""
 _DECODE_REGISTRATION: Final = msgspec.json.Decoder(Registration)
 _MAX_REGISTRATION_BYTES: Final = 64 * 1024
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -318,8 +319,9 @@ async def register(request: Request[Any, Any, Any], state: State) -> Response[by
     lb = _state(state)
     registration = decode_registration(await request.body())
     await check_network(registration.url, lb.allowed_networks)
+    known = await lb.registry.get(registration.name)
     instance = await lb.registry.register(registration)
-    new = instance.registered_at == instance.last_heartbeat
+    new = known is None
     lb.pool.observe(instance, came_back=True)  # a (re)starting process: forget its old record
     _count(lb, request, "ok")
     return json_response(instance, 201 if new else 200)
@@ -434,6 +436,8 @@ class LifespanDriver:
         self._started: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.state: dict[str, Any] = {}
+        """The lifespan state the app set (ASGI `scope["state"]`), for each request's scope."""
 
     async def startup(self) -> None:
         """Send `lifespan.startup` and wait for the app to be ready.
@@ -444,7 +448,11 @@ class LifespanDriver:
         loop = asyncio.get_running_loop()
         self._started = loop.create_future()
         self._stopped = loop.create_future()
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
         self._task = asyncio.create_task(self._run(scope), name="aygolog-lb-lifespan")
         await self._inbox.put({"type": "lifespan.startup"})
         await self._started
@@ -489,47 +497,89 @@ class LifespanDriver:
 def serve_load_balancer(settings: LoadBalancerSettings | None = None) -> None:
     """Run the load balancer until SIGTERM/SIGINT (what `aygolog lb` does), on uvloop.
 
-    Stops gracefully: no new connections, in-flight requests get up to 4 s, then the lifespan
-    closes the pool, the health checker and Redis; all within 5 s.
+    The data plane (`aygolog.lb.proxy.ProxyServer`) listens on `settings.host:port`, proxies
+    `/api/*` (except the registration API) to the instances the pool picks, and hands every other
+    request to the control plane app in-process. Stops gracefully: no new connections, in-flight
+    requests get up to 4 s, then the app's lifespan closes the pool, health checks and Redis.
     """
     import uvloop
 
     settings = settings or LoadBalancerSettings()
     _configure_logging()
-    uvloop.run(_serve(settings))
+    uvloop.run(run_load_balancer(settings))
 
 
-async def _serve(settings: LoadBalancerSettings) -> None:
+def proxied(method: str, path: str) -> bool:
+    """The data plane's route: `/api/*` goes to an instance, except the registration API."""
+    return path.startswith("/api/") and not (
+        path == _REGISTRATION or path.startswith(_REGISTRATION_PREFIX)
+    )
+
+
+_REGISTRATION: Final = "/api/registration"
+_REGISTRATION_PREFIX: Final = "/api/registration/"
+
+
+async def run_load_balancer(
+    settings: LoadBalancerSettings,
+    *,
+    app: Litestar | None = None,
+    stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+    grace: float = 4.0,
+) -> None:
+    """Serve the load balancer on the running loop until `stop` is set (or SIGTERM/SIGINT).
+
+    Args:
+        settings: where to listen, timeouts (and, unless `app` is given, everything else).
+        app: the control plane (default `create_load_balancer(settings)`).
+        stop: set it to stop; when None, SIGTERM and SIGINT stop the server.
+        started: called with the bound port once the proxy listens.
+        grace: seconds in-flight requests get to finish when stopping.
+    """
     import signal
 
-    import uvicorn
+    from aygolog.lb.proxy import ProxyConfig, ProxyServer
 
-    app = create_load_balancer(settings)
+    app = app or create_load_balancer(settings)
     lifespan = LifespanDriver(app)
     await lifespan.startup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=4,
-    )
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    serving = asyncio.create_task(server.serve())
     try:
-        await stop.wait()
+        lb = lb_state(app)
+        proxy = ProxyServer(
+            picker=lb.pool,
+            route=proxied,
+            asgi_app=app,
+            asgi_state=lifespan.state,
+            config=ProxyConfig(
+                connect_timeout=settings.connect_timeout,
+                response_timeout=settings.response_timeout,
+                shutdown_timeout=grace,
+            ),
+        )
+        lb.metrics.gauge(
+            "aygolog_lb_client_connections",
+            "Client connections open now",
+            read=lambda: {(): float(proxy.stats.connections)},
+        )
+        loop = asyncio.get_running_loop()
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        await proxy.start(settings.host, settings.port)
+        log.info("load balancer listening on http://%s:%d", settings.host, proxy.port)
+        if started is not None:
+            started(proxy.port)
+        try:
+            await stop.wait()
+            log.info("stopping: finishing in-flight requests (at most %g s)", grace)
+        finally:
+            await proxy.aclose(grace)
     finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(serving, 4.5)
-        await asyncio.wait_for(lifespan.shutdown(), 1.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await lifespan.shutdown()
 
 
 def _configure_logging() -> None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import Final
 from urllib.parse import urlsplit
 
 import msgspec
@@ -43,7 +43,7 @@ from aygolog.metrics import Metrics
 from aygolog.models import EventKind, InstanceStatus, RegistryEvent, ServiceInstance
 from aygolog.registry import ServiceRegistry
 
-__all__ = ["InstancePool", "InstanceView", "PoolOptions", "Target"]
+__all__ = ["InstancePool", "InstanceView", "PoolOptions", "Upstream"]
 
 log = logging.getLogger("aygolog.lb.pool")
 
@@ -52,22 +52,9 @@ _WATCH_BACKOFF_FIRST: Final = 0.1
 _WATCH_BACKOFF_MAX: Final = 5.0
 
 
-class Target(Protocol):
-    """Where the proxy sends a request: the instance's name and its address."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """A `Target`: one instance's name and address, as handed to the proxy."""
+    """One instance's name and address, as handed to the proxy (its `Target`)."""
 
     name: str
     host: str

@@ -1,0 +1,1350 @@
+"""The load balancer's data plane: an HTTP/1.1 reverse proxy on asyncio (uvloop) and httptools.
+
+`ProxyServer` accepts client connections and parses requests with httptools. For each request
+`route(method, path)` says whether to proxy it; a proxied request goes to the instance the
+`picker` chooses, over a pooled keep-alive connection (`aygolog.lb.upstream`); anything else is
+handed, in-process, to an ASGI app (the LB's Litestar control plane: registration, `/health`,
+`/metrics`). A raw server is used because the data plane must keep up with nginx: in this
+project's calibration (ARCHITECTURE.md) a Litestar route in front of the same pooled sockets
+reached 0.48x nginx's throughput, this design 0.66x.
+
+Per client connection, requests are answered one at a time, in order (pipelining-safe). Request
+bodies are buffered up to `ProxyConfig.max_body_size` (413 beyond), which makes every request
+replayable for a retry; responses are streamed as they arrive (SSE included), with back-pressure
+from a slow client to the instance's connection.
+
+Retries: a request is sent again to another instance (at most `max_retries` times, and only while
+the `RetryBudget` allows) when the instance cannot have acted on it: no connection could be made,
+or the connection failed before the request was fully sent and before any answer. After the
+request was sent, only GET, HEAD and requests with an `Idempotency-Key` are retried. A failure on
+a kept-alive connection before any answer (the instance closed it as we wrote) is first retried
+once on a fresh connection to the same instance, under the same rule. Once response headers have
+gone to the client nothing is retried: the client connection is cut instead.
+
+Answers of the proxy itself: 502 (the instances failed), 503 with `Retry-After` (no instance to
+send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/431 for bad
+requests. Their JSON body is `{"error": "...", "detail": []}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final, Protocol, cast
+from urllib.parse import unquote
+
+import httptools
+import msgspec
+
+from aygolog.errors import NoHealthyInstance
+from aygolog.lb.upstream import (
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamFailure,
+    UpstreamPools,
+    UpstreamResponse,
+)
+
+__all__ = [
+    "ASGIApp",
+    "Picker",
+    "ProxyConfig",
+    "ProxyServer",
+    "ProxyStats",
+    "RetryBudget",
+    "Route",
+    "Target",
+    "serve",
+]
+
+log = logging.getLogger("aygolog.lb.proxy")
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+"""An ASGI 3 application (`app(scope, receive, send)`), e.g. a Litestar app."""
+
+Route = Callable[[str, str], bool]
+"""`route(method, path)`: True to proxy the request, False to give it to the ASGI app."""
+
+# The status the proxy reports to `Picker.finished` when the client went away before the
+# instance answered (nginx's convention): not an instance failure.
+CLIENT_CLOSED_REQUEST: Final = 499
+
+
+class Target(Protocol):
+    """An instance to send a request to."""
+
+    @property
+    def name(self) -> str:
+        """The instance's unique name (returned to the client in `X-Served-By`)."""
+        ...
+
+    @property
+    def host(self) -> str:
+        """Its host name or address."""
+        ...
+
+    @property
+    def port(self) -> int:
+        """Its port."""
+        ...
+
+
+class Picker(Protocol):
+    """Chooses the instance for each request and hears how each exchange ended."""
+
+    def pick(self, exclude: set[str]) -> Target:
+        """The instance for the next attempt, other than those named in `exclude`.
+
+        Raises:
+            NoHealthyInstance: there is none.
+        """
+        ...
+
+    def started(self, name: str) -> None:
+        """An attempt on the named instance begins (before connecting)."""
+        ...
+
+    def finished(self, name: str, status: int | None, seconds: float, error: str | None) -> None:
+        """An attempt on the named instance ended.
+
+        Args:
+            name: the instance.
+            status: its HTTP status; None when it gave none; 499 when the client went away first.
+            seconds: from `started` to the end of the response (or the failure).
+            error: None, or the `UpstreamFailure` (a str) that ended the attempt: a failure of
+                the instance or of the network to it (connect refused/timeout, reset, timeout,
+                invalid response).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyConfig:
+    """Limits and timeouts of the proxy.
+
+    Args:
+        max_body_size: largest request body accepted (buffered), in bytes; 413 beyond.
+        max_header_size: largest request line plus headers, in bytes; 431 beyond.
+        connect_timeout: seconds to open a connection to an instance.
+        response_timeout: seconds to wait for the response headers, and at most between two
+            body chunks; 504 when the headers do not come. Not applied to SSE.
+        max_retries: extra attempts per request at most.
+        retry_ratio: the retry budget: retries may add this share of extra requests...
+        retry_min_per_second: ...plus this many retries per second, over...
+        retry_window: ...a sliding window of this many seconds.
+        max_idle_per_upstream: idle keep-alive connections kept per instance.
+        upstream_idle_timeout: an idle upstream connection older than this is closed.
+        keep_alive_timeout: an idle client connection is closed after this many seconds.
+        request_read_timeout: a client must send a whole request within this many seconds.
+        max_pipelined: requests queued on one client connection before it is read no further.
+        scheme: the scheme clients used, sent as `X-Forwarded-Proto`.
+        trust_forwarded: keep the `X-Forwarded-Proto/-Host` a client sent (behind a trusted
+            TLS terminator) instead of setting them.
+        shutdown_timeout: default seconds `aclose` lets in-flight requests finish.
+    """
+
+    max_body_size: int = 10 * 1024 * 1024
+    max_header_size: int = 64 * 1024
+    connect_timeout: float = 1.0
+    response_timeout: float = 30.0
+    max_retries: int = 2
+    retry_ratio: float = 0.2
+    retry_min_per_second: float = 3.0
+    retry_window: float = 10.0
+    max_idle_per_upstream: int = 64
+    upstream_idle_timeout: float = 4.0
+    keep_alive_timeout: float = 75.0
+    request_read_timeout: float = 60.0
+    max_pipelined: int = 16
+    scheme: str = "http"
+    trust_forwarded: bool = False
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """Counters of the proxy (for `/metrics`)."""
+
+    connections: int = 0
+    """Client connections open now."""
+    proxied: int = 0
+    """Requests routed to the instances."""
+    forwarded: int = 0
+    """Requests given to the ASGI app."""
+    retries: int = 0
+    """Extra attempts on another instance."""
+    retries_denied: int = 0
+    """Retries the budget refused."""
+    stale_retries: int = 0
+    """Requests re-sent on a fresh connection after a kept-alive one failed before any answer."""
+
+
+class RetryBudget:
+    """Caps retries to `ratio` extra requests over a sliding `window`, plus a floor.
+
+    A retry is allowed while retries in the window stay within `ratio` x requests in the window
+    plus `min_per_second` x `window`, so a failing instance cannot multiply the load by the
+    retry count, while a quiet LB can still retry now and then (as Finagle's RetryBudget).
+    """
+
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.2,
+        min_per_second: float = 3.0,
+        window: float = 10.0,
+        buckets: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ratio = ratio
+        self.floor = min_per_second * window
+        self._clock = clock
+        self._slot_length = window / buckets
+        self._requests = [0] * buckets
+        self._retries = [0] * buckets
+        self._request_sum = 0
+        self._retry_sum = 0
+        self._slot = int(clock() / self._slot_length)
+
+    def record_request(self) -> None:
+        """Count one original request."""
+        self._advance()
+        self._requests[self._slot % len(self._requests)] += 1
+        self._request_sum += 1
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget if there is one left."""
+        self._advance()
+        if self._retry_sum + 1 > self.ratio * self._request_sum + self.floor:
+            return False
+        self._retries[self._slot % len(self._retries)] += 1
+        self._retry_sum += 1
+        return True
+
+    def _advance(self) -> None:
+        slot = int(self._clock() / self._slot_length)
+        gap = slot - self._slot
+        if gap <= 0:
+            return
+        count = len(self._requests)
+        if gap >= count:
+            self._requests = [0] * count
+            self._retries = [0] * count
+            self._request_sum = self._retry_sum = 0
+        else:
+            for step in range(1, gap + 1):
+                index = (self._slot + step) % count
+                self._request_sum -= self._requests[index]
+                self._retry_sum -= self._retries[index]
+                self._requests[index] = self._retries[index] = 0
+        self._slot = slot
+
+
+# -- wire constants -----------------------------------------------------------------------------
+
+_HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request headers the proxy drops or sets itself.
+_REQUEST_OWN: Final = _HOP_BY_HOP | {
+    b"content-length",
+    b"expect",
+    b"x-request-id",
+    b"x-forwarded-for",
+}
+_FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+# Response headers the proxy drops or sets itself.
+_RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
+_CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
+_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD"})
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
+_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,200}")
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+_SSE: Final = b"text/event-stream"
+_LINGER: Final = 2.0  # seconds to drain a rejected client's input before closing (as nginx)
+
+# Response framing towards the client.
+_FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
+_FRAME_LENGTH: Final = 1  # Content-Length, body passed as is
+_FRAME_CHUNKED: Final = 2  # re-framed as chunked
+_FRAME_CLOSE: Final = 3  # HTTP/1.0 client: body delimited by closing the connection
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",")} - {b""}
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to stop parsing this connection's input."""
+
+
+class _Request:
+    """One client request, parsed (its body buffered)."""
+
+    __slots__ = (
+        "body",
+        "chunks",
+        "connection_tokens",
+        "continue_sent",
+        "event_stream",
+        "expect_continue",
+        "forwarded_host",
+        "forwarded_proto",
+        "has_idempotency_key",
+        "head",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "reject",
+        "request_id",
+        "size",
+        "url",
+        "version11",
+        "xff",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.version11 = True
+        self.keep_alive = False
+        self.chunks: list[bytes] = []
+        self.body = b""
+        self.size = 0
+        self.reject: tuple[int, str] | None = None
+        self.expect_continue = False
+        self.continue_sent = False
+        self.host: bytes | None = None
+        self.xff: bytes | None = None
+        self.request_id = b""
+        self.has_idempotency_key = False
+        self.event_stream = False
+        self.connection_tokens: set[bytes] | None = None
+        self.forwarded_proto = False
+        self.forwarded_host = False
+        self.head = False
+
+
+class _IdleTimer:
+    """Calls `expire` once nothing has been `touch`ed for `timeout` seconds."""
+
+    __slots__ = ("_expire", "_handle", "_loop", "last", "timeout")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, expire: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._expire = expire
+        self.last = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_later(timeout, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self.last
+        if idle >= self.timeout:
+            self._handle = None
+            self._expire()
+        else:
+            self._handle = self._loop.call_later(self.timeout - idle, self._check)
+
+
+class ProxyServer:
+    """The data plane: proxies what `route` selects, hands the rest to `asgi_app`.
+
+    Args:
+        picker: chooses the instance per attempt and hears the outcome.
+        route: `route(method, path)`, True to proxy (path is percent-decoded, without query).
+        asgi_app: answers what is not proxied; without one, such requests get 404.
+        config: limits and timeouts.
+        asgi_state: the lifespan state of `asgi_app`; each request's scope gets a shallow copy.
+        pools: the upstream connection pools (made from `config` when not given).
+        retry_budget: shared retry budget (made from `config` when not given).
+    """
+
+    def __init__(
+        self,
+        *,
+        picker: Picker,
+        route: Route,
+        asgi_app: ASGIApp | None = None,
+        config: ProxyConfig | None = None,
+        asgi_state: Mapping[str, Any] | None = None,
+        pools: UpstreamPools | None = None,
+        retry_budget: RetryBudget | None = None,
+    ) -> None:
+        self.config = config = config or ProxyConfig()
+        self.picker = picker
+        self.route = route
+        self.asgi_app = asgi_app
+        self.asgi_state = asgi_state
+        self.pools = pools or UpstreamPools(
+            max_idle=config.max_idle_per_upstream,
+            connect_timeout=config.connect_timeout,
+            idle_timeout=config.upstream_idle_timeout,
+        )
+        self.budget = retry_budget or RetryBudget(
+            ratio=config.retry_ratio,
+            min_per_second=config.retry_min_per_second,
+            window=config.retry_window,
+        )
+        self.stats = ProxyStats()
+        self.closing = False
+        self._scheme = config.scheme.encode()
+        self._request_own = (
+            _REQUEST_OWN if config.trust_forwarded else _REQUEST_OWN | _FORWARDED_PROTO_HOST
+        )
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Client] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._all_closed: asyncio.Future[None] | None = None
+        self._names: dict[str, bytes] = {}
+        self._port: int | None = None
+
+    @property
+    def server(self) -> asyncio.Server:
+        """The listening `asyncio.Server` (after `start`)."""
+        if self._server is None:
+            raise RuntimeError("the proxy is not started")
+        return self._server
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful after starting on port 0)."""
+        if self._port is None:
+            raise RuntimeError("the proxy is not started")
+        return self._port
+
+    async def start(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8080,
+        *,
+        reuse_port: bool = False,
+        backlog: int = 2048,
+    ) -> asyncio.Server:
+        """Listen on (host, port) on the running loop and serve until `aclose`."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Client(self, loop),
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            backlog=backlog,
+        )
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._sweeper = loop.create_task(self._sweep(), name="aygolog-proxy-sweep")
+        return self._server
+
+    async def aclose(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (within `grace` seconds, by default
+        `config.shutdown_timeout`), then close everything."""
+        if self._server is None or self.closing:
+            return
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        self._server.close()
+        for conn in list(self._connections):
+            if conn.idle:
+                conn.close()
+        if self._connections:
+            self._all_closed = loop.create_future()
+            wait = self.config.shutdown_timeout if grace is None else grace
+            try:
+                async with asyncio.timeout(wait):
+                    await self._all_closed
+            except TimeoutError:
+                log.warning("%d connections still busy at shutdown: cut", len(self._connections))
+        tasks = [conn.task for conn in self._connections if conn.task is not None]
+        for conn in list(self._connections):
+            conn.abort()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.pools.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._server.wait_closed()
+
+    async def __aenter__(self) -> ProxyServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._names.get(name)
+        if encoded is None:
+            if len(self._names) > 4096:
+                self._names.clear()
+            encoded = self._names[name] = name.encode()
+        return encoded
+
+    def _opened(self, conn: _Client) -> None:
+        self._connections.add(conn)
+        self.stats.connections = len(self._connections)
+
+    def _closed(self, conn: _Client) -> None:
+        self._connections.discard(conn)
+        self.stats.connections = len(self._connections)
+        waiter = self._all_closed
+        if not self._connections and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sweep(self) -> None:
+        """Close idle and too-slow client connections (one timer for all, once a second)."""
+        while True:
+            await asyncio.sleep(1.0)
+            for conn in list(self._connections):
+                conn.tick(1.0)
+
+
+class _Client(asyncio.Protocol):
+    """One client connection: parses requests and answers them one at a time."""
+
+    def __init__(self, server: ProxyServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.config = server.config
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b""
+        self.client_addr: tuple[str, int] | None = None
+        self.server_addr: tuple[str, int] | None = None
+        self.queue: collections.deque[_Request] = collections.deque()
+        self.parsing: _Request | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.header_bytes = 0
+        self.idle_for = 0.0
+        self.lost = False
+        self.eof = False
+        self.ignore_input = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.cancel_on_lost = False
+        self.on_resume: Callable[[], None] | None = None
+        self.parse_error: tuple[int, str] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._disconnect: asyncio.Future[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress, queued or being read."""
+        return self.task is None and not self.queue and self.parsing is None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def tick(self, seconds: float) -> None:
+        """Called once a second: close the connection if it has been idle or slow too long."""
+        if self.task is not None or self.queue or self.lost:
+            return
+        self.idle_for += seconds
+        limit = (
+            self.config.keep_alive_timeout
+            if self.parsing is None
+            else self.config.request_read_timeout
+        )
+        if self.idle_for >= limit:
+            self.close()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_addr = (str(peer[0]), int(peer[1]))
+            self.client_ip = str(peer[0]).encode()
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self.server_addr = (str(sock[0]), int(sock[1]))
+        self.server._opened(self)
+        if self.server.closing:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server._closed(self)
+        if self._linger is not None:
+            self._linger.cancel()
+        if self.task is not None and self.cancel_on_lost:
+            self.task.cancel()
+        for waiter in (self._drain, self._disconnect):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self.on_resume = None
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        # Keep the write side open to answer what was asked before the client half-closed.
+        return self.task is not None or bool(self.queue)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        resume, self.on_resume = self.on_resume, None
+        if resume is not None:
+            resume()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ignore_input:
+            return
+        self.idle_for = 0.0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Protocol upgrades (WebSocket, h2c) are not supported: the request was served as
+            # a plain one (Upgrade is hop-by-hop) and the connection closes after it.
+            self.ignore_input = True
+            if self.queue:
+                self.queue[-1].keep_alive = False
+        except httptools.HttpParserError as exc:
+            if self.parse_error is None and isinstance(exc.__context__, _Stop):
+                return  # stopped on purpose after a rejected request
+            status, message = self.parse_error or (400, f"malformed HTTP request: {exc}")
+            req = self.parsing or _Request()
+            self._reject(req, status, message)
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.ignore_input:
+            raise _Stop
+        self.parsing = _Request()
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        if req is not None:
+            req.url += url
+            self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        if req is not None:
+            req.headers.append((name.lower(), value))
+            self._count_header_bytes(len(name) + len(value) + 4)
+
+    def _count_header_bytes(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.config.max_header_size:
+            self.parse_error = (431, "request headers too large")
+            raise _Stop
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        if req is None:
+            return
+        parser = self.parser
+        req.method = parser.get_method()
+        req.head = req.method == b"HEAD"
+        req.version11 = parser.get_http_version() == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        length = -1
+        for name, value in req.headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"host":
+                if req.host is None:
+                    req.host = value
+            elif name == b"x-forwarded-for":
+                req.xff = value if req.xff is None else req.xff + b", " + value
+            elif name == b"x-request-id":
+                if _REQUEST_ID.fullmatch(value):
+                    req.request_id = value
+            elif name == b"idempotency-key":
+                req.has_idempotency_key = True
+            elif name == b"accept":
+                if _SSE in value:
+                    req.event_stream = True
+            elif name == b"expect":
+                req.expect_continue = value.lower() == b"100-continue"
+            elif name == b"connection":
+                extra = _tokens(value) - _CONNECTION_KEEPS
+                if extra:
+                    req.connection_tokens = (req.connection_tokens or set()) | extra
+            elif name == b"x-forwarded-proto":
+                req.forwarded_proto = True
+            elif name == b"x-forwarded-host":
+                req.forwarded_host = True
+        if not req.request_id:
+            req.request_id = uuid.uuid4().hex.encode()
+        if length > self.config.max_body_size:
+            self._reject(req, 413, "request body too large")
+            return
+        if req.expect_continue and self.task is None and not self.queue:
+            self._send_continue(req)
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        if req is None:
+            return
+        req.size += len(body)
+        if req.size > self.config.max_body_size:
+            self._reject(req, 413, "request body too large")
+            return
+        req.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        if req is None:
+            return
+        self.parsing = None
+        chunks = req.chunks
+        if chunks:
+            req.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            req.chunks = []
+        self._enqueue(req)
+
+    # -- request queue --------------------------------------------------------------------------
+
+    def _reject(self, req: _Request, status: int, message: str) -> None:
+        """Answer `req` (in its turn) with an error and read nothing more from this client."""
+        req.reject = (status, message)
+        req.keep_alive = False
+        self.parsing = None
+        self.ignore_input = True
+        self.parse_error = None
+        self._enqueue(req)
+
+    def _send_continue(self, req: _Request) -> None:
+        req.continue_sent = True
+        if self.transport is not None and not self.lost:
+            self.transport.write(_CONTINUE)
+
+    def _enqueue(self, req: _Request) -> None:
+        self.queue.append(req)
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve_queue())
+        elif (
+            len(self.queue) >= self.config.max_pipelined
+            and not self.reading_paused
+            and self.transport is not None
+        ):
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    async def _serve_queue(self) -> None:
+        try:
+            while self.queue and not self.lost:
+                req = self.queue.popleft()
+                if self.reading_paused and len(self.queue) < self.config.max_pipelined // 2:
+                    self.reading_paused = False
+                    if self.transport is not None:
+                        self.transport.resume_reading()
+                keep = await self._handle(req)
+                if self.write_paused:
+                    # Read no further request until the client has taken this answer.
+                    await self._drain_writes()
+                self.idle_for = 0.0
+                if not keep or self.lost or self.server.closing or self.eof:
+                    self._end(drain_input=req.reject is not None)
+                    return
+                waiting = self.parsing
+                if waiting is not None and waiting.expect_continue and not waiting.continue_sent:
+                    self._send_continue(waiting)
+        except asyncio.CancelledError:
+            pass  # the client went away, or the server is cutting connections
+        except Exception:
+            log.exception("unexpected error while answering a request")
+            self.abort()
+        finally:
+            self.task = None
+
+    def _end(self, *, drain_input: bool) -> None:
+        """Close after the last answer; after a rejection, first read and drop what the client
+        is still sending, so that the close does not reset the connection before the client has
+        read our answer (a lingering close, as nginx does)."""
+        transport = self.transport
+        if transport is None or self.lost:
+            return
+        if drain_input and transport.can_write_eof():
+            self.ignore_input = True
+            if self.reading_paused:
+                transport.resume_reading()
+            transport.write_eof()
+            self._linger = self.loop.call_later(_LINGER, transport.close)
+        else:
+            transport.close()
+
+    async def _drain_writes(self) -> None:
+        if self.write_paused and not self.lost:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    async def _handle(self, req: _Request) -> bool:
+        """Answer one request; True to keep the connection for the next."""
+        if req.reject is not None:
+            status, message = req.reject
+            return self._error(req, status, message)
+        method = _METHODS.get(req.method) or req.method.decode("latin-1")
+        url = req.url
+        if url[:1] != b"/" and url != b"*":
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                return self._error(req, 400, "invalid request target")
+            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            if url[:1] != b"/":
+                return self._error(req, 400, "invalid request target")
+        mark = url.find(b"?")
+        raw_path, query = (url, b"") if mark < 0 else (url[:mark], url[mark + 1 :])
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        server = self.server
+        if server.route(method, path):
+            server.stats.proxied += 1
+            return await self._proxy(req, method, url)
+        server.stats.forwarded += 1
+        if server.asgi_app is None:
+            return self._error(req, 404, "not found")
+        return await self._asgi(server.asgi_app, req, method, path, raw_path, query)
+
+    # -- answers of the proxy itself ------------------------------------------------------------
+
+    def _error(
+        self, req: _Request, status: int, message: str, *, retry_after: float | None = None
+    ) -> bool:
+        keep = req.keep_alive and not self.server.closing and not self.eof
+        content: dict[str, Any] = {"error": message, "detail": []}
+        parts = [
+            _status_line(status),
+            b"content-type: application/json\r\n",
+        ]
+        if retry_after is not None:
+            content["retry_after"] = retry_after
+            parts.append(b"retry-after: %d\r\n" % max(1, math.ceil(retry_after)))
+        body = msgspec.json.encode(content)
+        parts.append(b"content-length: %d\r\n" % len(body))
+        if req.request_id:
+            parts += (b"x-request-id: ", req.request_id, b"\r\n")
+        if not keep:
+            parts.append(b"connection: close\r\n")
+        elif not req.version11:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if not req.head:
+            parts.append(body)
+        self._write(b"".join(parts))
+        return keep
+
+    def _write(self, data: bytes) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.write(data)
+
+    # -- proxying -------------------------------------------------------------------------------
+
+    async def _proxy(self, req: _Request, method: str, url: bytes) -> bool:
+        server = self.server
+        config = self.config
+        budget = server.budget
+        budget.record_request()
+        idempotent = method in _IDEMPOTENT or req.has_idempotency_key
+        exclude: set[str] = set()
+        retries = 0
+        failure: UpstreamError | None = None
+        failed_name = ""
+        self.cancel_on_lost = True
+        try:
+            while True:
+                try:
+                    target = server.picker.pick(exclude)
+                except NoHealthyInstance as exc:
+                    if failure is not None:
+                        break
+                    return self._error(
+                        req,
+                        503,
+                        str(exc) or "no healthy instance",
+                        retry_after=exc.retry_after or 1.0,
+                    )
+                outcome = await self._exchange(req, target, url, idempotent)
+                if outcome is None:
+                    return False
+                if isinstance(outcome, bool):
+                    return outcome
+                failure, failed_name = outcome, target.name
+                exclude.add(target.name)
+                if retries >= config.max_retries or not outcome.retryable(idempotent):
+                    break
+                if not budget.try_spend():
+                    server.stats.retries_denied += 1
+                    break
+                retries += 1
+                server.stats.retries += 1
+        finally:
+            self.cancel_on_lost = False
+        assert failure is not None
+        tried = f" (after {retries + 1} attempts)" if retries else ""
+        if failure.failure is UpstreamFailure.TIMEOUT:
+            return self._error(req, 504, f"instance {failed_name}: {failure.failure}{tried}")
+        return self._error(req, 502, f"instance {failed_name} failed: {failure.failure}{tried}")
+
+    async def _exchange(
+        self, req: _Request, target: Target, url: bytes, idempotent: bool
+    ) -> bool | UpstreamError | None:
+        """One attempt on one instance.
+
+        Returns True/False (answered; keep the client connection or not), None (the answer was
+        cut after its head went out), or the `UpstreamError` that happened before anything was
+        sent to the client (the caller may retry).
+        """
+        server = self.server
+        picker = server.picker
+        name = target.name
+        pool = server.pools.get(target.host, target.port)
+        picker.started(name)
+        began = time.perf_counter()
+        conn: UpstreamConnection | None = None
+        status: int | None = None
+        try:
+            data = self._upstream_request(req, target, url)
+            fresh = False
+            while True:
+                try:
+                    conn = await pool.acquire(fresh=fresh)
+                except UpstreamError as exc:
+                    conn = None
+                    picker.finished(name, None, time.perf_counter() - began, exc.failure)
+                    return exc
+                response = conn.request(data, head_only=req.head)
+                try:
+                    await self._response_head(conn, response, req.event_stream)
+                except UpstreamError as exc:
+                    conn.close()
+                    conn = None
+                    if (
+                        not fresh
+                        and exc.reused
+                        and exc.received == 0
+                        and exc.failure is UpstreamFailure.RESET
+                        and exc.retryable(idempotent)
+                    ):
+                        # The instance closed this kept-alive connection as we used it.
+                        fresh = True
+                        server.stats.stale_retries += 1
+                        continue
+                    picker.finished(name, None, time.perf_counter() - began, exc.failure)
+                    return exc
+                break
+            status = response.status
+            return await self._relay(req, conn, response, name, began)
+        except asyncio.CancelledError:
+            # The client went away (or the server is cutting connections).
+            if conn is not None:
+                conn.close()
+            seconds = time.perf_counter() - began
+            picker.finished(name, status or CLIENT_CLOSED_REQUEST, seconds, None)
+            raise
+
+    async def _response_head(
+        self, conn: UpstreamConnection, response: UpstreamResponse, event_stream: bool
+    ) -> None:
+        head = response.head
+        if head.done():
+            head.result()
+            return
+        timeout = self.config.response_timeout
+        if event_stream or timeout <= 0:
+            await head
+            return
+        handle = self.loop.call_later(
+            timeout, conn.abort, UpstreamFailure.TIMEOUT, f"no response within {timeout:g} s"
+        )
+        try:
+            await head
+        finally:
+            handle.cancel()
+
+    async def _relay(
+        self,
+        req: _Request,
+        conn: UpstreamConnection,
+        response: UpstreamResponse,
+        name: str,
+        began: float,
+    ) -> bool | None:
+        """Send the instance's response to the client; return as `_exchange` does."""
+        picker = self.server.picker
+        pool = conn.pool
+        status = response.status
+        head, framing, keep, event_stream = self._client_head(req, response, name)
+        if response.complete:
+            if framing == _FRAME_NONE:
+                self._write(head)
+            else:
+                body = response.take_body()
+                if framing == _FRAME_CHUNKED:
+                    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+                self._write(head + body)
+            pool.release(conn)
+            picker.finished(name, status, time.perf_counter() - began, None)
+            return keep
+        # Stream the body as it comes.
+        transport = self.transport
+        assert transport is not None
+        self._write(head)
+        timer: _IdleTimer | None = None
+        timeout = self.config.response_timeout
+        if not (req.event_stream or event_stream) and timeout > 0:
+            timer = _IdleTimer(
+                self.loop,
+                timeout,
+                lambda: conn.abort(UpstreamFailure.TIMEOUT, f"no data for {timeout:g} s"),
+            )
+        chunked = framing == _FRAME_CHUNKED
+
+        def sink(chunk: bytes) -> None:
+            if self.lost or not chunk:
+                return
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            if timer is not None:
+                timer.touch()
+            if self.write_paused and self.on_resume is None:
+                conn.pause_reading()
+                self.on_resume = conn.resume_reading
+
+        try:
+            await response.stream(sink)
+        except UpstreamError as exc:
+            # The head is out: the only honest thing left is to cut the client off.
+            self.cancel_on_lost = False
+            conn.close()
+            self.abort()
+            picker.finished(name, status, time.perf_counter() - began, exc.failure)
+            return None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.on_resume = None
+        if chunked:
+            self._write(b"0\r\n\r\n")
+        pool.release(conn)
+        picker.finished(name, status, time.perf_counter() - began, None)
+        return keep
+
+    def _upstream_request(self, req: _Request, target: Target, url: bytes) -> bytes:
+        """The request as sent to the instance: hop-by-hop headers out, X-Forwarded-* in."""
+        server = self.server
+        own = server._request_own
+        drop = req.connection_tokens
+        parts = [req.method, b" ", url, b" HTTP/1.1\r\n"]
+        for name, value in req.headers:
+            if name in own or (drop is not None and name in drop) or name.startswith(b"proxy-"):
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if req.host is None:
+            parts.append(b"host: %s:%d\r\n" % (target.host.encode(), target.port))
+        xff = self.client_ip if req.xff is None else req.xff + b", " + self.client_ip
+        parts += (b"x-forwarded-for: ", xff, b"\r\n")
+        if not (req.forwarded_proto and self.config.trust_forwarded):
+            parts += (b"x-forwarded-proto: ", server._scheme, b"\r\n")
+        if req.host is not None and not (req.forwarded_host and self.config.trust_forwarded):
+            parts += (b"x-forwarded-host: ", req.host, b"\r\n")
+        parts += (b"x-request-id: ", req.request_id, b"\r\n")
+        body = req.body
+        if body or req.method in _BODY_METHODS:
+            parts.append(b"content-length: %d\r\n" % len(body))
+        parts += (b"\r\n", body)
+        return b"".join(parts)
+
+    def _client_head(
+        self, req: _Request, response: UpstreamResponse, name: str
+    ) -> tuple[bytes, int, bool, bool]:
+        """The response head for the client, its framing, keep-alive, and whether it is SSE."""
+        status = response.status
+        headers = response.headers
+        drop: set[bytes] | None = None
+        for header, value in headers:
+            if header.lower() == b"connection":
+                extra = _tokens(value) - _CONNECTION_KEEPS
+                if extra:
+                    drop = (drop or set()) | extra
+        parts = [_status_line(status)]
+        length: bytes | None = None
+        event_stream = False
+        for header, value in headers:
+            lower = header.lower()
+            if lower in _RESPONSE_OWN or lower.startswith(b"proxy-"):
+                if lower == b"content-length":
+                    length = value
+                continue
+            if drop is not None and lower in drop:
+                continue
+            if lower == b"content-type" and value[:17].lower() == _SSE:
+                event_stream = True
+            parts += (header, b": ", value, b"\r\n")
+        keep = req.keep_alive and not self.server.closing and not self.eof
+        if req.head or status < 200 or status in (204, 304):
+            framing = _FRAME_NONE
+            if length is not None:
+                parts += (b"content-length: ", length, b"\r\n")
+        elif length is not None:
+            framing = _FRAME_LENGTH
+            parts += (b"content-length: ", length, b"\r\n")
+        elif req.version11:
+            framing = _FRAME_CHUNKED
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            framing = _FRAME_CLOSE
+            keep = False
+        parts += (
+            b"x-served-by: ",
+            self.server._name(name),
+            b"\r\nx-request-id: ",
+            req.request_id,
+            b"\r\n",
+        )
+        if not keep:
+            parts.append(b"connection: close\r\n")
+        elif not req.version11:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts), framing, keep, event_stream
+
+    # -- the ASGI app -----------------------------------------------------------------------------
+
+    async def _asgi(
+        self,
+        app: ASGIApp,
+        req: _Request,
+        method: str,
+        path: str,
+        raw_path: bytes,
+        query: bytes,
+    ) -> bool:
+        server = self.server
+        headers = req.headers
+        if not any(name == b"x-request-id" for name, _ in headers):
+            headers = [*headers, (b"x-request-id", req.request_id)]
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1" if req.version11 else "1.0",
+            "method": method,
+            "scheme": self.config.scheme,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": self.client_addr,
+            "server": self.server_addr,
+        }
+        if server.asgi_state is not None:
+            scope["state"] = dict(server.asgi_state)
+        exchange = _AsgiExchange(self, req)
+        try:
+            await app(scope, exchange.receive, exchange.send)
+        except Exception:
+            log.exception("the ASGI app failed on %s %s", method, path)
+            if not exchange.started or exchange.head_pending:
+                return self._error(req, 500, "internal error; the server log has the details")
+            self.abort()
+            return False
+        if exchange.complete:
+            return exchange.keep
+        if not exchange.started:
+            log.error("the ASGI app sent no response to %s %s", method, path)
+            return self._error(req, 500, "internal error; the server log has the details")
+        if not self.lost:
+            log.error("the ASGI app did not finish its response to %s %s", method, path)
+            self.abort()
+        return False
+
+    def _response_done(self) -> None:
+        if self._disconnect is not None and not self._disconnect.done():
+            self._disconnect.set_result(None)
+
+    async def _wait_disconnect(self) -> None:
+        if self.lost:
+            return
+        if self._disconnect is None or self._disconnect.done():
+            self._disconnect = self.loop.create_future()
+        await self._disconnect
+
+
+class _AsgiExchange:
+    """`receive` and `send` of one ASGI http request."""
+
+    __slots__ = (
+        "body_taken",
+        "chunked",
+        "client",
+        "complete",
+        "head",
+        "head_pending",
+        "keep",
+        "length_given",
+        "no_body",
+        "req",
+        "started",
+    )
+
+    def __init__(self, client: _Client, req: _Request) -> None:
+        self.client = client
+        self.req = req
+        self.body_taken = False
+        self.started = False
+        self.head_pending = False
+        self.complete = False
+        self.chunked = False
+        self.keep = req.keep_alive and not client.server.closing and not client.eof
+        self.head: list[bytes] = []
+        self.length_given = False
+        self.no_body = req.head
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.body_taken:
+            self.body_taken = True
+            return {"type": "http.request", "body": self.req.body, "more_body": False}
+        if not self.complete:
+            await self.client._wait_disconnect()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        kind = message["type"]
+        client = self.client
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            self.head_pending = True
+            status = int(message["status"])
+            if status < 200 or status in (204, 304):
+                self.no_body = True
+            parts = [_status_line(status)]
+            has_request_id = False
+            for name, value in message.get("headers", ()):
+                lower = bytes(name).lower()
+                if lower in _HOP_BY_HOP:
+                    if lower == b"connection" and b"close" in _tokens(bytes(value)):
+                        self.keep = False
+                    continue
+                if lower == b"content-length":
+                    self.length_given = True
+                elif lower == b"x-request-id":
+                    has_request_id = True
+                parts += (bytes(name), b": ", bytes(value), b"\r\n")
+            if not has_request_id:
+                parts += (b"x-request-id: ", self.req.request_id, b"\r\n")
+            self.head = parts
+            return
+        if kind != "http.response.body":
+            return  # e.g. trailers or extensions this server does not offer
+        if not self.started or self.complete:
+            raise RuntimeError("http.response.body sent before the start or after the end")
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        out: list[bytes] = []
+        if self.head_pending:
+            self.head_pending = False
+            parts = self.head
+            if not self.length_given and not self.no_body:
+                if not more:
+                    parts.append(b"content-length: %d\r\n" % len(body))
+                elif self.req.version11:
+                    self.chunked = True
+                    parts.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self.keep = False
+            if not self.keep:
+                parts.append(b"connection: close\r\n")
+            elif not self.req.version11:
+                parts.append(b"connection: keep-alive\r\n")
+            parts.append(b"\r\n")
+            out = parts
+            self.head = []
+        if body and not self.no_body:
+            if self.chunked:
+                out += (b"%x\r\n" % len(body), body, b"\r\n")
+            else:
+                out.append(body)
+        if not more:
+            if self.chunked:
+                out.append(b"0\r\n\r\n")
+            self.complete = True
+        if out:
+            client._write(b"".join(out))
+        if self.complete:
+            client._response_done()
+        if client.write_paused:
+            await client._drain_writes()
+
+
+async def serve(
+    host: str | None,
+    port: int,
+    *,
+    picker: Picker,
+    route: Route,
+    asgi_app: ASGIApp | None = None,
+    config: ProxyConfig | None = None,
+    asgi_state: Mapping[str, Any] | None = None,
+    reuse_port: bool = False,
+) -> ProxyServer:
+    """Start a `ProxyServer` on (host, port) on the running loop; `await server.aclose()` stops
+    it gracefully."""
+    server = ProxyServer(
+        picker=picker, route=route, asgi_app=asgi_app, config=config, asgi_state=asgi_state
+    )
+    await server.start(host, port, reuse_port=reuse_port)
+    return server
