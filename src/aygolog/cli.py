@@ -17,20 +17,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+from aygolog import __version__
+
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
 EXIT_UNAVAILABLE = 2
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("aygolog")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _serve(target: str, host: str, port: int, server: str) -> None:
@@ -217,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("healthcheck", help="exit 0 if this host's service is healthy")
     health.set_defaults(handler=_healthcheck)
     version = commands.add_parser("version", help="print the version")
-    version.set_defaults(handler=lambda _args: print(_version()) or EXIT_OK)
+    version.set_defaults(handler=lambda _args: print(__version__) or EXIT_OK)
     return parser
 
 

@@ -35,6 +35,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
+from aygolog import __version__
 from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
@@ -184,7 +185,7 @@ def create_load_balancer(
         exception_handlers=exception_handlers(),
         openapi_config=OpenAPIConfig(
             title="aygolog load balancer",
-            version=_version(),
+            version=__version__,
             description=(
                 "The registration API of the load balancer. Every other /api/* request is"
                 " proxied to a Log API instance."
@@ -410,15 +411,6 @@ async def metrics(state: State) -> Response[str]:
 
 
 ROUTES: Final = [register, heartbeat, deregister, services, health, metrics]
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("aygolog")
-    except PackageNotFoundError:
-        return "0"
 
 
 # -- running the app's lifespan without an ASGI server ------------------------------------------

@@ -20,6 +20,7 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from aygolog import __version__
 from aygolog.metrics import Counter, Histogram, Metrics
 from aygolog.models import Limits, Registration
 from aygolog.redis import redis_from_settings
@@ -117,7 +118,7 @@ def create_log_api(
         exception_handlers=exception_handlers(),
         openapi_config=OpenAPIConfig(
             title="aygolog Log API",
-            version=_version(),
+            version=__version__,
             description="Ingest, query and live-tail logs. JSON field names are snake_case.",
         ),
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
@@ -169,12 +170,3 @@ def _metrics_middleware(requests: Counter, latency: Histogram) -> Callable[[ASGI
         return middleware
 
     return factory
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("aygolog")
-    except PackageNotFoundError:
-        return "0"
