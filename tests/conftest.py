@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from aygolog.embedded import EmbeddedRedis
 from aygolog.store import InMemoryLogStore, LogStore, RedisStreamLogStore
+from support import LiveStack
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,13 @@ async def store(
     client = aioredis.Redis.from_url(redis_server.url)
     yield RedisStreamLogStore(client, instance="inst-a", prefix=prefix)
     await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """A live system for one test module: Redis (append-only), the LB, 3 Log API instances."""
+    live = LiveStack(tmp_path_factory.mktemp("redis"))
+    try:
+        yield live.start()
+    finally:
+        live.close()

@@ -1,19 +1,22 @@
-"""Real processes for end-to-end tests: `aygolog api` / `aygolog lb` on loopback ports."""
+"""Real processes for end-to-end tests: `aygolog api` / `aygolog lb` on loopback ports, and
+`LiveStack` (Redis + LB + 3 instances; the `stack` fixture in conftest.py)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
 
-from aygolog.embedded import free_port
+from aygolog.embedded import EmbeddedRedis, free_port
 
 
 class ServiceProcess:
@@ -100,3 +103,123 @@ class ServiceProcess:
         self.terminate()
         self._log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll `check` until it is true or `timeout` seconds passed; returns its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
+
+
+class LiveStack:
+    """Redis (append-only) + the LB and 3 instances (or, with `use_lb=False`, 1 instance).
+
+    Redis is always started from the calling (main) thread: `EmbeddedRedis` ties the server's
+    life to the thread that started it.
+    """
+
+    def __init__(self, data_dir: Path, *, use_lb: bool = True, prefix: str = "live") -> None:
+        self.use_lb = use_lb
+        self.prefix = prefix
+        self.redis = EmbeddedRedis(appendonly=True, data_dir=data_dir)
+        self.token = secrets.token_urlsafe(16)
+        self.lb: ServiceProcess | None = None
+        self.instances: list[ServiceProcess] = []
+
+    @property
+    def url(self) -> str:
+        """Where clients send: the LB, or the only instance."""
+        return self.lb.url if self.lb is not None else self.instances[0].url
+
+    @property
+    def front(self) -> ServiceProcess:
+        """The process clients connect to."""
+        return self.lb if self.lb is not None else self.instances[0]
+
+    def start(self) -> LiveStack:
+        self.redis.start()
+        common = {"AYGOLOG_REDIS_URL": self.redis.url, "AYGOLOG_REDIS_PREFIX": self.prefix}
+        if self.use_lb:
+            self.lb = ServiceProcess(
+                "lb", env={**common, "AYGOLOG_REGISTRATION_TOKEN": self.token}
+            ).start()
+            registration = {
+                "AYGOLOG_LB_URL": self.lb.url,
+                "AYGOLOG_REGISTRATION_TOKEN": self.token,
+                "AYGOLOG_HEARTBEAT_INTERVAL": "0.5",
+            }
+            self.instances = [
+                ServiceProcess(
+                    "api", env={**common, **registration, "AYGOLOG_INSTANCE_NAME": f"api-{i}"}
+                )
+                for i in range(3)
+            ]
+        else:
+            self.instances = [
+                ServiceProcess("api", env={**common, "AYGOLOG_INSTANCE_NAME": "api-0"})
+            ]
+        self._start_instances(self.instances)
+        return self
+
+    def _start_instances(self, instances: list[ServiceProcess]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(len(instances)) as pool:
+            list(pool.map(lambda p: p.start(timeout=30), instances))
+        self.wait_registered()
+
+    def wait_registered(self, timeout: float = 20) -> None:
+        """With an LB: wait until every instance is registered and healthy."""
+        if self.lb is None:
+            return
+        url = self.lb.url + "/api/registration/services"
+
+        def healthy() -> bool:
+            try:
+                services = httpx.get(url, timeout=1).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            count = sum(s.get("status") == "healthy" for s in services)
+            return bool(count >= len(self.instances))
+
+        assert wait_until(healthy, timeout), "instances did not register with the LB"
+
+    def restart_instance(self, index: int) -> None:
+        """SIGKILL an instance (a crash) and start it again on the same port."""
+        self.instances[index].kill()
+        self.instances[index].start(timeout=30)
+        self.wait_registered()
+
+    def kill_front(self) -> None:
+        self.front.kill()
+
+    def start_front(self) -> None:
+        self.front.start(timeout=30)
+        self.wait_registered()
+
+    def restart_redis(self) -> None:
+        self.redis.stop()
+        self.redis.start()
+
+    def stop(self) -> None:
+        """Everything down: the instances, the LB, Redis."""
+        for process in self.instances:
+            process.kill()
+        if self.lb is not None:
+            self.lb.kill()
+        self.redis.stop()
+
+    def start_again(self) -> None:
+        self.redis.start()
+        if self.lb is not None:
+            self.lb.start(timeout=30)
+        self._start_instances(self.instances)
+
+    def close(self) -> None:
+        for process in self.instances:
+            process.close()
+        if self.lb is not None:
+            self.lb.close()
+        self.redis.stop()

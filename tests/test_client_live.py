@@ -1,185 +1,26 @@
-"""The SDK against real processes: Log API instance(s), the load balancer when it exists, and a
-real Redis with an append-only file (so its data survives the restarts these tests do).
-
-With `aygolog.lb` importable the stack is LB + 3 instances and the client talks to the LB;
-without it, the same tests run against one instance directly, and the tests that only make sense
-with a load balancer are skipped with the reason.
+"""The SDK against real processes: the load balancer, 3 Log API instances and a real Redis with
+an append-only file (so its data survives the restarts these tests do); the `stack` fixture.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import importlib.util
 import io
 import logging
-import os
-import secrets
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from aygolog.client import AsyncLogClient, AygologHandler, LogClient, RetryPolicy
-from aygolog.embedded import EmbeddedRedis
 from aygolog.models import LogEntry, LogLevel, NewLog
-from support import ServiceProcess
+from support import LiveStack, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-LB_AVAILABLE = importlib.util.find_spec("aygolog.lb") is not None
-# AYGOLOG_SDK_LIVE_LB=0 runs these tests against one instance even when the LB exists.
-WANT_LB = LB_AVAILABLE and os.environ.get("AYGOLOG_SDK_LIVE_LB", "1") != "0"
-PREFIX = "sdklive"
-
-
-def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return check()
-
-
-class LiveStack:
-    """Redis (append-only) + the LB and 3 instances, or 1 instance when there is no LB.
-
-    Redis is always started from the calling (main) thread: `EmbeddedRedis` ties the server's
-    life to the thread that started it.
-    """
-
-    def __init__(self, data_dir: Path, *, use_lb: bool = WANT_LB) -> None:
-        self.use_lb = use_lb
-        self.no_lb_reason = (
-            "needs the load balancer (aygolog.lb, issue #4): not importable"
-            if not LB_AVAILABLE
-            else "AYGOLOG_SDK_LIVE_LB=0"
-        )
-        self.redis = EmbeddedRedis(appendonly=True, data_dir=data_dir)
-        self.token = secrets.token_urlsafe(16)
-        self.lb: ServiceProcess | None = None
-        self.instances: list[ServiceProcess] = []
-
-    @property
-    def url(self) -> str:
-        """Where clients send: the LB, or the only instance."""
-        return self.lb.url if self.lb is not None else self.instances[0].url
-
-    @property
-    def front(self) -> ServiceProcess:
-        """The process clients connect to."""
-        return self.lb if self.lb is not None else self.instances[0]
-
-    def start(self) -> LiveStack:
-        self.redis.start()
-        common = {"AYGOLOG_REDIS_URL": self.redis.url, "AYGOLOG_REDIS_PREFIX": PREFIX}
-        if self.use_lb:
-            self.lb = ServiceProcess(
-                "lb", env={**common, "AYGOLOG_REGISTRATION_TOKEN": self.token}
-            ).start()
-            # An LB still without its proxy answers 404 here (a working one: 503, no instance).
-            probe = httpx.get(self.lb.url + "/api/logs/stats", timeout=5)
-            if probe.status_code == 404:
-                self.no_lb_reason = (
-                    "the load balancer does not proxy /api/* yet (GET /api/logs/stats: 404);"
-                    " the other live tests ran against one instance"
-                )
-                self.lb.close()
-                self.lb, self.use_lb = None, False
-        if self.use_lb:
-            assert self.lb is not None
-            registration = {
-                "AYGOLOG_LB_URL": self.lb.url,
-                "AYGOLOG_REGISTRATION_TOKEN": self.token,
-                "AYGOLOG_HEARTBEAT_INTERVAL": "0.5",
-            }
-            self.instances = [
-                ServiceProcess(
-                    "api", env={**common, **registration, "AYGOLOG_INSTANCE_NAME": f"api-{i}"}
-                )
-                for i in range(3)
-            ]
-        else:
-            self.instances = [
-                ServiceProcess("api", env={**common, "AYGOLOG_INSTANCE_NAME": "api-0"})
-            ]
-        self._start_instances(self.instances)
-        return self
-
-    def _start_instances(self, instances: list[ServiceProcess]) -> None:
-        with concurrent.futures.ThreadPoolExecutor(len(instances)) as pool:
-            list(pool.map(lambda p: p.start(timeout=30), instances))
-        self.wait_registered()
-
-    def wait_registered(self, timeout: float = 20) -> None:
-        """With an LB: wait until every instance is registered and healthy."""
-        if self.lb is None:
-            return
-        url = self.lb.url + "/api/registration/services"
-
-        def healthy() -> bool:
-            try:
-                services = httpx.get(url, timeout=1).json()
-            except (httpx.HTTPError, ValueError):
-                return False
-            count = sum(s.get("status") == "healthy" for s in services)
-            return bool(count >= len(self.instances))
-
-        assert wait_until(healthy, timeout), "instances did not register with the LB"
-
-    def restart_instance(self, index: int) -> None:
-        """SIGKILL an instance (a crash) and start it again on the same port."""
-        self.instances[index].kill()
-        self.instances[index].start(timeout=30)
-        self.wait_registered()
-
-    def kill_front(self) -> None:
-        self.front.kill()
-
-    def start_front(self) -> None:
-        self.front.start(timeout=30)
-        self.wait_registered()
-
-    def restart_redis(self) -> None:
-        self.redis.stop()
-        self.redis.start()
-
-    def stop(self) -> None:
-        """Everything down: the instances, the LB, Redis."""
-        for process in self.instances:
-            process.kill()
-        if self.lb is not None:
-            self.lb.kill()
-        self.redis.stop()
-
-    def start_again(self) -> None:
-        self.redis.start()
-        if self.lb is not None:
-            self.lb.start(timeout=30)
-        self._start_instances(self.instances)
-
-    def close(self) -> None:
-        for process in self.instances:
-            process.close()
-        if self.lb is not None:
-            self.lb.close()
-        self.redis.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    live = LiveStack(tmp_path_factory.mktemp("redis"))
-    try:
-        yield live.start()
-    finally:
-        live.close()
 
 
 @pytest.fixture
@@ -281,9 +122,7 @@ def test_tail_survives_a_restart_without_gap_or_duplicate(stack: LiveStack, serv
         assert wait_until(lambda: len(received) == 3, 10)
         stack.kill_front()
         # Entries stored while the tail is cut off, straight into Redis (the front is down).
-        asyncio.run(
-            _append_directly(stack.redis.url, service, ["during 0", "during 1", "during 2"])
-        )
+        asyncio.run(_append_directly(stack, service, ["during 0", "during 1", "during 2"]))
         stack.start_front()
         for i in range(3):
             client.log(f"after {i}")
@@ -301,10 +140,10 @@ def test_tail_survives_a_restart_without_gap_or_duplicate(stack: LiveStack, serv
     assert tail.reconnects >= 1
 
 
-async def _append_directly(redis_url: str, service: str, messages: list[str]) -> None:
+async def _append_directly(stack: LiveStack, service: str, messages: list[str]) -> None:
     from aygolog.store import RedisStreamLogStore
 
-    store = RedisStreamLogStore.from_url(redis_url, instance="side-door", prefix=PREFIX)
+    store = RedisStreamLogStore.from_url(stack.redis.url, instance="side-door", prefix=stack.prefix)
     try:
         for message in messages:
             await store.append(NewLog(message=message, service=service))
@@ -486,13 +325,7 @@ def test_tail_close_from_another_thread(stack: LiveStack, service: str) -> None:
         assert time.monotonic() - started < 1
 
 
-def needs_lb(stack: LiveStack) -> None:
-    if stack.lb is None:
-        pytest.skip(stack.no_lb_reason)
-
-
 def test_services_lists_the_instances(stack: LiveStack) -> None:
-    needs_lb(stack)
     with LogClient(stack.url) as client:
         services = client.services()
     assert sorted(s.name for s in services) == ["api-0", "api-1", "api-2"]
@@ -500,7 +333,6 @@ def test_services_lists_the_instances(stack: LiveStack) -> None:
 
 
 def test_client_side_balancing_spreads_and_falls_back(stack: LiveStack, service: str) -> None:
-    needs_lb(stack)
     with LogClient(stack.url, balance="client", strategy="round_robin", service=service) as client:
         instances = [client.log(f"cb{i}").instance for i in range(30)]
         assert set(instances) == {"api-0", "api-1", "api-2"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aygolog.client import LogClient
-from test_client_live import LiveStack, stack  # noqa: F401 - the live-stack fixture
+from support import LiveStack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,7 +27,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def test_sdk_quickstart(stack: LiveStack) -> None:  # noqa: F811
+def test_sdk_quickstart(stack: LiveStack) -> None:
     service = f"qs-{uuid.uuid4().hex[:8]}"
     out = run("sdk_quickstart.py", stack.url, "--service", service).stdout
     assert "user signed in" in out
@@ -41,7 +41,7 @@ def test_sdk_quickstart(stack: LiveStack) -> None:  # noqa: F811
     assert f"stats: 204 entries of {service} stored" in out
 
 
-def test_logging_handler_example(stack: LiveStack, tmp_path: Path) -> None:  # noqa: F811
+def test_logging_handler_example(stack: LiveStack, tmp_path: Path) -> None:
     service = f"lh-{uuid.uuid4().hex[:8]}"
     result = run("logging_handler.py", stack.url, "--service", service, "--spool", str(tmp_path))
     out = result.stdout
