@@ -143,16 +143,25 @@ def test_single_log_retried_when_surely_not_processed(
 
 
 @pytest.mark.parametrize("failure", RETRIED_WHEN_IDEMPOTENT, ids=ids(RETRIED_WHEN_IDEMPOTENT))
-def test_single_log_not_retried_when_it_may_have_been_stored(
+def test_single_log_retried_with_the_same_key_when_it_may_have_been_stored(
     mock: respx.MockRouter, client: LogClient, sleeps: Sleeps, failure: httpx.Response | Exception
 ) -> None:
     route = mock.post("/api/log").mock(
-        side_effect=sequence(failure, httpx.Response(201, json=entry(1)))
+        side_effect=sequence(failure, httpx.Response(200, json=entry(1)))
     )
-    with pytest.raises(Unavailable):
-        client.log("maybe stored")
-    assert route.call_count == 1
-    assert sleeps == []
+    assert client.log("maybe stored").id == entry(1)["id"]
+    assert route.call_count == 2
+    keys = {call.request.headers["Idempotency-Key"] for call in route.calls}
+    assert len(keys) == 1
+    assert len(sleeps) == 1
+    client.log("another")
+    assert route.calls[-1].request.headers["Idempotency-Key"] not in keys
+
+
+def test_a_request_without_a_key_is_not_retried_when_it_may_have_been_processed() -> None:
+    post = RequestSpec("POST", "/api/log")
+    for status in (502, 504):
+        assert Attempts(RetryPolicy(), post, random.Random(0)).on_response(status, {}, b"") is None
 
 
 @pytest.mark.parametrize(
@@ -784,9 +793,9 @@ async def test_async_client_retries_with_the_same_key_and_tails() -> None:
             assert post.call_count == 3
             assert len(keys) == 1
             assert len(sleeps) == 2
-            with pytest.raises(Unavailable):
-                await client.log("not retried after a 502")
-            assert single.call_count == 1
+            assert (await client.log("retried after a 502, same key")).id == "1-0"
+            assert single.call_count == 2
+            assert len({c.request.headers["Idempotency-Key"] for c in single.calls}) == 1
             assert [e.id async for e in client.iter_logs()] == ["2-0", "1-0"]
             async with client.tail() as tail:
                 got = [(await anext(tail)).id, (await anext(tail)).id]

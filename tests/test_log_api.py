@@ -131,6 +131,22 @@ def test_idempotent_retry_is_stored_once(a: ServiceProcess, b: ServiceProcess) -
     assert conflict.status_code == 409
 
 
+def test_one_log_with_an_idempotency_key_is_stored_once(
+    a: ServiceProcess, b: ServiceProcess
+) -> None:
+    log = {"message": "once", "service": "idem-one", "attributes": {"k": 1}}
+    headers = {"Idempotency-Key": "one-retry-1"}
+    first = httpx.post(a.url + "/api/log", json=log, headers=headers)
+    again = httpx.post(b.url + "/api/log", json=log, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert first.json()["instance"] == "api-a"
+    page = httpx.get(a.url + "/api/logs", params={"service": "idem-one"}).json()
+    assert [e["id"] for e in page["items"]] == [first.json()["id"]]
+    other = httpx.post(a.url + "/api/log", json={**log, "message": "two"}, headers=headers)
+    assert other.status_code == 409
+
+
 def test_paging(a: ServiceProcess) -> None:
     httpx.post(a.url + "/api/logs", json=[{"message": f"p{i}", "service": "pg"} for i in range(45)])
     seen: list[str] = []
@@ -387,6 +403,8 @@ BAD_INPUT: list[tuple[str, str, bytes, str, int, str]] = [
     ("/api/logs", "application/json",
      json.dumps([{"message": "m"}] * 10_001).encode(), "", 413, "$"),
     ("/api/logs", "application/json", b'[{"message": "m"}]', "bad key with spaces", 422,
+     "idempotency_key"),
+    ("/api/log", "application/json", b'{"message": "m"}', "bad key with spaces", 422,
      "idempotency_key"),
 ]  # fmt: skip
 

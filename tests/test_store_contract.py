@@ -89,6 +89,15 @@ async def test_idempotent_batch_sent_twice_is_stored_once(store: LogStore) -> No
     assert stats.by_service == {"svc": 100}
 
 
+async def test_one_entry_with_an_idempotency_key_is_stored_once(store: LogStore) -> None:
+    first = await store.append(log("one", service="svc"), idempotency_key="single-1")
+    again = await store.append(log("one", service="svc"), idempotency_key="single-1")
+    assert again == first
+    assert (await store.stats()).total == 1
+    with pytest.raises(Conflict):
+        await store.append(log("two", service="svc"), idempotency_key="single-1")
+
+
 async def test_idempotency_key_reused_for_other_data_is_a_conflict(store: LogStore) -> None:
     await store.append_many([log("one")], idempotency_key="k")
     with pytest.raises(Conflict, match="different batch"):

@@ -8,15 +8,17 @@ Retry rules (`RetryPolicy`, `Attempts`):
 - connect error, connect or pool timeout (the request was never sent): retried, any request;
 - 429 and 503 (refused before anything was done): retried, any request;
 - 502, 504, a read/write error or timeout, a connection dropped mid-answer: retried only when the
-  request is idempotent (a GET, or a batch with an `Idempotency-Key`);
+  request is idempotent (a GET, or a POST with an `Idempotency-Key`: the SDK sends one with
+  every `log` and every batch);
 - any other 4xx, 500 and other 5xx: never retried.
 
 The delay before retry `n` (0-based) is drawn uniformly from `[0, min(backoff_max,
 backoff_base * 2**n)]` ("full jitter"). A `Retry-After` (header, else the error body's
 `retry_after`) is a floor: the delay is `retry_after` plus that jitter. A `Retry-After` longer than
 `max_retry_after` is not waited out: the error is raised at once, carrying `retry_after`.
-`POST /api/log` is not retried after 502/504 or a dropped answer, because it might have been
-stored; the same rule the load balancer follows.
+Every POST carries an `Idempotency-Key`, the same across its retries, so a retry after an answer
+that was lost never stores twice; the load balancer retries such requests on another instance by
+the same rule.
 """
 
 from __future__ import annotations
@@ -906,11 +908,15 @@ class ClientCore:
     # Requests.
 
     def log_request(self, log: NewLog) -> RequestSpec:
-        """POST /api/log (not idempotent: retried only when it surely was not processed)."""
+        """POST /api/log with a fresh Idempotency-Key (the same across this call's retries)."""
         if log.service is None and self.service is not None:
             log = msgspec.structs.replace(log, service=self.service)
         return RequestSpec(
-            "POST", "/api/log", content=encode_log(log), headers={"Content-Type": _JSON}
+            "POST",
+            "/api/log",
+            content=encode_log(log),
+            headers={"Content-Type": _JSON, "Idempotency-Key": new_idempotency_key()},
+            idempotent=True,
         )
 
     def batch_request(self, batch: PreparedBatch) -> RequestSpec:

@@ -43,9 +43,10 @@ class InstrumentedStore:
         finally:
             self._latency.observe(time.perf_counter() - started, op)
 
-    async def append(self, log: NewLog) -> LogEntry:
+    async def append(self, log: NewLog, *, idempotency_key: str | None = None) -> LogEntry:
         """See `LogStore.append`."""
-        return await self._timed("append", self._inner.append(log))
+        call = self._inner.append(log, idempotency_key=idempotency_key)
+        return await self._timed("append", call)
 
     async def append_many(
         self, logs: Sequence[NewLog], *, idempotency_key: str | None = None

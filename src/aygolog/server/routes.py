@@ -33,7 +33,7 @@ from aygolog.models import (
 from aygolog.querystring import parse_query_params
 from aygolog.server.tail import Dropped, TailHub
 from aygolog.store import LogStore
-from aygolog.store.base import parse_stream_id
+from aygolog.store.base import parse_stream_id, stored_entry
 from aygolog.validation import decode_log, decode_logs, decode_ndjson
 from aygolog.web import JSON, error_response, json_response, request_body
 
@@ -135,15 +135,20 @@ def _is_json(kind: str) -> bool:
     "/api/log",
     status_code=201,
     summary="Store one log entry",
-    description='Body: a NewLog object. The seed\'s `{"name": ...}` is taken as the message.',
-    responses=_error_responses(400, 413, 415, 422, 503),
+    description='Body: a NewLog object. The seed\'s `{"name": ...}` is taken as the message. '
+    "An Idempotency-Key header makes a retry store once (answered 200 with the first entry).",
+    responses=_error_responses(400, 409, 413, 415, 422, 503),
     operation_class=request_body(
         {JSON: NewLog},
         'One log entry. The seed\'s body {"name": "..."} is accepted: name is taken as '
         "the message.",
     ),
 )
-async def create_log(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+async def create_log(
+    request: Request[Any, Any, Any],
+    state: State,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+) -> Response[bytes]:
     """POST /api/log: one entry; 201 with the stored entry, including `instance`."""
     api = _api(state)
     kind = _content_type(request)
@@ -152,7 +157,14 @@ async def create_log(request: Request[Any, Any, Any], state: State) -> Response[
     body = await _read_body(request, api)
     if isinstance(body, Response):
         return body
-    entry = await api.store.append(decode_log(body, limits=api.limits))
+    log = decode_log(body, limits=api.limits)
+    if idempotency_key is None:
+        entry = await api.store.append(log)
+    else:
+        result = await api.store.append_many((log,), idempotency_key=idempotency_key)
+        if result.replayed:
+            return json_response(stored_entry(log, result.ids[0], result.instance), 200)
+        entry = stored_entry(log, result.ids[0], result.instance)
     api.ingested.inc()
     api.batch_sizes.observe(1)
     return json_response(entry, 201)

@@ -37,6 +37,7 @@ __all__ = [
     "matches",
     "parse_stream_id",
     "received_at",
+    "stored_entry",
 ]
 
 MAX_QUERY_LIMIT: Final = 1000
@@ -77,8 +78,12 @@ class LogStore(Protocol):
         """The name of the Log API instance writing through this store."""
         ...
 
-    async def append(self, log: NewLog) -> LogEntry:
-        """Store one entry and return it as stored."""
+    async def append(self, log: NewLog, *, idempotency_key: str | None = None) -> LogEntry:
+        """Store one entry and return it as stored.
+
+        With an idempotency key, a repeat within the TTL stores nothing and returns the entry
+        the first call stored (as `append_many` does for a batch of one).
+        """
         ...
 
     async def append_many(
@@ -134,6 +139,22 @@ def id_ms(stream_id: str) -> int:
 def received_at(stream_id: str) -> datetime:
     """When the entry with that id was received (the id's millisecond part)."""
     return datetime.fromtimestamp(id_ms(stream_id) / 1000, UTC)
+
+
+def stored_entry(log: NewLog, entry_id: str, instance: str) -> LogEntry:
+    """`log` as stored under `entry_id` by `instance` (the receive time is the id's)."""
+    at = received_at(entry_id)
+    return LogEntry(
+        id=entry_id,
+        message=log.message,
+        level=log.level,
+        timestamp=log.timestamp or at,
+        received_at=at,
+        instance=instance,
+        service=log.service,
+        attributes=log.attributes,
+        trace_id=log.trace_id,
+    )
 
 
 def check_query(query: LogQuery) -> None:

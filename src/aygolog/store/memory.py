@@ -33,6 +33,7 @@ from aygolog.store.base import (
     matches,
     parse_stream_id,
     received_at,
+    stored_entry,
 )
 
 __all__ = ["InMemoryLogStore"]
@@ -72,9 +73,12 @@ class InMemoryLogStore:
         """The name of the instance writing through this store."""
         return self._instance
 
-    async def append(self, log: NewLog) -> LogEntry:
-        """Store one entry and return it as stored."""
-        return self._store(log)
+    async def append(self, log: NewLog, *, idempotency_key: str | None = None) -> LogEntry:
+        """Store one entry and return it as stored (see `LogStore.append`)."""
+        if idempotency_key is None:
+            return self._store(log)
+        result = await self.append_many((log,), idempotency_key=idempotency_key)
+        return stored_entry(log, result.ids[0], result.instance)
 
     async def append_many(
         self, logs: Sequence[NewLog], *, idempotency_key: str | None = None

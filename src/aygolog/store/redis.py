@@ -44,6 +44,7 @@ from aygolog.store.base import (
     check_idempotency_key,
     check_query,
     received_at,
+    stored_entry,
 )
 
 __all__ = ["RedisStreamLogStore"]
@@ -111,22 +112,10 @@ class RedisStreamLogStore:
         """The name of the Log API instance writing through this store."""
         return self._instance
 
-    async def append(self, log: NewLog) -> LogEntry:
-        """Store one entry and return it as stored."""
-        result = await self.append_many((log,))
-        entry_id = result.ids[0]
-        at = received_at(entry_id)
-        return LogEntry(
-            id=entry_id,
-            message=log.message,
-            level=log.level,
-            timestamp=log.timestamp or at,
-            received_at=at,
-            instance=result.instance,
-            service=log.service,
-            attributes=log.attributes,
-            trace_id=log.trace_id,
-        )
+    async def append(self, log: NewLog, *, idempotency_key: str | None = None) -> LogEntry:
+        """Store one entry and return it as stored (see `LogStore.append`)."""
+        result = await self.append_many((log,), idempotency_key=idempotency_key)
+        return stored_entry(log, result.ids[0], result.instance)
 
     async def append_many(
         self, logs: Sequence[NewLog], *, idempotency_key: str | None = None
