@@ -33,6 +33,12 @@ pytest: venv
 # The test command: lint, strict type check, then every test.
 test: lint typecheck pytest
 
+# The whole system on this machine: Redis, the load balancer on :8080, 3 Log API instances and
+# the web page on :8000 (`aygolog up`); Ctrl-C stops it all. Options go in ARGS, e.g.
+# make run ARGS="--instances 5 --lb-port 9080 --ui-port 9000".
+run: venv
+	exec $(BIN)/aygolog up $(ARGS)
+
 bench: venv
 	$(BIN)/python benchmarks/store_ingest.py
 	$(BIN)/python benchmarks/store_query.py

@@ -4,8 +4,11 @@ Starts a Redis (the configured URL; else a private `redis-server`/`valkey-server
 `aygolog.embedded`), the load balancer, N Log API instances registered with it through a
 registration token made for this run, and the web page. Each child's output is prefixed with its
 name (coloured on a terminal). A child that exits unexpectedly is restarted with backoff while the
-others keep running. Ctrl-C or SIGTERM stops everything: SIGTERM to each child, SIGKILL to any
-still running after the grace period, then the private Redis.
+others keep running. Ctrl-C or SIGTERM stops everything within 5 s: SIGTERM to the web page and
+the instances (which deregister while the load balancer still answers), then to the load
+balancer, SIGKILL to any child still running at the end of the grace period, then the private
+Redis. On Linux every child also gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so not even
+`kill -9` of `up` leaves a process behind.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +35,16 @@ __all__ = ["Child", "UpOptions", "run_up"]
 
 _COLOURS = ("36", "32", "33", "35", "34", "96", "92", "93", "95", "94")
 _RESET = "\033[0m"
+_LINE_LIMIT = 1 << 20
+# A successful heartbeat every 2 s per instance is noise, not news.
+_NOISE = re.compile(r'httpx .*HTTP Request: PUT \S+/heartbeat "HTTP/1\.1 200')
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass
@@ -43,6 +58,7 @@ class UpOptions:
     ui: bool = True
     redis_url: str | None = None
     grace_seconds: float = 4.0
+    """The whole stop (before the private Redis) takes at most this long."""
     ready_timeout: float = 60.0
 
 
@@ -57,6 +73,8 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     stopping: bool = False
+    stop_first: bool = True
+    """Stopped in the first wave (instances, web page); the load balancer goes after them."""
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -68,8 +86,9 @@ class Supervisor:
         self.out = out
         self.colour = out.isatty() and os.environ.get("NO_COLOR") is None
         self._watchers: list[asyncio.Task[None]] = []
+        self._spawns: set[asyncio.Future[None]] = set()
         self._stopping = False
-        self._width = 2
+        self._width = 5  # "api-1"; grows with longer names
 
     def say(self, name: str, line: str, colour: str = "1") -> None:
         """Print one line with a (coloured) name prefix."""
@@ -83,7 +102,7 @@ class Supervisor:
         """Start `child` and keep it running until `stop()`."""
         child.colour = _COLOURS[len(self.children) % len(_COLOURS)]
         self.children.append(child)
-        self._width = max(len(c.name) for c in [*self.children, Child("up", (), {})])
+        self._width = max(self._width, len(child.name))
         await self._spawn(child)
         self._watchers.append(asyncio.create_task(self._watch(child)))
 
@@ -94,59 +113,131 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # our Ctrl-C is not theirs: `up` stops them in order
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            limit=_LINE_LIMIT,
         )
         child.pump = asyncio.create_task(self._pump(child, child.process))
 
     async def _pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            self.say(child.name, raw.decode(errors="replace").rstrip(), child.colour)
+        stream = process.stdout
+        assert stream is not None
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line longer than the limit: show it in pieces
+                raw = await stream.read(_LINE_LIMIT)
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip()
+            if not _NOISE.search(line):
+                self.say(child.name, line, child.colour)
 
     async def _watch(self, child: Child) -> None:
         backoff = 0.5
         while True:
             assert child.process is not None
             started = time.monotonic()
-            code = await child.process.wait()
+            code = await _exited(child.process)
+            if child.stopping or self._stopping:
+                return
+            # What it started in its group (granian's worker) may outlive it, holding the port
+            # and our pipe: take it down before starting a new one.
+            _kill_group(child.process.pid)
             if child.pump is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(child.pump, 1.0)
-            if child.stopping or self._stopping:
-                return
             if time.monotonic() - started > 30:
                 backoff = 0.5  # it ran fine for a while: start the backoff over
             child.restarts += 1
-            self.say("up", f"{child.name} exited with code {code}; restarting in {backoff:g} s")
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+            self.say("up", f"{child.name} {how}; restarting it in {backoff:g} s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
             if self.stopping():  # stop() may have begun during the sleep
                 return
-            await self._spawn(child)
+            # Shielded: a stop() that cancels this watcher still gets the new process to stop.
+            spawn = asyncio.ensure_future(self._spawn(child))
+            self._spawns.add(spawn)
+            spawn.add_done_callback(self._spawns.discard)
+            await asyncio.shield(spawn)
+            assert child.process is not None
+            self.say(
+                "up", f"{child.name} restarted (pid {child.process.pid}, restart {child.restarts})"
+            )
 
     def stopping(self) -> bool:
         """Whether `stop()` has begun."""
         return self._stopping
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM every child, SIGKILL those still running after `grace` seconds."""
+        """Stop every child within `grace` seconds: the instances and the web page first (so they
+        deregister while the load balancer still answers), then the load balancer; SIGKILL to
+        whatever still runs at the deadline."""
         self._stopping = True
-        for child in self.children:
-            child.stopping = True
-            _signal(child, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in self.children:
-            if child.process is None:
-                continue
-            try:
-                await asyncio.wait_for(child.process.wait(), max(0.05, deadline - time.monotonic()))
-            except TimeoutError:
-                self.say("up", f"{child.name} did not stop in {grace:g} s; killing it")
-                _signal(child, signal.SIGKILL)
-                await child.process.wait()
-        for watcher in self._watchers:
+        now = time.monotonic()
+        deadline = now + grace
+        for watcher in self._watchers:  # no restarts from here on
             watcher.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*self._watchers, *self._spawns, return_exceptions=True)
+        first = [c for c in self.children if c.stop_first]
+        # The first wave gets most of the time, but the load balancer keeps at least a second.
+        await _terminate(first, until=min(deadline, now + max(grace - 1.0, grace / 2)))
+        await _terminate([c for c in self.children if not c.stop_first], until=deadline)
+        left = [c for c in self.children if c.process is not None and c.process.returncode is None]
+        for child in left:
+            self.say("up", f"{child.name} did not stop in time; killing it")
+            _signal(child, signal.SIGKILL)
+        for child in left:
+            assert child.process is not None
+            await _exited(child.process)
+        pumps = [c.pump for c in self.children if c.pump is not None and not c.pump.done()]
+        if pumps:  # let them read to the end, so every pipe is closed before the loop is
+            await asyncio.wait(pumps, timeout=0.5)
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def _terminate(children: list[Child], *, until: float) -> None:
+    """SIGTERM to `children`; wait until they all exited or the time `until` came."""
+    for child in children:
+        child.stopping = True
+        _signal(child, signal.SIGTERM)
+    waits = [
+        asyncio.ensure_future(_exited(c.process))
+        for c in children
+        if c.process is not None and c.process.returncode is None
+    ]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=max(0.05, until - time.monotonic()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _exited(process: asyncio.subprocess.Process) -> int:
+    """The exit code once the process has exited.
+
+    Not `process.wait()`: on Python 3.11 that also waits until its output pipe is closed, which
+    a grandchild that outlived it (granian's worker) may hold open forever.
+    """
+    while process.returncode is None:  # noqa: ASYNC110 - asyncio offers no exit-only event
+        await asyncio.sleep(0.05)
+    return process.returncode
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _signal(child: Child, sig: signal.Signals) -> None:
@@ -155,24 +246,79 @@ def _signal(child: Child, sig: signal.Signals) -> None:
             os.killpg(child.process.pid, sig)
 
 
-async def _wait_ready(lb_url: str, instances: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                health = await client.get(lb_url + "/health")
-                services = await client.get(lb_url + "/api/registration/services")
-                if health.status_code == 200 and services.status_code == 200:
-                    healthy = [s for s in services.json() if s.get("status") == "healthy"]
-                    if len(healthy) >= instances:
-                        return True
+async def _healthy(
+    client: httpx.AsyncClient, lb_url: str, instances: int, ui_url: str | None
+) -> bool:
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        if (await client.get(lb_url + "/health")).status_code != 200:
+            return False
+        services = await client.get(lb_url + "/api/registration/services")
+        if services.status_code != 200:
+            return False
+        healthy = [s for s in services.json() if s.get("status") == "healthy"]
+        if len(healthy) < instances:
+            return False
+        return ui_url is None or (await client.get(ui_url + "/")).status_code == 200
+    return False
+
+
+async def _announce_when_ready(
+    supervisor: Supervisor,
+    options: UpOptions,
+    lb_url: str,
+    ui_url: str | None,
+    started: float,
+) -> None:
+    """Say "aygolog is up" once the LB, every instance and the web page answer."""
+    warn_at = time.monotonic() + options.ready_timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while not await _healthy(client, lb_url, options.instances, ui_url):
+            if warn_at and time.monotonic() > warn_at:
+                supervisor.say(
+                    "up",
+                    f"not healthy after {options.ready_timeout:g} s; still waiting (Ctrl-C stops)",
+                )
+                warn_at = 0.0
             await asyncio.sleep(0.2)
+    page = f", web page {ui_url}" if ui_url else ""
+    supervisor.say(
+        "up",
+        f"aygolog is up in {time.monotonic() - started:.1f} s: load balancer {lb_url} with "
+        f"{options.instances} Log API instance(s){page}. Ctrl-C stops it.",
+    )
+    flag = "" if lb_url == "http://127.0.0.1:8080" else f" --url {lb_url}"
+    supervisor.say(
+        "up", f"try: aygolog send 'hello'{flag}; aygolog query{flag}; aygolog tail{flag}"
+    )
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the servers do: a closed connection's TIME-WAIT does not make the port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
     return False
 
 
 async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
-    """Run the whole system until SIGINT/SIGTERM; returns the exit code."""
+    """Run the whole system until SIGINT/SIGTERM; returns the exit code (1: a port is taken)."""
+    started = time.monotonic()
     supervisor = Supervisor(out)
+    with_ui = options.ui and importlib.util.find_spec("aygolog.ui") is not None
+    ports = [("load balancer", "--lb-port", options.lb_port)]
+    if with_ui:
+        ports.append(("web page", "--ui-port", options.ui_port))
+    for what, flag, port in ports:
+        if _port_in_use(options.host, port):
+            print(
+                f"aygolog up: port {port} ({what}) is in use on {options.host}; "
+                f"choose another with {flag}",
+                file=sys.stderr,
+            )
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,6 +330,8 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
         await redis.astart()
         redis_url = redis.url
         supervisor.say("up", f"started a private Redis-compatible server at {redis_url}")
+    else:
+        supervisor.say("up", "using the configured Redis")
     token = secrets.token_urlsafe(24)
     lb_url = f"http://{options.host}:{options.lb_port}"
     python = sys.executable
@@ -192,10 +340,11 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
         "AYGOLOG_REGISTRATION_TOKEN": token,
         "PYTHONUNBUFFERED": "1",
     }
+    announce: asyncio.Task[None] | None = None
     try:
         await supervisor.start(
             Child("lb", [python, "-m", "aygolog", "lb", "--host", options.host,
-                         "--port", str(options.lb_port)], common)
+                         "--port", str(options.lb_port)], common, stop_first=False)
         )  # fmt: skip
         for i in range(1, options.instances + 1):
             port = free_port(options.host)
@@ -204,31 +353,25 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
                 Child(f"api-{i}", [python, "-m", "aygolog", "api", "--host", options.host,
                                    "--port", str(port)], env)
             )  # fmt: skip
-        ui_url = f"http://{options.host}:{options.ui_port}"
-        if options.ui and importlib.util.find_spec("aygolog.ui") is not None:
+        ui_url: str | None = None
+        if with_ui:
+            ui_url = f"http://{options.host}:{options.ui_port}"
             await supervisor.start(
                 Child("ui", [python, "-m", "aygolog", "ui", "--host", options.host,
                              "--port", str(options.ui_port), "--lb-url", lb_url], common)
             )  # fmt: skip
-        else:
-            ui_url = "(web page not started)"
-        started = time.monotonic()
-        ready = asyncio.create_task(_wait_ready(lb_url, options.instances, options.ready_timeout))
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({ready, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done() and ready.result():
-            supervisor.say(
-                "up",
-                f"aygolog is up in {time.monotonic() - started:.1f} s: load balancer {lb_url}, "
-                f"web page {ui_url}, {options.instances} Log API instances. Ctrl-C stops it.",
-            )
-        elif ready.done():
-            supervisor.say("up", "not healthy in time; still trying (Ctrl-C stops)")
-        await waiter
-        ready.cancel()
+        elif options.ui:
+            supervisor.say("up", "the web page is not installed (the `ui` extra); not starting it")
+        announce = asyncio.create_task(
+            _announce_when_ready(supervisor, options, lb_url, ui_url, started)
+        )
+        await stop.wait()
         supervisor.say("up", "stopping")
         return 0
     finally:
+        if announce is not None:
+            announce.cancel()
+            await asyncio.gather(announce, return_exceptions=True)
         await supervisor.stop(options.grace_seconds)
         if redis is not None:
             await redis.astop()

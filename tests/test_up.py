@@ -1,0 +1,263 @@
+"""`aygolog up` as a user runs it: everything healthy within 60 s, prefixed output, a crashed
+instance restarted (and reported) while the rest keeps serving, and Ctrl-C / SIGTERM / even a
+SIGKILL of `up` leaving no process behind."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aygolog.embedded import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+HAS_UI = importlib.util.find_spec("aygolog.ui") is not None
+
+
+class Up:
+    """`python -m aygolog up ...` in its own session, its output collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.lb_port = free_port()
+        self.ui_port = free_port()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("AYGOLOG_REDIS_URL", "ConnectionStrings__Redis", "AYGOLOG_URL")
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aygolog", "up", "--lb-port", str(self.lb_port),
+             "--ui-port", str(self.ui_port), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.seen: dict[int, str] = {}
+        """Every process of the tree ever observed: pid -> command line."""
+
+    @property
+    def lb_url(self) -> str:
+        return f"http://127.0.0.1:{self.lb_port}"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        """The first output line from `start` on that matches `pattern`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    if found := regex.search(line):
+                        return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    break
+                self._changed.wait(min(left, 0.5))
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + self.output())
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-80:])
+
+    def tree(self) -> dict[int, str]:
+        """The live descendants of `up` (pid -> command line); remembered in `seen`."""
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                parents[int(stat.parent.name)] = int(fields[1])
+        found: dict[int, str] = {}
+        todo = [self.process.pid]
+        while todo:
+            parent = todo.pop()
+            for pid, ppid in parents.items():
+                if ppid == parent and pid not in found:
+                    found[pid] = _cmdline(pid)
+                    todo.append(pid)
+        self.seen.update(found)
+        return found
+
+    def left_behind(self) -> list[str]:
+        """Processes of the tree (or of `up`'s session) still running."""
+        left = [f"{pid} {cmd}" for pid, cmd in self.seen.items() if _cmdline(pid) == cmd]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == self.process.pid:  # the session id
+                    left.append(
+                        f"{stat.parent.name} (session of up) {_cmdline(int(stat.parent.name))}"
+                    )
+        return left
+
+    def stop(self, sig: signal.Signals) -> float:
+        """Send `sig` to `up`; seconds until it exited."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(15)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        """Leave nothing behind, whatever happened in the test."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+        for pid, cmd in self.seen.items():
+            if _cmdline(pid) == cmd:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def running_up(*args: str) -> Iterator[Up]:
+    up = Up(*args)
+    try:
+        yield up
+    finally:
+        up.close()
+
+
+def healthy_names(lb_url: str) -> list[str]:
+    services = httpx.get(lb_url + "/api/registration/services", timeout=2).json()
+    return sorted(s["name"] for s in services if s["status"] == "healthy")
+
+
+def wait_healthy(lb_url: str, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: list[str] | Exception = []
+    while time.monotonic() < deadline:
+        try:
+            last = healthy_names(lb_url)
+            if last == names:
+                return
+        except (httpx.HTTPError, ValueError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"healthy instances: {last}, expected {names}")
+
+
+def test_up_serves_restarts_a_crashed_instance_and_stops_on_ctrl_c() -> None:
+    with running_up("--instances", "3", *(() if HAS_UI else ("--no-ui",))) as up:
+        found = up.wait_for(r"^up +\| aygolog is up in ([\d.]+) s", timeout=60)
+        assert float(found.group(1)) < 60
+        assert httpx.get(up.lb_url + "/health", timeout=2).status_code == 200
+        assert healthy_names(up.lb_url) == ["api-1", "api-2", "api-3"]
+        if HAS_UI:
+            page = httpx.get(f"http://127.0.0.1:{up.ui_port}/", timeout=10)
+            assert page.status_code == 200
+        # Each child's output is prefixed with its name.
+        up.wait_for(r"^lb +\| ", timeout=1)
+        for n in (1, 2, 3):
+            up.wait_for(rf"^api-{n} +\| ", timeout=1)
+
+        tree = up.tree()
+        apis = {
+            pid: cmd
+            for pid, cmd in tree.items()
+            if " -m aygolog api " in cmd and _parent(pid) == up.process.pid
+        }
+        assert len(apis) == 3, tree
+        assert any("redis-server" in cmd or "valkey-server" in cmd for cmd in tree.values())
+        victim = min(apis)
+        mark = len(up.lines)
+        os.kill(victim, signal.SIGKILL)  # a crash
+        crashed = up.wait_for(
+            r"^up +\| (api-\d) was killed by SIGKILL; restarting it in", timeout=10, start=mark
+        )
+        name = crashed.group(1)
+        up.wait_for(rf"^up +\| {name} restarted \(pid \d+, restart 1\)", timeout=10, start=mark)
+        # The others kept serving meanwhile, and the crashed one comes back.
+        assert httpx.post(up.lb_url + "/api/log", json={"message": "still here"}).status_code == 201
+        wait_healthy(up.lb_url, ["api-1", "api-2", "api-3"], timeout=30)
+        assert _cmdline(victim) == ""
+        up.tree()
+
+        took = up.stop(signal.SIGINT)
+        assert up.process.returncode == 0, up.output()
+        assert took < 5.0, f"stopping took {took:.1f} s:\n{up.output()}"
+        assert "did not stop in time" not in up.output()
+        up.wait_for(r"^up +\| stopped$", timeout=2)
+        assert up.left_behind() == []
+
+
+def test_sigterm_stops_it_too() -> None:
+    with running_up("--instances", "1", "--no-ui") as up:
+        up.wait_for(r"aygolog is up in", timeout=60)
+        assert healthy_names(up.lb_url) == ["api-1"]
+        up.tree()
+        took = up.stop(signal.SIGTERM)
+        assert up.process.returncode == 0, up.output()
+        assert took < 5.0, f"stopping took {took:.1f} s:\n{up.output()}"
+        assert up.left_behind() == []
+
+
+def test_even_a_killed_up_leaves_no_process_behind() -> None:
+    with running_up("--instances", "1", "--no-ui") as up:
+        up.wait_for(r"aygolog is up in", timeout=60)
+        assert len(up.tree()) >= 3  # redis, lb, api (and granian's worker)
+        up.process.kill()
+        up.process.wait()
+        deadline = time.monotonic() + 10
+        while up.left_behind() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert up.left_behind() == []
+
+
+def test_a_taken_port_is_a_user_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "aygolog", "up", "--lb-port", str(port), "--no-ui"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"aygolog up: port {port} (load balancer) is in use on 127.0.0.1;"
+        " choose another with --lb-port"
+    )
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
