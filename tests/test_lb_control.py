@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -25,8 +25,10 @@ from aygolog.lb import (
     PoolOptions,
     create_load_balancer,
     lb_state,
+    run_load_balancer,
 )
-from aygolog.models import Registration, RegistryEvent, ServiceInstance
+from aygolog.lb.app import health_options_from, pool_options_from, proxy_config_from
+from aygolog.models import InstanceStatus, Registration, RegistryEvent, ServiceInstance
 from aygolog.registry import InMemoryServiceRegistry
 from aygolog.settings import LoadBalancerSettings
 
@@ -150,18 +152,123 @@ async def test_malformed_json_is_400(client: AsyncTestClient[Litestar]) -> None:
     assert response.json()["error"] == "malformed request body"
 
 
-async def test_allowed_networks(registry: InMemoryServiceRegistry) -> None:
-    app = create_load_balancer(
-        settings(), registry=registry, health_options=NO_PROBES, allowed_networks=["10.0.0.0/8"]
+@asynccontextmanager
+async def serving(app: Litestar, lb_settings: LoadBalancerSettings) -> AsyncIterator[str]:
+    """The whole load balancer (data plane in front of `app`) on a free loopback port."""
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_load_balancer(lb_settings, app=app, stop=stop, started=port.set_result, grace=0.5)
     )
-    async with client_for(app) as c:
-        outside = await c.post("/api/registration", json=reg("a", 5001), headers=AUTH)
-        assert outside.status_code == 403
-        assert "outside the networks" in outside.json()["error"]
-        inside = {"name": "b", "url": "http://10.1.2.3:5001"}
+    try:
+        yield f"http://127.0.0.1:{await asyncio.wait_for(port, 10)}"
+    finally:
+        stop.set()
+        await task
+
+
+async def test_allowed_networks_check_the_caller_and_the_url(
+    registry: InMemoryServiceRegistry,
+) -> None:
+    # Over real sockets, so that the caller's address is 127.0.0.1.
+    lb_settings = settings(host="127.0.0.1", port=0)
+    inside = {"name": "b", "url": "http://127.0.0.1:5001"}
+    app = create_load_balancer(
+        lb_settings, registry=registry, health_options=NO_PROBES, allowed_networks=["10.0.0.0/8"]
+    )
+    async with serving(app, lb_settings) as url, httpx.AsyncClient(base_url=url) as c:
+        calls = [
+            c.post("/api/registration", json=inside, headers=AUTH),
+            c.put("/api/registration/b/heartbeat", headers=AUTH),
+            c.delete("/api/registration/b", headers=AUTH),
+            c.post("/api/registration", json=inside),  # the network is checked before the token
+        ]
+        for call in calls:
+            response = await call
+            assert response.status_code == 403, response.text
+            assert response.json()["error"] == (
+                "127.0.0.1 is outside the networks allowed to register"
+                " (AYGOLOG_REGISTRATION_ALLOWED_NETWORKS)"
+            )
+        assert (await c.get("/api/registration/services")).json() == []  # reading stays open
+
+    # From settings: the caller is inside; the registered URL must be too.
+    lb_settings = settings(
+        host="127.0.0.1", port=0, registration_allowed_networks="10.0.0.0/8, 127.0.0.0/8, ::1"
+    )
+    app = create_load_balancer(lb_settings, registry=registry, health_options=NO_PROBES)
+    async with serving(app, lb_settings) as url, httpx.AsyncClient(base_url=url) as c:
+        outside = {"name": "a", "url": "http://192.168.1.5:5001"}
+        refused = await c.post("/api/registration", json=outside, headers=AUTH)
+        assert refused.status_code == 403
+        assert "'192.168.1.5' (192.168.1.5) is outside the networks" in refused.json()["error"]
+        named = {"name": "a", "url": "http://localhost:5001"}  # a name resolving inside: fine
+        assert (await c.post("/api/registration", json=named, headers=AUTH)).status_code == 201
         assert (await c.post("/api/registration", json=inside, headers=AUTH)).status_code == 201
+        other = {"name": "c", "url": "http://10.1.2.3:5001"}
+        assert (await c.post("/api/registration", json=other, headers=AUTH)).status_code == 201
         names = [s["name"] for s in (await c.get("/api/registration/services")).json()]
-        assert names == ["b"]
+        assert names == ["a", "b", "c"]
+        assert (await c.put("/api/registration/b/heartbeat", headers=AUTH)).status_code == 200
+        assert (await c.delete("/api/registration/b", headers=AUTH)).status_code == 204
+
+
+def test_settings_reach_the_pool_the_health_checks_and_the_proxy() -> None:
+    lb_settings = settings(
+        registry_poll_interval=0.5,
+        ejection_base=2,
+        ejection_max=20,
+        max_ejected_percent=30,
+        healthy_threshold=4,
+        unhealthy_threshold=5,
+        health_check_interval=3,
+        health_check_timeout=0.5,
+        max_body_bytes=1000,
+        max_retries=1,
+        retry_budget_percent=10,
+        retry_budget_min_per_second=1,
+        retry_budget_window=30,
+        api_keys="k1:read",
+        cors_origins="http://ui.example",
+    )
+    assert pool_options_from(lb_settings) == PoolOptions(
+        poll_interval=0.5,
+        ejection_base=2.0,
+        ejection_max=20.0,
+        max_ejected_fraction=0.3,
+        healthy_threshold=4,
+        unhealthy_threshold=5,
+    )
+    assert health_options_from(lb_settings) == HealthCheckOptions(interval=3.0, timeout=0.5)
+    config = proxy_config_from(lb_settings, grace=2)
+    assert (config.max_body_size, config.max_retries, config.shutdown_timeout) == (1000, 1, 2)
+    assert (config.retry_ratio, config.retry_min_per_second, config.retry_window) == (0.1, 1, 30)
+    assert config.api_keys == {"k1": "read"}
+    assert config.cors_origins == ("http://ui.example",)
+    defaults = proxy_config_from(settings())
+    assert (defaults.max_retries, defaults.retry_ratio, defaults.retry_window) == (2, 0.2, 10.0)
+    assert defaults.max_body_size == 10 * 1024 * 1024
+    assert not defaults.api_keys
+    assert defaults.cors_origins == ()
+
+
+async def test_the_app_takes_its_pool_and_health_options_from_settings(
+    registry: InMemoryServiceRegistry,
+) -> None:
+    lb_settings = settings(ejection_base=7, ejection_max=70, health_check_interval=0)
+    async with client_for(create_load_balancer(lb_settings, registry=registry)) as c:
+        lb = lb_state(c.app)
+        assert (lb.pool.options.ejection_base, lb.pool.options.ejection_max) == (7.0, 70.0)
+        assert lb.health.options.interval == 0
+        await c.post("/api/registration", json=reg("a", 5001), headers=AUTH)
+        await c.post("/api/registration", json=reg("b", 5002), headers=AUTH)
+        fail(lb.pool, "a")
+        (listed,) = [
+            s for s in (await c.get("/api/registration/services")).json() if s["name"] == "a"
+        ]
+        assert listed["status"] == "ejected"
+        until = datetime.fromisoformat(listed["ejected_until"])
+        assert 6 < (until - datetime.now(UTC)).total_seconds() <= 7
 
 
 # -- the registration life cycle -----------------------------------------------------------
@@ -256,7 +363,6 @@ async def test_unknown_route_is_json_404(client: AsyncTestClient[Litestar]) -> N
 
 
 def instance(name: str, port: int = 5000, weight: int = 1) -> ServiceInstance:
-    from datetime import UTC, datetime
 
     now = datetime.now(UTC)
     return ServiceInstance(
@@ -397,7 +503,10 @@ def test_active_health_thresholds() -> None:
     assert "i0" in pool.routable()
     pool.record_probe("i0", url, False)
     assert "i0" not in pool.routable()
-    assert {v.name: v.status for v in pool.views()}["i0"] == "unhealthy"
+    assert {v.name: v.status for v in pool.views()}["i0"] == InstanceStatus.UNHEALTHY.value
+    assert pool.counts()["unhealthy"] == 1
+    view = next(v for v in pool.views() if v.name == "i0")
+    assert (view.health_check, view.ejected_until) == ("failing", None)  # failing, not ejected
     pool.record_probe("i0", "http://elsewhere:1", True)  # a stale probe of an old address
     pool.record_probe("i0", url, True)
     assert "i0" not in pool.routable()

@@ -188,6 +188,55 @@ def test_lb_refuses_to_start_without_a_token(cluster: Cluster) -> None:
     assert "AYGOLOG_REGISTRATION_TOKEN" in done.stderr
 
 
+def test_api_keys_cors_and_allowed_networks_from_the_environment(healthy: Cluster) -> None:
+    origin = "http://ui.example:5173"
+    env = healthy.lb_env(
+        AYGOLOG_API_KEYS="e2e-reader:read, e2e-writer:write",
+        AYGOLOG_CORS_ORIGINS=origin,
+        AYGOLOG_REGISTRATION_ALLOWED_NETWORKS="10.0.0.0/8",  # not 127.0.0.1, where we call from
+    )
+    other = ServiceProcess("lb", env=env).start()
+    try:
+        with httpx.Client(base_url=other.url, timeout=5) as client:
+            missing = client.get("/api/log", headers={"Origin": origin})
+            assert missing.status_code == 401, missing.text
+            assert missing.json()["error"].startswith("an API key is needed")
+            assert missing.headers["Access-Control-Allow-Origin"] == origin
+            read = client.get("/api/log", headers={"Authorization": "Bearer e2e-reader"})
+            assert read.status_code == 200, read.text
+            assert read.headers["X-Served-By"] in NAMES
+            body = {"message": "with a key", "service": "keys"}
+            refused = client.post("/api/log", json=body, headers={"X-Api-Key": "e2e-reader"})
+            assert refused.status_code == 403
+            written = client.post(
+                "/api/log", json=body, headers={"X-Api-Key": "e2e-writer", "Origin": origin}
+            )
+            assert written.status_code == 201, written.text
+            assert written.headers["Access-Control-Allow-Origin"] == origin
+            preflight = client.options(
+                "/api/log",
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "content-type,x-api-key",
+                },
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["Access-Control-Allow-Origin"] == origin
+            assert preflight.headers["Access-Control-Allow-Headers"] == "content-type,x-api-key"
+            # The registration API's listing and /health need no API key.
+            assert client.get("/api/registration/services").status_code == 200
+            assert client.get("/health").status_code == 200
+            # Registering from outside the allowed networks: 403, even with the token.
+            body = {"name": "intruder", "url": "http://10.0.0.9:8080"}
+            outside = client.post("/api/registration", json=body, headers=AUTH)
+            assert outside.status_code == 403, outside.text
+            assert "outside the networks allowed to register" in outside.json()["error"]
+            assert "intruder" not in healthy.services(other)
+    finally:
+        other.close()
+
+
 # -- several load balancers, restarts ------------------------------------------------------
 
 

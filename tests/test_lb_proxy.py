@@ -175,7 +175,8 @@ class Upstream:
         writer.write(
             b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"keep-alive: timeout=5\r\nconnection: keep-alive, x-hop\r\nx-hop: secret\r\n"
-            b"proxy-authenticate: Basic\r\nx-served-by: spoofed\r\nx-upstream: %s\r\n\r\n%s"
+            b"proxy-authenticate: Basic\r\nx-served-by: spoofed\r\nx-upstream: %s\r\n"
+            b"access-control-allow-origin: http://instance.example\r\n\r\n%s"
             % (status, len(body), self.name.encode(), b"" if seen.method == "HEAD" else body)
         )
         await writer.drain()
@@ -748,6 +749,169 @@ async def test_graceful_close_lets_in_flight_requests_finish() -> None:
             text = (await response.aread()).decode()
         await closing
         assert text.count("data: event") == 3
+
+
+async def test_502_names_the_attempts_actually_made() -> None:
+    # Two instances refuse: the second attempt finds no third instance, so 2 attempts, not 3.
+    async with harness(dead_target("d1"), dead_target("d2")) as h:
+        response = await h.client.post("/api/log", json={})
+        assert response.status_code == 502
+        assert response.json()["error"] == "instance d2 failed: connect refused (after 2 attempts)"
+        assert h.picker.attempts == ["d1", "d2"]
+    # Three instances drop a GET after it was sent: 1 try + max_retries (2) = 3 attempts.
+    async with harness(Upstream("a", "drop"), Upstream("b", "drop"), Upstream("c", "drop")) as h:
+        response = await h.client.get("/api/log")
+        assert response.status_code == 502
+        assert response.json()["error"] == "instance c failed: connection reset (after 3 attempts)"
+        assert h.picker.attempts == ["a", "b", "c"]
+    # One attempt, not retried (a POST already sent): no count in the message.
+    async with harness(Upstream("a", "drop"), Upstream("b")) as h:
+        response = await h.client.post("/api/log", json={})
+        assert response.json()["error"] == "instance a failed: connection reset"
+    # max_retries=1: two attempts although a third instance was there.
+    config = ProxyConfig(max_retries=1)
+    async with harness(dead_target("d1"), dead_target("d2"), Upstream("c"), config=config) as h:
+        response = await h.client.get("/api/log")
+        assert response.json()["error"] == "instance d2 failed: connect refused (after 2 attempts)"
+        assert h.upstreams["c"].seen == []
+
+
+KEYS = {"reader": "read", "writer": "write", "both": "read+write"}
+
+
+async def test_api_keys_are_off_by_default() -> None:
+    async with harness(Upstream("a")) as h:
+        assert not h.proxy._gated  # no per-request work for keys or CORS
+        assert (await h.client.get("/api/log")).status_code == 200
+        response = await h.client.post("/api/log", json={}, headers={"X-Api-Key": "anything"})
+        assert response.status_code == 201
+        # Without CORS on the LB, the instance's own CORS headers pass through.
+        assert response.headers["access-control-allow-origin"] == "http://instance.example"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        ("GET", {}, 401),
+        ("POST", {}, 401),
+        ("GET", {"Authorization": "Bearer nope"}, 401),
+        ("GET", {"X-Api-Key": "nope"}, 401),
+        ("GET", {"Authorization": "Basic reader"}, 401),
+        ("GET", {"Authorization": "Bearer reader"}, 200),
+        ("HEAD", {"X-Api-Key": "reader"}, 200),
+        ("POST", {"Authorization": "Bearer reader"}, 403),
+        ("POST", {"X-Api-Key": "writer"}, 201),
+        ("GET", {"X-Api-Key": "writer"}, 403),
+        ("DELETE", {"X-Api-Key": "reader"}, 403),
+        ("GET", {"authorization": "bearer both"}, 200),
+        ("POST", {"X-Api-Key": "both"}, 201),
+    ],
+)
+async def test_api_keys_with_read_and_write_scopes(
+    method: str, headers: dict[str, str], status: int
+) -> None:
+    async with harness(Upstream("a"), config=ProxyConfig(api_keys=KEYS)) as h:
+        response = await h.client.request(method, "/api/log", headers=headers)
+        assert response.status_code == status, response.text
+        seen = h.upstreams["a"].seen
+        if status >= 400:
+            assert seen == []
+            if method != "HEAD":
+                assert response.json()["detail"] == []
+                assert response.json()["error"]
+            assert response.headers["content-type"] == "application/json"
+            assert ("www-authenticate" in response.headers) == (status == 401)
+        else:
+            # The key is the LB's business: not passed on to the instance.
+            assert [s.header("authorization") or s.header("x-api-key") for s in seen] == [None]
+            assert response.headers["x-served-by"] == "a"
+
+
+async def test_api_key_errors_name_the_scope() -> None:
+    async with harness(Upstream("a"), config=ProxyConfig(api_keys=KEYS)) as h:
+        missing = await h.client.get("/api/log")
+        assert missing.json()["error"] == (
+            "an API key is needed: Authorization: Bearer <key> or X-Api-Key: <key>"
+        )
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert (await h.client.get("/api/log", headers={"X-Api-Key": "x"})).json()[
+            "error"
+        ] == "unknown API key"
+        denied = await h.client.post("/api/log", headers={"X-Api-Key": "reader"}, json={})
+        assert denied.json()["error"] == "this API key may not write (POST needs the write scope)"
+        # A refused request leaves the client connection usable.
+        assert (await h.client.get("/api/log", headers={"X-Api-Key": "reader"})).status_code == 200
+
+
+ORIGIN = "http://ui.example:8000"
+
+
+async def test_cors_preflight_is_answered_by_the_lb() -> None:
+    config = ProxyConfig(cors_origins=(ORIGIN,), api_keys=KEYS)
+    async with harness(Upstream("a"), config=config) as h:
+        preflight = await h.client.options(
+            "/api/log",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, x-api-key",
+            },
+        )
+        # No API key needed: browsers send none with a preflight.
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == ORIGIN
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-headers"] == "content-type, x-api-key"
+        assert preflight.headers["access-control-max-age"] == "600"
+        assert "origin" in preflight.headers["vary"]
+        assert preflight.content == b""
+
+        other = await h.client.options(
+            "/api/log",
+            headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert other.status_code == 403
+        assert "http://evil.example" in other.json()["error"]
+        assert "access-control-allow-origin" not in other.headers
+        assert h.upstreams["a"].seen == []  # neither reached an instance
+
+
+async def test_cors_headers_on_proxied_responses_for_allowed_origins_only() -> None:
+    config = ProxyConfig(cors_origins=(ORIGIN, "https://other.example"))
+    async with harness(Upstream("a"), config=config) as h:
+        allowed = await h.client.post("/api/log", json={}, headers={"Origin": ORIGIN})
+        assert allowed.status_code == 201
+        # The LB's header replaces the instance's own.
+        assert allowed.headers.get_list("access-control-allow-origin") == [ORIGIN]
+        assert allowed.headers["vary"] == "origin"
+        assert "x-served-by" in allowed.headers["access-control-expose-headers"]
+
+        stranger = await h.client.get("/api/log", headers={"Origin": "http://evil.example"})
+        assert stranger.status_code == 200
+        assert "access-control-allow-origin" not in stranger.headers
+        plain = await h.client.get("/api/log")
+        assert "access-control-allow-origin" not in plain.headers
+        # A streamed response gets it too.
+        streamed = await h.client.get("/api/chunked", headers={"Origin": "https://other.example"})
+        assert streamed.headers["access-control-allow-origin"] == "https://other.example"
+        # A plain OPTIONS (no Access-Control-Request-Method) is not a preflight: proxied.
+        await h.client.options("/api/log", headers={"Origin": ORIGIN})
+        assert [s.method for s in h.upstreams["a"].seen][-1] == "OPTIONS"
+
+
+async def test_cors_on_the_proxys_own_errors() -> None:
+    config = ProxyConfig(cors_origins=("*",), api_keys=KEYS)
+    async with harness(dead_target("dead"), config=config) as h:
+        # The browser must be able to read a 401 or a 502.
+        unauthorized = await h.client.get("/api/log", headers={"Origin": "http://any.example"})
+        assert unauthorized.status_code == 401
+        assert unauthorized.headers["access-control-allow-origin"] == "http://any.example"
+        failed = await h.client.get(
+            "/api/log", headers={"Origin": "http://any.example", "X-Api-Key": "reader"}
+        )
+        assert failed.status_code == 502
+        assert failed.headers["access-control-allow-origin"] == "http://any.example"
+        assert "www-authenticate" not in failed.headers
 
 
 def test_runs_on_uvloop() -> None:

@@ -82,6 +82,17 @@ def test_log_api_from_the_seed_docker_run_line(monkeypatch: pytest.MonkeyPatch) 
     assert settings.advertised_url() == "http://10.0.0.21:8081"
 
 
+@pytest.mark.parametrize("cls", [LogApiSettings, LoadBalancerSettings])
+def test_the_services_refuse_a_redis_cluster(
+    monkeypatch: pytest.MonkeyPatch, cls: type[LogApiSettings | LoadBalancerSettings]
+) -> None:
+    monkeypatch.setenv("AYGOLOG_REDIS_URL", "redis://10.0.0.5:6379/0")
+    monkeypatch.setenv("AYGOLOG_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("AYGOLOG_REGISTRATION_TOKEN", "t")
+    with pytest.raises(ValidationError, match="Sentinel"):
+        cls()
+
+
 def test_log_api_defaults() -> None:
     settings = LogApiSettings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
@@ -324,6 +335,93 @@ def test_load_balancer_defaults() -> None:
     assert lb.insecure_open_registration is False
 
 
+def test_load_balancer_health_retry_and_limit_defaults() -> None:
+    lb = LoadBalancerSettings(insecure_open_registration=True)
+    assert (lb.health_check_interval, lb.health_check_timeout) == (2.0, 1.0)
+    assert (lb.healthy_threshold, lb.unhealthy_threshold) == (2, 3)
+    assert (lb.ejection_base, lb.ejection_max, lb.max_ejected_percent) == (5.0, 300.0, 50.0)
+    assert lb.registry_poll_interval == 1.0
+    assert (lb.max_retries, lb.retry_budget_percent, lb.retry_budget_window) == (2, 20.0, 10.0)
+    assert lb.retry_budget_min_per_second == 3.0
+    assert lb.max_body_bytes == 10 * 1024 * 1024
+    assert lb.registration_allowed_networks == []
+    assert lb.api_keys == {}
+
+
+def test_load_balancer_health_retry_and_limit_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AYGOLOG_INSECURE_OPEN_REGISTRATION": "true",
+        "AYGOLOG_HEALTH_CHECK_INTERVAL": "0",
+        "AYGOLOG_HEALTH_CHECK_TIMEOUT": "0.5",
+        "AYGOLOG_HEALTHY_THRESHOLD": "1",
+        "AYGOLOG_UNHEALTHY_THRESHOLD": "4",
+        "AYGOLOG_EJECTION_BASE": "1.5",
+        "AYGOLOG_EJECTION_MAX": "60",
+        "AYGOLOG_MAX_EJECTED_PERCENT": "100",
+        "AYGOLOG_REGISTRY_POLL_INTERVAL": "0.25",
+        "AYGOLOG_MAX_RETRIES": "0",
+        "AYGOLOG_RETRY_BUDGET_PERCENT": "5",
+        "AYGOLOG_RETRY_BUDGET_MIN_PER_SECOND": "0",
+        "AYGOLOG_RETRY_BUDGET_WINDOW": "60",
+        "AYGOLOG_MAX_BODY_BYTES": "4096",
+        "AYGOLOG_REGISTRATION_ALLOWED_NETWORKS": "10.0.0.0/8, 192.168.1.7, fd00::/8",
+        "AYGOLOG_API_KEYS": "k-read:read, k-write:WRITE,k:with:colons:read+write,",
+    }.items():
+        monkeypatch.setenv(name, value)
+    lb = LoadBalancerSettings()
+    assert (lb.health_check_interval, lb.health_check_timeout) == (0.0, 0.5)
+    assert (lb.healthy_threshold, lb.unhealthy_threshold) == (1, 4)
+    assert (lb.ejection_base, lb.ejection_max, lb.max_ejected_percent) == (1.5, 60.0, 100.0)
+    assert lb.registry_poll_interval == 0.25
+    assert (lb.max_retries, lb.retry_budget_percent, lb.retry_budget_window) == (0, 5.0, 60.0)
+    assert lb.retry_budget_min_per_second == 0.0
+    assert lb.max_body_bytes == 4096
+    assert [str(n) for n in lb.registration_allowed_networks] == [
+        "10.0.0.0/8",
+        "192.168.1.7/32",
+        "fd00::/8",
+    ]
+    assert lb.api_keys == {"k-read": "read", "k-write": "write", "k:with:colons": "read+write"}
+    assert "k-read" not in repr(lb)  # keys are secrets
+
+
+def test_api_keys_and_networks_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AYGOLOG_INSECURE_OPEN_REGISTRATION", "true")
+    monkeypatch.setenv("AYGOLOG_API_KEYS", '{"abc": "read+write"}')
+    monkeypatch.setenv("AYGOLOG_REGISTRATION_ALLOWED_NETWORKS", '["10.1.2.0/24"]')
+    lb = LoadBalancerSettings()
+    assert lb.api_keys == {"abc": "read+write"}
+    assert [str(n) for n in lb.registration_allowed_networks] == ["10.1.2.0/24"]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("secret-key", "entry 1 is not key:scope"),
+        ("ok:read,secret-key:admin", "API key 2 has scope 'admin'"),
+        ("secret key:read", "API key 1 must be 1-256 visible ASCII"),
+        (":read", "API key 1 must be"),
+        ('{"secret-key": 1}', "API key 1 has scope 1"),
+        ('["secret-key"]', "entry 1 is not key:scope"),
+        ('{"secret-key": "read"', "Expecting"),
+    ],
+)
+def test_bad_api_keys_are_refused_without_quoting_them(
+    monkeypatch: pytest.MonkeyPatch, value: str, reason: str
+) -> None:
+    monkeypatch.setenv("AYGOLOG_INSECURE_OPEN_REGISTRATION", "true")
+    monkeypatch.setenv("AYGOLOG_API_KEYS", value)
+    with pytest.raises(ValidationError, match=reason) as info:
+        LoadBalancerSettings()
+    assert "AYGOLOG_API_KEYS" in _error(info)
+    assert "secret" not in _error(info)
+
+
+def test_ejection_max_below_base_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"AYGOLOG_EJECTION_MAX \(5 s\) is shorter than"):
+        LoadBalancerSettings(insecure_open_registration=True, ejection_base=10, ejection_max=5)
+
+
 def test_cors_origins_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AYGOLOG_INSECURE_OPEN_REGISTRATION", "true")
     monkeypatch.setenv("AYGOLOG_CORS_ORIGINS", '["*"]')
@@ -451,6 +549,19 @@ def test_log_api_errors_name_the_variable(
         ("AYGOLOG_CORS_ORIGINS", "[not json", "Value error"),
         ("AYGOLOG_HEARTBEAT_TTL", "soon", "valid number"),
         ("AYGOLOG_REGISTRATION_TOKEN", "  ", "blank"),
+        ("AYGOLOG_REGISTRATION_ALLOWED_NETWORKS", "10.0.0.0/33", "is not a network"),
+        ("AYGOLOG_REGISTRATION_ALLOWED_NETWORKS", "lan", "is not a network"),
+        ("AYGOLOG_MAX_EJECTED_PERCENT", "150", "less than or equal to 100"),
+        ("AYGOLOG_HEALTHY_THRESHOLD", "0", "greater than or equal to 1"),
+        ("AYGOLOG_UNHEALTHY_THRESHOLD", "x", "valid integer"),
+        ("AYGOLOG_HEALTH_CHECK_INTERVAL", "-1", "greater than or equal to 0"),
+        ("AYGOLOG_HEALTH_CHECK_TIMEOUT", "0", "greater than 0"),
+        ("AYGOLOG_EJECTION_BASE", "0", "greater than 0"),
+        ("AYGOLOG_REGISTRY_POLL_INTERVAL", "0", "greater than 0"),
+        ("AYGOLOG_MAX_RETRIES", "-1", "greater than or equal to 0"),
+        ("AYGOLOG_RETRY_BUDGET_PERCENT", "-5", "greater than or equal to 0"),
+        ("AYGOLOG_RETRY_BUDGET_WINDOW", "0", "greater than 0"),
+        ("AYGOLOG_MAX_BODY_BYTES", "0", "greater than or equal to 1"),
     ],
 )
 def test_load_balancer_errors_name_the_variable(

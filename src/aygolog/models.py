@@ -260,6 +260,8 @@ class InstanceStatus(enum.StrEnum):
     EXPIRED = "expired"
     EJECTED = "ejected"
     DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+    """Failing the load balancer's active health checks (its `/health` probe)."""
 
 
 class Registration(msgspec.Struct, kw_only=True, omit_defaults=True):

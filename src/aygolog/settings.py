@@ -19,6 +19,7 @@ lines keep working; **when both are set, the `AYGOLOG_` name wins**:
 
 Names are case-insensitive, as in .NET; an empty variable counts as unset; `ASPNETCORE_ENVIRONMENT`
 is ignored. A validation error names the variable that held the bad value. Durations are seconds.
+Every setting of every service is listed in docs/configuration.md.
 
 This module must not import redis-py (an optional dependency), so the parsing of Redis addresses
 lives here and `aygolog.redis` builds clients from it.
@@ -46,6 +47,7 @@ from pydantic_settings import (
 )
 
 __all__ = [
+    "ApiScope",
     "LoadBalancerSettings",
     "LogApiSettings",
     "RedisSettings",
@@ -135,6 +137,16 @@ def _aspnetcore_listen(value: str) -> tuple[str, int]:
     raise ValueError(
         f"no http:// address in {value!r}; aygolog serves plain HTTP (put TLS in front of it)"
     )
+
+
+def _split_list(value: object) -> object:
+    """A comma-separated string or a JSON list as a list of stripped, non-empty strings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 def _reachable_host(listen_host: str) -> str:
@@ -559,6 +571,17 @@ class RedisSettings(_Settings):
                 yield name, value
 
 
+def _services_redis(value: RedisSettings) -> RedisSettings:
+    """The services need one Redis (or a Sentinel-managed primary): refuse a cluster at start."""
+    if value.cluster:
+        raise ValueError(
+            "AYGOLOG_REDIS_CLUSTER is not supported by the Log API and the load balancer (their"
+            " Lua scripts and streams need one primary): use one Redis, Redis Sentinel"
+            " (redis+sentinel://), or a managed Redis with cluster mode disabled"
+        )
+    return value
+
+
 class ServiceRegistrationSettings(_Settings):
     """How a Log API instance registers with the load balancer (the seed's ServiceRegistration)."""
 
@@ -659,12 +682,7 @@ class _ServerSettings(_Settings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return _split_list(value)
 
     @field_validator("cors_origins")
     @classmethod
@@ -722,6 +740,11 @@ class LogApiSettings(_ServerSettings):
     )
     """At most this many bytes in one request body."""
 
+    @field_validator("redis")
+    @classmethod
+    def _check_redis(cls, value: RedisSettings) -> RedisSettings:
+        return _services_redis(value)
+
     @field_validator("instance_name")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -744,6 +767,17 @@ class LogApiSettings(_ServerSettings):
 
 StrategyName = Literal["round_robin", "random", "least_outstanding", "p2c", "weighted"]
 _STRATEGY_ALIASES: Final = {"power_of_two_choices": "p2c", "weighted_round_robin": "weighted"}
+ApiScope = Literal["read", "write", "read+write"]
+"""What an API key may do on `/api/log*`: read (GET, HEAD), write (POST and other methods)."""
+_SCOPES: Final[dict[str, ApiScope]] = {
+    "read": "read",
+    "write": "write",
+    "read+write": "read+write",
+    "write+read": "read+write",
+    "rw": "read+write",
+}
+_API_KEY: Final = re.compile(r"[\x21-\x7e]{1,256}")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class LoadBalancerSettings(_ServerSettings):
@@ -751,7 +785,10 @@ class LoadBalancerSettings(_ServerSettings):
 
     Registration needs `registration_token` (the same on every instance): an open registration
     endpoint would let anyone take over traffic. `insecure_open_registration=True` opts out.
+    Errors do not quote the value given (it may hold API keys).
     """
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     strategy: StrategyName = Field(default="p2c", validation_alias="AYGOLOG_STRATEGY")
@@ -764,8 +801,122 @@ class LoadBalancerSettings(_ServerSettings):
     )
     heartbeat_ttl: float = Field(default=6.0, gt=0, validation_alias="AYGOLOG_HEARTBEAT_TTL")
     """An instance is alive while its last heartbeat is younger than this."""
+    registration_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list, validation_alias="AYGOLOG_REGISTRATION_ALLOWED_NETWORKS"
+    )
+    """CIDR networks (comma-separated or a JSON list) allowed to register; empty: any. Both the
+    registration request's peer address and the registered URL's host (a name must resolve only
+    to addresses inside) must be in one of them, else 403."""
     connect_timeout: float = Field(default=1.0, gt=0, validation_alias="AYGOLOG_CONNECT_TIMEOUT")
+    """Seconds to open a connection to an instance."""
     response_timeout: float = Field(default=30.0, gt=0, validation_alias="AYGOLOG_RESPONSE_TIMEOUT")
+    """Seconds to wait for an instance's response headers, and between body chunks (not SSE)."""
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, validation_alias="AYGOLOG_MAX_BODY_BYTES"
+    )
+    """Largest request body the proxy accepts (413 beyond); the same variable as the Log API's."""
+    max_retries: int = Field(default=2, ge=0, le=10, validation_alias="AYGOLOG_MAX_RETRIES")
+    """Extra attempts of one request on other instances, at most."""
+    retry_budget_percent: float = Field(
+        default=20.0, ge=0, validation_alias="AYGOLOG_RETRY_BUDGET_PERCENT"
+    )
+    """Retries may add at most this percentage of extra requests over the budget window..."""
+    retry_budget_min_per_second: float = Field(
+        default=3.0, ge=0, validation_alias="AYGOLOG_RETRY_BUDGET_MIN_PER_SECOND"
+    )
+    """...plus this many retries per second, so that a quiet load balancer can still retry."""
+    retry_budget_window: float = Field(
+        default=10.0, gt=0, validation_alias="AYGOLOG_RETRY_BUDGET_WINDOW"
+    )
+    """The sliding window of the retry budget, in seconds."""
+    health_check_interval: float = Field(
+        default=2.0, ge=0, validation_alias="AYGOLOG_HEALTH_CHECK_INTERVAL"
+    )
+    """Seconds between active probes of each instance's `/health`; 0 turns probing off."""
+    health_check_timeout: float = Field(
+        default=1.0, gt=0, validation_alias="AYGOLOG_HEALTH_CHECK_TIMEOUT"
+    )
+    """A probe not answered within this many seconds has failed."""
+    healthy_threshold: int = Field(default=2, ge=1, validation_alias="AYGOLOG_HEALTHY_THRESHOLD")
+    """Passed probes in a row that make an unhealthy instance healthy again."""
+    unhealthy_threshold: int = Field(
+        default=3, ge=1, validation_alias="AYGOLOG_UNHEALTHY_THRESHOLD"
+    )
+    """Failed probes in a row that make an instance unhealthy (no new requests)."""
+    ejection_base: float = Field(default=5.0, gt=0, validation_alias="AYGOLOG_EJECTION_BASE")
+    """Seconds a failing instance (connect error or 5xx) is ejected the first time."""
+    ejection_max: float = Field(default=300.0, gt=0, validation_alias="AYGOLOG_EJECTION_MAX")
+    """The longest ejection; repeated ejections double up to it."""
+    max_ejected_percent: float = Field(
+        default=50.0, ge=0, le=100, validation_alias="AYGOLOG_MAX_EJECTED_PERCENT"
+    )
+    """At most this percentage of the live instances ejected at once, unless all are failing."""
+    registry_poll_interval: float = Field(
+        default=1.0, gt=0, validation_alias="AYGOLOG_REGISTRY_POLL_INTERVAL"
+    )
+    """Seconds between full reloads of the registry (the safety net under its change events)."""
+    api_keys: Annotated[dict[str, ApiScope], NoDecode] = Field(
+        default_factory=dict, repr=False, validation_alias="AYGOLOG_API_KEYS"
+    )
+    """API keys for the proxied `/api/log*` routes: `key:scope` entries, comma-separated (scope
+    `read`, `write` or `read+write`), or a JSON object; empty: no key needed."""
+
+    @field_validator("redis")
+    @classmethod
+    def _check_redis(cls, value: RedisSettings) -> RedisSettings:
+        return _services_redis(value)
+
+    @field_validator("registration_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        value = _split_list(value)
+        if not isinstance(value, list):
+            return value
+        networks: list[object] = []
+        for item in value:
+            if isinstance(item, str):
+                try:
+                    networks.append(ipaddress.ip_network(item.strip(), strict=False))
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not a network (CIDR, e.g. 10.0.0.0/8) or IP address"
+                    ) from None
+            else:
+                networks.append(item)
+        return networks
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        # All checks are here, before pydantic's own: its errors would quote the key.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                entries: dict[str, object] = {}
+                for number, entry in enumerate(text.split(","), 1):
+                    key, colon, scope = entry.strip().rpartition(":")
+                    if entry.strip() and not colon:
+                        raise ValueError(f"entry {number} is not key:scope")
+                    if colon:
+                        entries[key.strip()] = scope.strip()
+                value = entries
+        if not isinstance(value, dict):
+            raise ValueError("expected key:scope entries, comma-separated, or a JSON object")
+        checked: dict[str, ApiScope] = {}
+        for number, (key, scope) in enumerate(value.items(), 1):
+            if not isinstance(key, str) or not _API_KEY.fullmatch(key) or "," in key:
+                raise ValueError(
+                    f"API key {number} must be 1-256 visible ASCII characters, without a comma"
+                )
+            known = _SCOPES.get(scope.strip().lower()) if isinstance(scope, str) else None
+            if known is None:
+                raise ValueError(
+                    f"API key {number} has scope {scope!r}; expected read, write or read+write"
+                )
+            checked[key] = known
+        return checked
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -781,6 +932,15 @@ class LoadBalancerSettings(_ServerSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("the registration token is blank")
         return value
+
+    @model_validator(mode="after")
+    def _check_ejection(self) -> Self:
+        if self.ejection_max < self.ejection_base:
+            raise ValueError(
+                f"AYGOLOG_EJECTION_MAX ({self.ejection_max:g} s) is shorter than"
+                f" AYGOLOG_EJECTION_BASE ({self.ejection_base:g} s)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _require_token(self) -> Self:

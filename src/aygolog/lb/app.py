@@ -5,6 +5,12 @@ Routes: the registration API (`POST /api/registration`, `PUT /api/registration/{
 `GET /metrics`. Every other `/api/*` request is proxied to an instance by the data plane
 (`aygolog.lb.proxy`), which hands this app whatever it does not proxy.
 
+Who may register: the token (`AYGOLOG_REGISTRATION_TOKEN`) on every change, and, when
+`AYGOLOG_REGISTRATION_ALLOWED_NETWORKS` is set, both the peer address of the request (register,
+heartbeat, deregister) and the host of the registered URL must be inside one of those networks
+(403 with a JSON body otherwise). The peer check stops callers elsewhere; the URL check stops a
+caller inside from pointing traffic at a host outside.
+
 The lifespan opens Redis, builds the shared `RedisServiceRegistry`, loads and follows it in an
 `InstancePool`, starts the active `HealthChecker`, and closes them in reverse order on exit.
 """
@@ -40,6 +46,7 @@ from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
 from aygolog.lb.pool import InstancePool, InstanceView, PoolOptions
+from aygolog.lb.proxy import ProxyConfig
 from aygolog.metrics import Counter, Metrics
 from aygolog.models import ErrorBody, FieldError, Registration, ServiceInstance
 from aygolog.redis import DEFAULT_URL as DEFAULT_REDIS_URL
@@ -55,8 +62,11 @@ __all__ = [
     "LifespanDriver",
     "LoadBalancerState",
     "create_load_balancer",
+    "health_options_from",
     "lb_state",
+    "pool_options_from",
     "proxied",
+    "proxy_config_from",
     "run_load_balancer",
     "serve_load_balancer",
 ]
@@ -101,7 +111,7 @@ def create_load_balancer(
     strategy: BalancerStrategy | None = None,
     pool_options: PoolOptions | None = None,
     health_options: HealthCheckOptions | None = None,
-    allowed_networks: Sequence[str | Network] = (),
+    allowed_networks: Sequence[str | Network] | None = None,
 ) -> Litestar:
     """Build the load balancer's control plane.
 
@@ -110,16 +120,22 @@ def create_load_balancer(
         registry: a registry to use instead of the Redis one the settings describe (not closed
             by the app).
         strategy: a strategy instance instead of `settings.strategy`.
-        pool_options: polling, passive ejection and health thresholds.
-        health_options: the active health check's interval, timeout and path.
-        allowed_networks: if given, only instances whose URL host is (or resolves only to)
-            addresses in these networks may register, e.g. `["10.0.0.0/8"]`.
+        pool_options: polling, passive ejection and health thresholds (default: from settings).
+        health_options: the active health check's interval, timeout and path (default: from
+            settings).
+        allowed_networks: instead of `settings.registration_allowed_networks`: if not empty,
+            only requests from these networks may register, heartbeat or deregister, and only
+            URLs whose host is (or resolves only to) addresses inside, e.g. `["10.0.0.0/8"]`.
 
     Raises:
         ValueError: an allowed network is not a valid CIDR.
     """
     settings = settings or LoadBalancerSettings()
+    if allowed_networks is None:
+        allowed_networks = settings.registration_allowed_networks
     networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+    pool_options = pool_options or pool_options_from(settings)
+    health_options = health_options or health_options_from(settings)
     token = settings.registration_token
     token_bytes = token.get_secret_value().encode() if token is not None else None
     if token_bytes is None:
@@ -199,6 +215,41 @@ def create_load_balancer(
     )
 
 
+def pool_options_from(settings: LoadBalancerSettings) -> PoolOptions:
+    """The pool's polling, ejection and health-check thresholds from the settings."""
+    return PoolOptions(
+        poll_interval=settings.registry_poll_interval,
+        ejection_base=settings.ejection_base,
+        ejection_max=settings.ejection_max,
+        max_ejected_fraction=settings.max_ejected_percent / 100,
+        healthy_threshold=settings.healthy_threshold,
+        unhealthy_threshold=settings.unhealthy_threshold,
+    )
+
+
+def health_options_from(settings: LoadBalancerSettings) -> HealthCheckOptions:
+    """The active health check's interval and timeout from the settings."""
+    return HealthCheckOptions(
+        interval=settings.health_check_interval, timeout=settings.health_check_timeout
+    )
+
+
+def proxy_config_from(settings: LoadBalancerSettings, *, grace: float = 4.0) -> ProxyConfig:
+    """The data plane's limits, timeouts, retry rules, API keys and CORS from the settings."""
+    return ProxyConfig(
+        max_body_size=settings.max_body_bytes,
+        connect_timeout=settings.connect_timeout,
+        response_timeout=settings.response_timeout,
+        max_retries=settings.max_retries,
+        retry_ratio=settings.retry_budget_percent / 100,
+        retry_min_per_second=settings.retry_budget_min_per_second,
+        retry_window=settings.retry_budget_window,
+        shutdown_timeout=grace,
+        api_keys=dict(settings.api_keys),
+        cors_origins=tuple(settings.cors_origins),
+    )
+
+
 def _warn_open_registration() -> None:
     log.warning(
         "!!! REGISTRATION IS OPEN: no AYGOLOG_REGISTRATION_TOKEN is set and"
@@ -223,9 +274,18 @@ async def require_token(
     """Guard: the request carries `Authorization: Bearer <registration token>`.
 
     The comparison takes the same time whatever the token sent; without a configured token
-    (open registration, opted into) every request passes.
+    (open registration, opted into) every request passes. With allowed networks, the request's
+    peer address must be inside one of them (403 otherwise), checked first.
     """
     lb = _state(connection.app.state)
+    if lb.allowed_networks:
+        peer = connection.client.host if connection.client is not None else ""
+        if not _inside(peer, lb.allowed_networks):
+            _count(lb, connection, "forbidden")
+            raise PermissionDeniedException(
+                f"{peer or 'an unknown address'} is outside the networks allowed to register"
+                " (AYGOLOG_REGISTRATION_ALLOWED_NETWORKS)"
+            )
     if lb.token is None:
         return
     header = connection.headers.get("authorization", "")
@@ -236,6 +296,17 @@ async def require_token(
     if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), lb.token):
         _count(lb, connection, "unauthorized")
         raise AuthError("wrong registration token")
+
+
+def _inside(host: str, networks: Sequence[Network]) -> bool:
+    """Whether `host` is an IP address inside one of `networks`."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 def _count(
@@ -251,7 +322,7 @@ def _count(
 _ERRORS: Final = {
     400: "Malformed JSON",
     401: "Missing or wrong registration token",
-    403: "The instance's host is outside the allowed networks",
+    403: "The caller or the instance's host is outside the allowed networks",
     404: "No instance by that name is registered",
     422: "Invalid registration: each bad field and why",
     503: "The registry (Redis) is unavailable; retry after Retry-After seconds",
@@ -300,10 +371,11 @@ async def check_network(url: str, networks: Sequence[Network]) -> None:
         except OSError as exc:
             raise PermissionDeniedException(f"url: cannot resolve {host!r}: {exc}") from None
         addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    outside = sorted(str(a) for a in addresses if not any(a in n for n in networks))
+    outside = sorted(str(a) for a in addresses if not _inside(str(a), networks))
     if outside or not addresses:
         raise PermissionDeniedException(
             f"url: {host!r} ({', '.join(outside)}) is outside the networks allowed to register"
+            " (AYGOLOG_REGISTRATION_ALLOWED_NETWORKS)"
         )
 
 
@@ -332,7 +404,7 @@ async def register(request: Request[Any, Any, Any], state: State) -> Response[by
     "/api/registration/{name:str}/heartbeat",
     guards=[require_token],
     summary="Heartbeat: the instance is alive",
-    responses=_responses(401, 404, 503),
+    responses=_responses(401, 403, 404, 503),
 )
 async def heartbeat(
     name: FromPath[str], request: Request[Any, Any, Any], state: State
@@ -349,7 +421,7 @@ async def heartbeat(
     "/api/registration/{name:str}",
     guards=[require_token],
     summary="Deregister an instance",
-    responses=_responses(401, 404, 503),
+    responses=_responses(401, 403, 404, 503),
     status_code=204,
 )
 async def deregister(name: FromPath[str], request: Request[Any, Any, Any], state: State) -> None:
@@ -531,7 +603,7 @@ async def run_load_balancer(
     """
     import signal
 
-    from aygolog.lb.proxy import ProxyConfig, ProxyServer
+    from aygolog.lb.proxy import ProxyServer
 
     app = app or create_load_balancer(settings)
     lifespan = LifespanDriver(app)
@@ -543,11 +615,7 @@ async def run_load_balancer(
             route=proxied,
             asgi_app=app,
             asgi_state=lifespan.state,
-            config=ProxyConfig(
-                connect_timeout=settings.connect_timeout,
-                response_timeout=settings.response_timeout,
-                shutdown_timeout=grace,
-            ),
+            config=proxy_config_from(settings, grace=grace),
         )
         lb.metrics.gauge(
             "aygolog_lb_client_connections",

@@ -2,8 +2,9 @@
 the proxy calls for every request.
 
 The snapshot is loaded from `registry.instances()` at start and kept current by the registry's
-`watch()` events plus a poll every second (which also calls `registry.sweep()`, so expiries are
-announced): picking an instance makes no Redis call.
+`watch()` events plus a poll every `poll_interval` (1 s; `AYGOLOG_REGISTRY_POLL_INTERVAL`),
+which also calls `registry.sweep()`, so expiries are announced: picking an instance makes no
+Redis call.
 
 An instance receives new requests while it is **routable**: its heartbeat is within the TTL, the
 active health check has not marked it unhealthy, it is not ejected, not deregistered and its
@@ -15,6 +16,10 @@ for `ejection_base` seconds (5 s); an instance ejected again within `ejection_re
 last ejection ending stays out twice as long as last time (up to `ejection_max`). At most
 `max_ejected_fraction` (50%) of the live instances are ejected at once, unless every one of them
 is failing: then all may be, and the proxy answers 503 at once instead of waiting on dead sockets.
+The load balancer's settings set these (`aygolog.lb.app.pool_options_from`).
+
+An instance failing `unhealthy_threshold` active probes in a row is `unhealthy`: listed with that
+status and given no new request until it passes `healthy_threshold` in a row.
 
 A deregistered instance leaves the candidates at once; it is listed as `draining` until its
 in-flight requests have finished, then forgotten.
@@ -624,16 +629,14 @@ class InstancePool:
         if member.ejected_until > now:
             return InstanceStatus.EJECTED.value
         if not member.probe_ok:
-            return UNHEALTHY
+            return InstanceStatus.UNHEALTHY.value
         return InstanceStatus.HEALTHY.value
 
 
-UNHEALTHY: Final = "unhealthy"
-"""The status of an instance failing its active health checks (not yet in `InstanceStatus`)."""
 _STATUSES: Final = (
     InstanceStatus.HEALTHY.value,
     InstanceStatus.EJECTED.value,
-    UNHEALTHY,
+    InstanceStatus.UNHEALTHY.value,
     InstanceStatus.EXPIRED.value,
     InstanceStatus.DRAINING.value,
 )

@@ -23,7 +23,20 @@ gone to the client nothing is retried: the client connection is cut instead.
 
 Answers of the proxy itself: 502 (the instances failed), 503 with `Retry-After` (no instance to
 send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/431 for bad
-requests. Their JSON body is `{"error": "...", "detail": []}`.
+requests, 401/403 for a missing or insufficient API key. Their JSON body is
+`{"error": "...", "detail": []}`.
+
+Optional, both off by default and then costing one attribute test per request:
+
+- API keys (`ProxyConfig.api_keys`): every proxied request needs `Authorization: Bearer <key>` or
+  `X-Api-Key: <key>` (a dict lookup); 401 when missing or unknown, 403 when the key's scope does
+  not allow the method (GET, HEAD and OPTIONS read; every other method writes). The key is not
+  passed on to the instance.
+- CORS (`ProxyConfig.cors_origins`): a preflight (`OPTIONS` with `Origin` and
+  `Access-Control-Request-Method`) is answered by the proxy itself (204, or 403 for an origin not
+  allowed); proxied responses and the proxy's own errors to an allowed origin carry
+  `Access-Control-Allow-Origin` (the origin), `Vary: Origin` and
+  `Access-Control-Expose-Headers`; the instances' own `Access-Control-*` headers are dropped.
 """
 
 from __future__ import annotations
@@ -150,6 +163,10 @@ class ProxyConfig:
         trust_forwarded: keep the `X-Forwarded-Proto/-Host` a client sent (behind a trusted
             TLS terminator) instead of setting them.
         shutdown_timeout: default seconds `aclose` lets in-flight requests finish.
+        api_keys: key -> scope (`read`, `write`, `read+write`) for proxied requests; None or
+            empty: no key needed.
+        cors_origins: browser origins allowed (`https://host[:port]`, or `*` for any); empty:
+            no CORS handling (the instances' own CORS headers pass through).
     """
 
     max_body_size: int = 10 * 1024 * 1024
@@ -168,6 +185,8 @@ class ProxyConfig:
     scheme: str = "http"
     trust_forwarded: bool = False
     shutdown_timeout: float = 10.0
+    api_keys: Mapping[str, str] | None = None
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -275,6 +294,16 @@ _FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-ho
 # Response headers the proxy drops or sets itself.
 _RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
+_API_KEY_HEADERS: Final = frozenset({b"authorization", b"x-api-key"})
+_READ: Final = 1
+_WRITE: Final = 2
+_SCOPE_BITS: Final = {"read": _READ, "write": _WRITE, "read+write": _READ | _WRITE}
+_READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_CORS_EXPOSE: Final = (
+    b"vary: origin\r\naccess-control-expose-headers: x-served-by, x-request-id, retry-after\r\n"
+)
+_CORS_METHODS: Final = b"GET, HEAD, POST, OPTIONS"
+_CORS_MAX_AGE: Final = 600
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD"})
 _METHODS: Final = {
@@ -314,6 +343,7 @@ class _Request:
         "chunks",
         "connection_tokens",
         "continue_sent",
+        "cors_origin",
         "event_stream",
         "expect_continue",
         "forwarded_host",
@@ -353,6 +383,8 @@ class _Request:
         self.forwarded_proto = False
         self.forwarded_host = False
         self.head = False
+        self.cors_origin: bytes | None = None
+        """The request's `Origin`, when CORS is on and it is allowed."""
 
 
 class _IdleTimer:
@@ -431,6 +463,17 @@ class ProxyServer:
         self._request_own = (
             _REQUEST_OWN if config.trust_forwarded else _REQUEST_OWN | _FORWARDED_PROTO_HOST
         )
+        self._api_keys: dict[bytes, int] | None = None
+        if config.api_keys:
+            self._api_keys = {
+                key.encode(): _SCOPE_BITS[scope] for key, scope in config.api_keys.items()
+            }
+            self._request_own = self._request_own | _API_KEY_HEADERS
+        self._cors = bool(config.cors_origins)
+        self._cors_any = "*" in config.cors_origins
+        self._cors_origins = frozenset(o.rstrip("/").encode() for o in config.cors_origins)
+        self._gated = self._api_keys is not None or self._cors
+        """Whether proxied requests need the API-key or CORS step (off: no work at all)."""
         self._server: asyncio.Server | None = None
         self._connections: set[_Client] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -849,23 +892,114 @@ class _Client(asyncio.Protocol):
         server = self.server
         if server.route(method, path):
             server.stats.proxied += 1
+            if server._gated:
+                answered = self._gate(req, method)
+                if answered is not None:
+                    return answered
             return await self._proxy(req, method, url)
         server.stats.forwarded += 1
         if server.asgi_app is None:
             return self._error(req, 404, "not found")
         return await self._asgi(server.asgi_app, req, method, path, raw_path, query)
 
+    # -- API keys and CORS (only when configured) ------------------------------------------------
+
+    def _gate(self, req: _Request, method: str) -> bool | None:
+        """CORS and API-key checks of a proxied request: an answer (keep-alive), or None to
+        proxy it."""
+        server = self.server
+        if server._cors:
+            origin = wanted_method = wanted_headers = None
+            for name, value in req.headers:
+                if name == b"origin":
+                    origin = value
+                elif name == b"access-control-request-method":
+                    wanted_method = value
+                elif name == b"access-control-request-headers":
+                    wanted_headers = value
+            if origin is not None and (server._cors_any or origin in server._cors_origins):
+                req.cors_origin = origin
+            if method == "OPTIONS" and origin is not None and wanted_method is not None:
+                return self._preflight(req, origin, wanted_headers)
+        keys = server._api_keys
+        if keys is not None:
+            key: bytes | None = None
+            for name, value in req.headers:
+                if name == b"authorization":
+                    scheme, _, rest = value.partition(b" ")
+                    if scheme.lower() == b"bearer":
+                        key = rest.strip()
+                elif name == b"x-api-key":
+                    key = value.strip()
+            challenge = b"www-authenticate: Bearer\r\n"
+            if not key:
+                return self._error(
+                    req,
+                    401,
+                    "an API key is needed: Authorization: Bearer <key> or X-Api-Key: <key>",
+                    extra=challenge,
+                )
+            scope = keys.get(key)
+            if scope is None:
+                return self._error(req, 401, "unknown API key", extra=challenge)
+            if not scope & (_READ if method in _READ_METHODS else _WRITE):
+                needed = "read" if method in _READ_METHODS else "write"
+                return self._error(
+                    req, 403, f"this API key may not {needed} ({method} needs the {needed} scope)"
+                )
+        return None
+
+    def _preflight(self, req: _Request, origin: bytes, wanted_headers: bytes | None) -> bool:
+        """Answer a CORS preflight: 204 for an allowed origin, 403 otherwise."""
+        if req.cors_origin is None:
+            return self._error(
+                req,
+                403,
+                f"origin {origin.decode('latin-1')!r} is not allowed (AYGOLOG_CORS_ORIGINS)",
+            )
+        keep = req.keep_alive and not self.server.closing and not self.eof
+        parts = [
+            _status_line(204),
+            b"access-control-allow-origin: ",
+            origin,
+            b"\r\naccess-control-allow-methods: ",
+            _CORS_METHODS,
+            b"\r\naccess-control-max-age: %d\r\n" % _CORS_MAX_AGE,
+            b"vary: origin, access-control-request-method, access-control-request-headers\r\n",
+            b"x-request-id: ",
+            req.request_id,
+            b"\r\n",
+        ]
+        if wanted_headers:
+            parts += (b"access-control-allow-headers: ", wanted_headers, b"\r\n")
+        if not keep:
+            parts.append(b"connection: close\r\n")
+        elif not req.version11:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self._write(b"".join(parts))
+        return keep
+
     # -- answers of the proxy itself ------------------------------------------------------------
 
     def _error(
-        self, req: _Request, status: int, message: str, *, retry_after: float | None = None
+        self,
+        req: _Request,
+        status: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        extra: bytes = b"",
     ) -> bool:
         keep = req.keep_alive and not self.server.closing and not self.eof
         content: dict[str, Any] = {"error": message, "detail": []}
         parts = [
             _status_line(status),
             b"content-type: application/json\r\n",
+            extra,
         ]
+        if req.cors_origin is not None:
+            parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
         if retry_after is not None:
             content["retry_after"] = retry_after
             parts.append(b"retry-after: %d\r\n" % max(1, math.ceil(retry_after)))
@@ -897,6 +1031,7 @@ class _Client(asyncio.Protocol):
         idempotent = method in _IDEMPOTENT or req.has_idempotency_key
         exclude: set[str] = set()
         retries = 0
+        attempts = 0
         failure: UpstreamError | None = None
         failed_name = ""
         self.cancel_on_lost = True
@@ -913,6 +1048,7 @@ class _Client(asyncio.Protocol):
                         str(exc) or "no healthy instance",
                         retry_after=exc.retry_after or 1.0,
                     )
+                attempts += 1
                 outcome = await self._exchange(req, target, url, idempotent)
                 if outcome is None:
                     return False
@@ -930,7 +1066,8 @@ class _Client(asyncio.Protocol):
         finally:
             self.cancel_on_lost = False
         assert failure is not None
-        tried = f" (after {retries + 1} attempts)" if retries else ""
+        # `attempts`, not `retries + 1`: a retry may find no other instance to go to.
+        tried = f" (after {attempts} attempts)" if attempts > 1 else ""
         if failure.failure is UpstreamFailure.TIMEOUT:
             return self._error(req, 504, f"instance {failed_name}: {failure.failure}{tried}")
         return self._error(req, 502, f"instance {failed_name} failed: {failure.failure}{tried}")
@@ -1121,9 +1258,14 @@ class _Client(asyncio.Protocol):
         parts = [_status_line(status)]
         length: bytes | None = None
         event_stream = False
+        strip_cors = self.server._cors  # the proxy answers for CORS, not the instances
         for header, value in headers:
             lower = header.lower()
-            if lower in _RESPONSE_OWN or lower.startswith(b"proxy-"):
+            if (
+                lower in _RESPONSE_OWN
+                or lower.startswith(b"proxy-")
+                or (strip_cors and lower.startswith(b"access-control-"))
+            ):
                 if lower == b"content-length":
                     length = value
                 continue
@@ -1153,6 +1295,8 @@ class _Client(asyncio.Protocol):
             req.request_id,
             b"\r\n",
         )
+        if req.cors_origin is not None:
+            parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
         if not keep:
             parts.append(b"connection: close\r\n")
         elif not req.version11:

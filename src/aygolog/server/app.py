@@ -101,6 +101,8 @@ def create_log_api(
         app.state.api = api
         agent = _agent(settings, instance, api.registration)
         if agent is not None:
+            # httpx logs every request at INFO: one line per heartbeat is noise in `docker logs`.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
             await agent.start()
         log.info("Log API %s ready", instance)
         try:
