@@ -3,7 +3,15 @@
     aygolog up [--instances N]                                    run the whole system here
     aygolog api [--host H] [--port P] [--server granian|uvicorn]   run a Log API instance
     aygolog lb [--host H] [--port P] [--insecure-open-registration] run the load balancer
+    aygolog ui [--host H] [--port P] [--lb-url URL]                run the web page
+    aygolog send [MESSAGE] [--level L] [--service S] [--attr K=V]  send a log, or stdin lines
+    aygolog tail [filters]                                        follow logs live
+    aygolog query [filters] [--format table|json|ndjson] [--all]  search stored logs
+    aygolog services                                              the LB's instances
     aygolog version
+
+The client commands (send, tail, query, services) talk to `--url` (default `$AYGOLOG_URL`, else
+http://127.0.0.1:8080); their code is in `aygolog._cli_client`.
 
 Settings come from the environment (the seed's names work: `ConnectionStrings__Redis`,
 `ServiceRegistration__*`); the flags here override them. Exit codes: 0 success, 1 a user error,
@@ -16,8 +24,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from aygolog import __version__
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError as PydanticValidationError
 
 __all__ = ["main"]
 
@@ -60,14 +72,29 @@ def _serve(target: str, host: str, port: int, server: str) -> None:
     ).serve()
 
 
+def _reasons(exc: PydanticValidationError) -> str:
+    """A settings error as one line: each field's reason, without pydantic's decoration."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc'])}: "
+        f"{str(error['msg']).removeprefix('Value error, ')}".removeprefix(": ")
+        for error in exc.errors()
+    )
+
+
 def _api(args: argparse.Namespace) -> int:
     if args.host:
         os.environ["AYGOLOG_HOST"] = args.host
     if args.port:
         os.environ["AYGOLOG_PORT"] = str(args.port)
+    from pydantic import ValidationError
+
     from aygolog.settings import LogApiSettings
 
-    settings = LogApiSettings()
+    try:
+        settings = LogApiSettings()
+    except ValidationError as exc:
+        print(f"aygolog api: {_reasons(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     _serve("aygolog.server.app:create_log_api", settings.host, settings.port, args.server)
     return EXIT_OK
 
@@ -86,14 +113,36 @@ def _lb(args: argparse.Namespace) -> int:
     try:
         settings = LoadBalancerSettings()
     except ValidationError as exc:
-        reasons = "; ".join(
-            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
-        )
-        print(f"aygolog lb: {reasons}", file=sys.stderr)
+        print(f"aygolog lb: {_reasons(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     from aygolog.lb import serve_load_balancer
 
     serve_load_balancer(settings)
+    return EXIT_OK
+
+
+def _ui(args: argparse.Namespace) -> int:
+    if args.host:
+        os.environ["AYGOLOG_UI_HOST"] = args.host
+    if args.port is not None:
+        os.environ["AYGOLOG_UI_PORT"] = str(args.port)
+    if args.lb_url:
+        os.environ["AYGOLOG_LB_URL"] = args.lb_url
+    from pydantic import ValidationError
+
+    from aygolog.settings import UISettings
+
+    try:
+        settings = UISettings()
+    except ValidationError as exc:
+        print(f"aygolog ui: {_reasons(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        from aygolog.ui import run_ui
+    except ImportError as exc:
+        print(f"aygolog ui: the web page needs the `ui` extra ({exc})", file=sys.stderr)
+        return EXIT_USER_ERROR
+    run_ui(settings)
     return EXIT_OK
 
 
@@ -105,6 +154,9 @@ def _up(args: argparse.Namespace) -> int:
 
     if args.instances < 1:
         print("aygolog up: --instances must be at least 1", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args.lb_port == args.ui_port and not args.no_ui:
+        print("aygolog up: --lb-port and --ui-port must differ", file=sys.stderr)
         return EXIT_USER_ERROR
     options = UpOptions(
         instances=args.instances,
@@ -119,6 +171,8 @@ def _up(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:  # no Redis URL and no server binary
         print(f"aygolog up: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return 130
 
 
 def detect_role(env: dict[str, str] | None = None) -> str:
@@ -132,7 +186,7 @@ def detect_role(env: dict[str, str] | None = None) -> str:
     role = names.get("aygolog_role", "").strip().lower()
     if role:
         return role
-    if "vite_api_base_url" in names or "aygolog_ui_lb_url" in names:
+    if "vite_api_base_url" in names:
         return "ui"
     if any(name.startswith("serviceregistration__") for name in names) or (
         "aygolog_instance_name" in names
@@ -150,33 +204,94 @@ def _auto(args: argparse.Namespace) -> int:
     return main([role])
 
 
+def running_service(argv: Sequence[str]) -> tuple[str | None, int | None]:
+    """The role (`api`, `lb`, `ui`) and `--port` of an `aygolog` command line, where it says."""
+    role: str | None = None
+    port: int | None = None
+    for i, arg in enumerate(argv):
+        if role is None and arg in ("api", "lb", "ui"):
+            role = arg
+        elif arg == "--port" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            port = int(argv[i + 1])
+        elif arg.startswith("--port=") and arg[7:].isdigit():
+            port = int(arg[7:])
+    return role, port
+
+
+def _container_command() -> list[str]:
+    try:
+        with open("/proc/1/cmdline", "rb") as cmdline:
+            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
 def _healthcheck(args: argparse.Namespace) -> int:
-    """Exit 0 when this container's service answers its health endpoint (Docker HEALTHCHECK)."""
+    """Exit 0 when this container's service answers its health endpoint (Docker HEALTHCHECK).
+
+    The service is the container's main process (PID 1): its command line names the role and
+    may give `--port`; else the role comes from the environment, as `aygolog auto` chose it.
+    """
     import urllib.request
 
-    role = detect_role()
-    if role == "ui":
-        port, path = os.environ.get("AYGOLOG_UI_PORT", "8000"), "/"
-    else:
-        port, path = os.environ.get("AYGOLOG_PORT", "8080"), "/health"
+    role, port = running_service(_container_command())
+    role = role or detect_role()
+    path = "/" if role == "ui" else "/health"
+    if port is None and role == "ui":
+        port = int(os.environ.get("AYGOLOG_UI_PORT", "8000"))
+    elif port is None:
+        port = int(os.environ.get("AYGOLOG_PORT", "8080"))
         urls = os.environ.get("ASPNETCORE_URLS", "")
         if "AYGOLOG_PORT" not in os.environ and urls.rsplit(":", 1)[-1].strip("/").isdigit():
-            port = urls.rsplit(":", 1)[-1].strip("/")
+            port = int(urls.rsplit(":", 1)[-1].strip("/"))
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
             return EXIT_OK if response.status == 200 else EXIT_UNAVAILABLE
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line exits 1 (a user error), not argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aygolog", description="aygolog: distributed log management for Python."
+    parser = _Parser(prog="aygolog", description="aygolog: distributed log management for Python.")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="for send/tail/query/services: the load balancer or an instance"
+        " (default $AYGOLOG_URL, else http://127.0.0.1:8080)",
     )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="for send/tail/query/services: an API key, when the load balancer requires one"
+        " (default $AYGOLOG_API_KEY)",
+    )
+    parser.add_argument("--version", action="version", version=f"aygolog {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    up = commands.add_parser(
+        "up", help="run the whole system here: Redis, the load balancer, N instances, the web page"
+    )
+    up.add_argument("--instances", type=int, default=3, help="Log API instances (default 3)")
+    up.add_argument("--host", default="127.0.0.1", help="address everything listens on")
+    up.add_argument("--lb-port", type=int, default=8080, help="load balancer port (default 8080)")
+    up.add_argument("--ui-port", type=int, default=8000, help="web page port (default 8000)")
+    up.add_argument("--no-ui", action="store_true", help="do not start the web page")
+    up.set_defaults(handler=_up)
     api = commands.add_parser("api", help="run a Log API instance (default port 8080)")
-    api.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0)")
+    api.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=None, help="port (default 8080)")
     api.add_argument(
         "--server",
@@ -194,23 +309,26 @@ def _parser() -> argparse.ArgumentParser:
         help="let anyone register an instance when no AYGOLOG_REGISTRATION_TOKEN is set (unsafe)",
     )
     lb.set_defaults(handler=_lb)
-    up = commands.add_parser(
-        "up", help="run the whole system here: Redis, the load balancer, N instances, the web page"
+    ui = commands.add_parser("ui", help="run the web page (default port 8000)")
+    ui.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    ui.add_argument(
+        "--lb-url",
+        default=None,
+        help="the load balancer (default: VITE_API_BASE_URL + VITE_API_PORT, or :8080 here)",
     )
-    up.add_argument("--instances", type=int, default=3, help="Log API instances (default 3)")
-    up.add_argument("--host", default="127.0.0.1", help="address everything listens on")
-    up.add_argument("--lb-port", type=int, default=8080, help="load balancer port (default 8080)")
-    up.add_argument("--ui-port", type=int, default=8000, help="web page port (default 8000)")
-    up.add_argument("--no-ui", action="store_true", help="do not start the web page")
-    up.set_defaults(handler=_up)
+    ui.set_defaults(handler=_ui)
+    from aygolog._cli_client import add_client_commands
+
+    add_client_commands(commands)
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=_version)
     auto = commands.add_parser(
         "auto", help="run the service the environment describes (the container's default)"
     )
     auto.set_defaults(handler=_auto)
     health = commands.add_parser("healthcheck", help="exit 0 if this host's service is healthy")
     health.set_defaults(handler=_healthcheck)
-    version = commands.add_parser("version", help="print the version")
-    version.set_defaults(handler=lambda _args: print(__version__) or EXIT_OK)
     return parser
 
 
