@@ -22,6 +22,7 @@ __all__ = [
     "EventKind",
     "FieldError",
     "InstanceStatus",
+    "InstanceView",
     "Limits",
     "LogEntry",
     "LogLevel",
@@ -262,6 +263,39 @@ class InstanceStatus(enum.StrEnum):
     DRAINING = "draining"
     UNHEALTHY = "unhealthy"
     """Failing the load balancer's active health checks (its `/health` probe)."""
+
+
+class InstanceView(msgspec.Struct, kw_only=True):
+    """One instance as the load balancer reports it (`GET /api/registration/services`).
+
+    `status` is an `InstanceStatus` value: `healthy`, `ejected` (until `ejected_until`),
+    `unhealthy` (failing active health checks), `expired` (heartbeats stopped) or `draining`
+    (deregistered or weight 0: no new requests, in-flight ones complete). It is kept a plain
+    string, and only `name` and `url` are required, so that a client reads the list of a newer
+    load balancer too; unknown fields are ignored.
+    """
+
+    name: str
+    url: str
+    status: str = InstanceStatus.HEALTHY.value
+    weight: int = 1
+    heartbeat_age: float | None = None
+    """Seconds since the last heartbeat the load balancer has seen."""
+    last_heartbeat: datetime | None = None
+    registered_at: datetime | None = None
+    in_flight: int | None = None
+    served: int | None = None
+    """Requests sent to it by this load balancer since it (re)appeared."""
+    recent_failures: int | None = None
+    """Failed requests (5xx or upstream error) in the load balancer's failure window."""
+    ejections: int | None = None
+    """How many times this load balancer has ejected it."""
+    health_check: str | None = None
+    """`passing` or `failing` (the active probe of its `/health`)."""
+    ejected_until: datetime | None = None
+    ip: str | None = None
+    port: int | None = None
+    metadata: dict[str, str] = {}
 
 
 class Registration(msgspec.Struct, kw_only=True, omit_defaults=True):

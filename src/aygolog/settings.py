@@ -966,6 +966,8 @@ class UISettings(_Settings):
     vite_api_port: int | None = Field(
         default=None, ge=1, le=65535, validation_alias="VITE_API_PORT"
     )
+    api_key: SecretStr | None = Field(default=None, validation_alias="AYGOLOG_API_KEY")
+    """Sent to the load balancer when it requires API keys (`AYGOLOG_API_KEYS` there)."""
 
     @field_validator("host")
     @classmethod

@@ -54,6 +54,7 @@ from aygolog.models import (
     Direction,
     ErrorBody,
     FieldError,
+    InstanceView,
     LogEntry,
     LogLevel,
     LogQuery,
@@ -644,30 +645,8 @@ def tail_params(query: LogQuery) -> list[tuple[str, str]]:
 # -- client-side balancing -------------------------------------------------------------------
 
 
-class ServiceView(msgspec.Struct, kw_only=True):
-    """One instance as the load balancer reports it (`GET /api/registration/services`).
-
-    Lenient on purpose: only `name` and `url` are required, `status` is a plain string
-    (`healthy`, `ejected`, `unhealthy`, `expired`, `draining`, ...), unknown fields are ignored.
-    A stop-gap until the LB's `InstanceView` is a shared model in `aygolog.models`.
-    """
-
-    name: str
-    url: str
-    status: str = "healthy"
-    weight: int = 1
-    heartbeat_age: float | None = None
-    last_heartbeat: datetime | None = None
-    registered_at: datetime | None = None
-    in_flight: int | None = None
-    served: int | None = None
-    recent_failures: int | None = None
-    ejections: int | None = None
-    health_check: str | None = None
-    ejected_until: datetime | None = None
-    ip: str | None = None
-    port: int | None = None
-    metadata: dict[str, str] = {}
+ServiceView = InstanceView
+"""What `services()` returns: the shared model `aygolog.models.InstanceView` (an alias)."""
 
 
 _SERVICES_DECODER: Final = msgspec.json.Decoder(list[ServiceView])

@@ -40,12 +40,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 from urllib.parse import urlsplit
 
-import msgspec
-
 from aygolog.balancing import BalancerStrategy
 from aygolog.errors import NoHealthyInstance, Unavailable
 from aygolog.metrics import Metrics
-from aygolog.models import EventKind, InstanceStatus, RegistryEvent, ServiceInstance
+from aygolog.models import (
+    EventKind,
+    InstanceStatus,
+    InstanceView,
+    RegistryEvent,
+    ServiceInstance,
+)
 from aygolog.registry import ServiceRegistry
 
 __all__ = ["InstancePool", "InstanceView", "PoolOptions", "Upstream"]
@@ -95,37 +99,6 @@ class PoolOptions:
     failure_window: float = 60.0
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
-
-
-class InstanceView(msgspec.Struct, kw_only=True):
-    """One instance as the load balancer sees it (`GET /api/registration/services`).
-
-    `status` is `healthy`, `ejected` (until `ejected_until`), `unhealthy` (failing active health
-    checks), `expired` (heartbeats stopped) or `draining` (deregistered or weight 0: no new
-    requests, in-flight ones complete).
-    """
-
-    name: str
-    url: str
-    status: str
-    weight: int
-    heartbeat_age: float
-    """Seconds since the last heartbeat the load balancer has seen (polled every second)."""
-    last_heartbeat: datetime
-    registered_at: datetime
-    in_flight: int
-    served: int
-    """Requests sent to it by this load balancer since it (re)appeared."""
-    recent_failures: int
-    """Failed requests (5xx or upstream error) in the last `failure_window` seconds."""
-    ejections: int
-    """How many times this load balancer has ejected it."""
-    health_check: str
-    """`passing` or `failing` (the active probe of its `/health`)."""
-    ejected_until: datetime | None = None
-    ip: str | None = None
-    port: int | None = None
-    metadata: dict[str, str] = {}
 
 
 class _Member:
