@@ -32,7 +32,6 @@ from aygolog.store.base import (
     check_query,
     matches,
     parse_stream_id,
-    received_at,
     stored_entry,
 )
 
@@ -164,19 +163,7 @@ class InMemoryLogStore:
     def _store(self, log: NewLog) -> LogEntry:
         ms = int(self._clock() * 1000)
         key: _Key = (ms, 0) if ms > self._last[0] else (self._last[0], self._last[1] + 1)
-        entry_id = f"{key[0]}-{key[1]}"
-        at = received_at(entry_id)
-        entry = LogEntry(
-            id=entry_id,
-            message=log.message,
-            level=log.level,
-            timestamp=log.timestamp or at,
-            received_at=at,
-            instance=self._instance,
-            service=log.service,
-            attributes=log.attributes,
-            trace_id=log.trace_id,
-        )
+        entry = stored_entry(log, f"{key[0]}-{key[1]}", self._instance)
         self._keys.append(key)
         self._entries.append(entry)
         self._last = key

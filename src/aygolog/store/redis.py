@@ -43,7 +43,6 @@ from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
     check_query,
-    received_at,
     stored_entry,
 )
 
@@ -306,19 +305,7 @@ class RedisStreamLogStore:
 
 
 def _entry(entry_id: str, instance: str, body: bytes) -> LogEntry:
-    log = _DECODE_BODY(body)
-    at = received_at(entry_id)
-    return LogEntry(
-        id=entry_id,
-        message=log.message,
-        level=log.level,
-        timestamp=log.timestamp or at,
-        received_at=at,
-        instance=instance,
-        service=log.service,
-        attributes=log.attributes,
-        trace_id=log.trace_id,
-    )
+    return stored_entry(_DECODE_BODY(body), entry_id, instance)
 
 
 def _digest(parts: Sequence[bytes | str | int]) -> str:
