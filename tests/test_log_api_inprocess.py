@@ -11,16 +11,13 @@ import uvicorn
 
 from aygolog.embedded import free_port
 from aygolog.server import create_log_api
-from aygolog.settings import LogApiSettings
+from aygolog.settings import ApiScope, LogApiSettings
 from aygolog.store import InMemoryLogStore
 
 
-@pytest.fixture
-async def base_url() -> AsyncIterator[str]:
+async def serve(settings: LogApiSettings) -> AsyncIterator[str]:
     app = create_log_api(
-        LogApiSettings(instance_name="mem-1"),
-        store=InMemoryLogStore(instance="mem-1"),
-        keepalive_seconds=0.2,
+        settings, store=InMemoryLogStore(instance=settings.instance_name), keepalive_seconds=0.2
     )
     port = free_port()
     server = uvicorn.Server(
@@ -32,6 +29,51 @@ async def base_url() -> AsyncIterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+async def base_url() -> AsyncIterator[str]:
+    async for url in serve(LogApiSettings(instance_name="mem-1")):
+        yield url
+
+
+@pytest.fixture
+async def keyed_url() -> AsyncIterator[str]:
+    keys: dict[str, ApiScope] = {"r": "read", "w": "write", "rw": "read+write"}
+    async for url in serve(LogApiSettings(instance_name="mem-k", api_keys=keys)):
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/api/logs", {}, 401),
+        ("GET", "/api/log", {"X-Api-Key": "nope"}, 401),
+        ("GET", "/api/logs/stats", {"Authorization": "Bearer r"}, 200),
+        ("GET", "/api/log", {"X-Api-Key": "rw"}, 200),
+        ("POST", "/api/log", {"X-Api-Key": "r"}, 403),
+        ("POST", "/api/log", {"Authorization": "Bearer w"}, 201),
+        ("GET", "/api/logs", {"X-Api-Key": "w"}, 403),
+        ("POST", "/api/logs", {"authorization": "bearer rw"}, 201),
+        ("GET", "/health", {}, 200),
+        ("GET", "/metrics", {}, 200),
+    ],
+)
+async def test_an_instance_given_api_keys_checks_them(
+    keyed_url: str, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
+    body = [{"message": "k"}] if path == "/api/logs" else {"message": "k"}
+    async with httpx.AsyncClient(base_url=keyed_url) as client:
+        if method == "POST":
+            response = await client.post(path, json=body, headers=headers)
+        else:
+            response = await client.request(method, path, headers=headers)
+        assert response.status_code == status, response.text
+        if status in (401, 403):
+            assert response.json()["error"]
+            assert ("www-authenticate" in response.headers) == (status == 401)
+        count = (await client.get("/api/logs/stats", headers={"X-Api-Key": "rw"})).json()["total"]
+        assert count == (1 if status == 201 else 0)
 
 
 async def test_idle_stream_gets_keepalive_comments(base_url: str) -> None:

@@ -658,8 +658,25 @@ class ServiceRegistrationSettings(_Settings):
         return f"http://{_netloc(host, self.advertise_port or listen_port)}"
 
 
+ApiScope = Literal["read", "write", "read+write"]
+"""What an API key may do on `/api/log*`: read (GET, HEAD), write (POST and other methods)."""
+_SCOPES: Final[dict[str, ApiScope]] = {
+    "read": "read",
+    "write": "write",
+    "read+write": "read+write",
+    "write+read": "read+write",
+    "rw": "read+write",
+}
+_API_KEY: Final = re.compile(r"[\x21-\x7e]{1,256}")
+
+
 class _ServerSettings(_Settings):
-    """Where a service listens: `AYGOLOG_HOST`/`AYGOLOG_PORT`, else the seed's `ASPNETCORE_URLS`."""
+    """Where a service listens: `AYGOLOG_HOST`/`AYGOLOG_PORT`, else the seed's `ASPNETCORE_URLS`.
+
+    Errors do not quote the value given (it may hold API keys).
+    """
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     host: str = Field(default="127.0.0.1", validation_alias="AYGOLOG_HOST")
     """The address to listen on; 0.0.0.0 for all interfaces (e.g. in a container)."""
@@ -670,6 +687,46 @@ class _ServerSettings(_Settings):
         default_factory=list, validation_alias="AYGOLOG_CORS_ORIGINS"
     )
     """Browser origins allowed to call the service: comma-separated or a JSON list; `*`: any."""
+    api_keys: Annotated[dict[str, ApiScope], NoDecode] = Field(
+        default_factory=dict, repr=False, validation_alias="AYGOLOG_API_KEYS"
+    )
+    """API keys for the `/api/log*` routes: `key:scope` entries, comma-separated (scope `read`,
+    `write` or `read+write`), or a JSON object; empty: no key needed. The load balancer checks
+    them and passes the key on; a Log API instance given the same keys checks them too, so going
+    around the load balancer does not go around the keys."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        # All checks are here, before pydantic's own: its errors would quote the key.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                entries: dict[str, object] = {}
+                for number, entry in enumerate(text.split(","), 1):
+                    key, colon, scope = entry.strip().rpartition(":")
+                    if entry.strip() and not colon:
+                        raise ValueError(f"entry {number} is not key:scope")
+                    if colon:
+                        entries[key.strip()] = scope.strip()
+                value = entries
+        if not isinstance(value, dict):
+            raise ValueError("expected key:scope entries, comma-separated, or a JSON object")
+        checked: dict[str, ApiScope] = {}
+        for number, (key, scope) in enumerate(value.items(), 1):
+            if not isinstance(key, str) or not _API_KEY.fullmatch(key) or "," in key:
+                raise ValueError(
+                    f"API key {number} must be 1-256 visible ASCII characters, without a comma"
+                )
+            known = _SCOPES.get(scope.strip().lower()) if isinstance(scope, str) else None
+            if known is None:
+                raise ValueError(
+                    f"API key {number} has scope {scope!r}; expected read, write or read+write"
+                )
+            checked[key] = known
+        return checked
 
     @field_validator("host")
     @classmethod
@@ -767,16 +824,6 @@ class LogApiSettings(_ServerSettings):
 
 StrategyName = Literal["round_robin", "random", "least_outstanding", "p2c", "weighted"]
 _STRATEGY_ALIASES: Final = {"power_of_two_choices": "p2c", "weighted_round_robin": "weighted"}
-ApiScope = Literal["read", "write", "read+write"]
-"""What an API key may do on `/api/log*`: read (GET, HEAD), write (POST and other methods)."""
-_SCOPES: Final[dict[str, ApiScope]] = {
-    "read": "read",
-    "write": "write",
-    "read+write": "read+write",
-    "write+read": "read+write",
-    "rw": "read+write",
-}
-_API_KEY: Final = re.compile(r"[\x21-\x7e]{1,256}")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -785,10 +832,7 @@ class LoadBalancerSettings(_ServerSettings):
 
     Registration needs `registration_token` (the same on every instance): an open registration
     endpoint would let anyone take over traffic. `insecure_open_registration=True` opts out.
-    Errors do not quote the value given (it may hold API keys).
     """
-
-    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     strategy: StrategyName = Field(default="p2c", validation_alias="AYGOLOG_STRATEGY")
@@ -855,11 +899,6 @@ class LoadBalancerSettings(_ServerSettings):
         default=1.0, gt=0, validation_alias="AYGOLOG_REGISTRY_POLL_INTERVAL"
     )
     """Seconds between full reloads of the registry (the safety net under its change events)."""
-    api_keys: Annotated[dict[str, ApiScope], NoDecode] = Field(
-        default_factory=dict, repr=False, validation_alias="AYGOLOG_API_KEYS"
-    )
-    """API keys for the proxied `/api/log*` routes: `key:scope` entries, comma-separated (scope
-    `read`, `write` or `read+write`), or a JSON object; empty: no key needed."""
 
     @field_validator("redis")
     @classmethod
@@ -884,39 +923,6 @@ class LoadBalancerSettings(_ServerSettings):
             else:
                 networks.append(item)
         return networks
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _parse_api_keys(cls, value: object) -> object:
-        # All checks are here, before pydantic's own: its errors would quote the key.
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("{"):
-                value = json.loads(text)
-            else:
-                entries: dict[str, object] = {}
-                for number, entry in enumerate(text.split(","), 1):
-                    key, colon, scope = entry.strip().rpartition(":")
-                    if entry.strip() and not colon:
-                        raise ValueError(f"entry {number} is not key:scope")
-                    if colon:
-                        entries[key.strip()] = scope.strip()
-                value = entries
-        if not isinstance(value, dict):
-            raise ValueError("expected key:scope entries, comma-separated, or a JSON object")
-        checked: dict[str, ApiScope] = {}
-        for number, (key, scope) in enumerate(value.items(), 1):
-            if not isinstance(key, str) or not _API_KEY.fullmatch(key) or "," in key:
-                raise ValueError(
-                    f"API key {number} must be 1-256 visible ASCII characters, without a comma"
-                )
-            known = _SCOPES.get(scope.strip().lower()) if isinstance(scope, str) else None
-            if known is None:
-                raise ValueError(
-                    f"API key {number} has scope {scope!r}; expected read, write or read+write"
-                )
-            checked[key] = known
-        return checked
 
     @field_validator("strategy", mode="before")
     @classmethod

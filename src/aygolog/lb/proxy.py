@@ -30,8 +30,9 @@ Optional, both off by default and then costing one attribute test per request:
 
 - API keys (`ProxyConfig.api_keys`): every proxied request needs `Authorization: Bearer <key>` or
   `X-Api-Key: <key>` (a dict lookup); 401 when missing or unknown, 403 when the key's scope does
-  not allow the method (GET, HEAD and OPTIONS read; every other method writes). The key is not
-  passed on to the instance.
+  not allow the method (GET, HEAD and OPTIONS read; every other method writes). The key is
+  passed on: instances given the same keys check them too (so going around the load balancer
+  does not go around the keys).
 - CORS (`ProxyConfig.cors_origins`): a preflight (`OPTIONS` with `Origin` and
   `Access-Control-Request-Method`) is answered by the proxy itself (204, or 403 for an origin not
   allowed); proxied responses and the proxy's own errors to an allowed origin carry
@@ -294,7 +295,6 @@ _FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-ho
 # Response headers the proxy drops or sets itself.
 _RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
-_API_KEY_HEADERS: Final = frozenset({b"authorization", b"x-api-key"})
 _READ: Final = 1
 _WRITE: Final = 2
 _SCOPE_BITS: Final = {"read": _READ, "write": _WRITE, "read+write": _READ | _WRITE}
@@ -468,7 +468,6 @@ class ProxyServer:
             self._api_keys = {
                 key.encode(): _SCOPE_BITS[scope] for key, scope in config.api_keys.items()
             }
-            self._request_own = self._request_own | _API_KEY_HEADERS
         self._cors = bool(config.cors_origins)
         self._cors_any = "*" in config.cors_origins
         self._cors_origins = frozenset(o.rstrip("/").encode() for o in config.cors_origins)

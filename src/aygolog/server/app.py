@@ -9,20 +9,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from aygolog import __version__
 from aygolog.metrics import Counter, Histogram, Metrics
-from aygolog.models import Limits, Registration
+from aygolog.models import ErrorBody, Limits, Registration
 from aygolog.redis import redis_from_settings
 from aygolog.server.agent import RegistrationAgent
 from aygolog.server.instrumented import InstrumentedStore
@@ -126,7 +135,10 @@ def create_log_api(
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
         if settings.cors_origins
         else None,
-        middleware=[_metrics_middleware(requests, latency)],
+        middleware=[
+            _metrics_middleware(requests, latency),
+            *([_api_key_middleware(settings.api_keys)] if settings.api_keys else []),
+        ],
         request_max_body_size=settings.max_body_bytes + 1,
         debug=False,
     )
@@ -168,6 +180,82 @@ def _metrics_middleware(requests: Counter, latency: Histogram) -> Callable[[ASGI
                 route = scope.get("path_template") or "unmatched"
                 requests.inc(route, str(status[0]))
                 latency.observe(time.perf_counter() - started, route)
+
+        return middleware
+
+    return factory
+
+
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def api_key_refusal(
+    keys: Mapping[str, str], method: str, authorization: str | None, x_api_key: str | None
+) -> tuple[int, str] | None:
+    """Why a request to `/api/log*` is refused under `keys` (key -> scope), or None.
+
+    The key comes from `Authorization: Bearer <key>` or `X-Api-Key`; GET and HEAD need the
+    `read` scope, other methods `write` (the load balancer's rule and messages).
+    """
+    key = x_api_key.strip() if x_api_key else None
+    if authorization:
+        scheme, _, rest = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            key = rest.strip()
+    if not key:
+        return 401, "an API key is needed: Authorization: Bearer <key> or X-Api-Key: <key>"
+    scope = keys.get(key)
+    if scope is None:
+        return 401, "unknown API key"
+    needed = "read" if method in _READ_METHODS else "write"
+    if needed not in scope:
+        return 403, f"this API key may not {needed} ({method} needs the {needed} scope)"
+    return None
+
+
+def _api_key_middleware(keys: Mapping[str, str]) -> Callable[[ASGIApp], ASGIApp]:
+    """Refuse `/api/log*` requests without a key of the needed scope (401/403, JSON)."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if (
+                scope["type"] != ScopeType.HTTP
+                or not scope["path"].startswith("/api/log")
+                or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
+            ):
+                await app(scope, receive, send)
+                return
+            headers = {
+                name: value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name in (b"authorization", b"x-api-key")
+            }
+            refusal = api_key_refusal(
+                keys, scope["method"], headers.get(b"authorization"), headers.get(b"x-api-key")
+            )
+            if refusal is None:
+                await app(scope, receive, send)
+                return
+            status, reason = refusal
+            body = msgspec.json.encode(ErrorBody(error=reason))
+            answer = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            if status == 401:
+                answer.append((b"www-authenticate", b"Bearer"))
+            start: HTTPResponseStartEvent = {
+                "type": "http.response.start",
+                "status": status,
+                "headers": answer,
+            }
+            await send(start)
+            whole: HTTPResponseBodyEvent = {
+                "type": "http.response.body",
+                "body": body,
+                "more_body": False,
+            }
+            await send(whole)
 
         return middleware
 
