@@ -445,6 +445,7 @@ def test_bad_input_is_refused_and_nothing_is_stored(
         ({"limit": "abc"}, "limit"),
         ({"level": "loud"}, "level"),
         ({"since": "yesterday-ish"}, "since"),
+        ({"since": "999999999999d"}, "since"),
         ({"cursor": "nope"}, "cursor"),
         ({"direction": "sideways"}, "direction"),
         ({"attr": "novalue"}, "attr"),

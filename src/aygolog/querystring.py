@@ -41,8 +41,11 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     text = value.strip()
     match = _RELATIVE.fullmatch(text)
     if match:
-        ago = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        return (now or datetime.now(UTC)) - ago
+        try:
+            ago = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+            return (now or datetime.now(UTC)) - ago
+        except OverflowError:
+            raise ValueError(f"not a time: {value[:40]!r} is too far back") from None
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return parse_timestamp(float(text) if "." in text else int(text))
     try:
