@@ -22,6 +22,7 @@ from aygolog.client._base import (
     RequestSpec,
     parse_retry_after,
     prepare_batches,
+    to_new_log,
 )
 from aygolog.client._sse import SSEParser
 from aygolog.errors import (
@@ -813,3 +814,25 @@ def test_tail_handles_crlf_and_arbitrary_chunking(
     mock.get("/api/logs/stream").mock(return_value=stream_response(chunks))
     with client.tail(recover_dropped=False) as tail:
         assert [next(tail).id for _ in range(3)] == ["1-0", "2-0", "3-0"]
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"message": "x", "attributes": "s"}, "attributes"),
+        ({"message": "x", "timestamp": {"a": 1}}, "timestamp"),
+        ({"message": "x", "level": [1]}, "level"),
+        ({"message": "x", "service": 5}, "service"),
+        ({"message": 3}, "message"),
+    ],
+)
+def test_items_of_the_wrong_type_are_validation_errors(item: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        to_new_log(item)
+    assert [e.field for e in caught.value.errors] == [field]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "ftp://host", "http://host:port"])
+def test_a_bad_base_url_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        LogClient(url)

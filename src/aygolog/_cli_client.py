@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, Any, Final
 
+import httpx
 import msgspec
 
 from aygolog.client import LogClient, ServiceView
@@ -180,7 +181,7 @@ def _client(args: argparse.Namespace, **options: Any) -> LogClient:
     api_key = getattr(args, "api_key", None) or os.environ.get("AYGOLOG_API_KEY") or None
     try:
         return LogClient(url, api_key=api_key, **options)
-    except ValueError as exc:
+    except (ValueError, httpx.InvalidURL) as exc:
         raise UserError(f"--url: {exc}") from exc
 
 
@@ -243,7 +244,7 @@ def _to_log(args: argparse.Namespace, attrs: dict[str, str], number: int, text: 
         if not isinstance(item, dict):
             raise UserError(f"line {number}: expected a JSON object")
         item.setdefault("level", args.level)
-        if attrs:
+        if attrs and isinstance(item.get("attributes") or {}, dict):
             item["attributes"] = {**attrs, **(item.get("attributes") or {})}
         return to_new_log(item, service=args.service)
     except ValidationError as exc:

@@ -149,6 +149,8 @@ def _ui(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     import asyncio
 
+    from pydantic import ValidationError
+
     from aygolog.settings import RedisSettings
     from aygolog.up import UpOptions, run_up
 
@@ -158,13 +160,18 @@ def _up(args: argparse.Namespace) -> int:
     if args.lb_port == args.ui_port and not args.no_ui:
         print("aygolog up: --lb-port and --ui-port must differ", file=sys.stderr)
         return EXIT_USER_ERROR
+    try:
+        redis = RedisSettings()
+    except ValidationError as exc:
+        print(f"aygolog up: {_reasons(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     options = UpOptions(
         instances=args.instances,
         host=args.host,
         lb_port=args.lb_port,
         ui_port=args.ui_port,
         ui=not args.no_ui,
-        redis_url=RedisSettings().url,
+        redis_url=redis.url,
     )
     try:
         return asyncio.run(run_up(options))

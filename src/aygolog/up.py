@@ -73,8 +73,10 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     stopping: bool = False
-    stop_first: bool = True
-    """Stopped in the first wave (instances, web page); the load balancer goes after them."""
+    wave: int = 1
+    """When it is stopped: the web page (0) first, so its live streams through the load
+    balancer end; then the instances (1), which deregister while the load balancer still
+    answers; then the load balancer (2)."""
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -180,10 +182,11 @@ class Supervisor:
         for watcher in self._watchers:  # no restarts from here on
             watcher.cancel()
         await asyncio.gather(*self._watchers, *self._spawns, return_exceptions=True)
-        first = [c for c in self.children if c.stop_first]
-        # The first wave gets most of the time, but the load balancer keeps at least a second.
-        await _terminate(first, until=min(deadline, now + max(grace - 1.0, grace / 2)))
-        await _terminate([c for c in self.children if not c.stop_first], until=deadline)
+        # The web page gets a second, the instances most of the rest, the load balancer at
+        # least the last second.
+        ends = {0: now + min(1.0, grace / 4), 1: now + max(grace - 1.0, grace / 2), 2: deadline}
+        for wave, until in sorted(ends.items()):
+            await _terminate([c for c in self.children if c.wave == wave], until=until)
         left = [c for c in self.children if c.process is not None and c.process.returncode is None]
         for child in left:
             self.say("up", f"{child.name} did not stop in time; killing it")
@@ -333,7 +336,8 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
     else:
         supervisor.say("up", "using the configured Redis")
     token = secrets.token_urlsafe(24)
-    lb_url = f"http://{options.host}:{options.lb_port}"
+    host = f"[{options.host}]" if ":" in options.host else options.host  # IPv6
+    lb_url = f"http://{host}:{options.lb_port}"
     python = sys.executable
     common = {
         "AYGOLOG_REDIS_URL": redis_url,
@@ -344,7 +348,7 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
     try:
         await supervisor.start(
             Child("lb", [python, "-m", "aygolog", "lb", "--host", options.host,
-                         "--port", str(options.lb_port)], common, stop_first=False)
+                         "--port", str(options.lb_port)], common, wave=2)
         )  # fmt: skip
         for i in range(1, options.instances + 1):
             port = free_port(options.host)
@@ -355,10 +359,10 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
             )  # fmt: skip
         ui_url: str | None = None
         if with_ui:
-            ui_url = f"http://{options.host}:{options.ui_port}"
+            ui_url = f"http://{host}:{options.ui_port}"
             await supervisor.start(
                 Child("ui", [python, "-m", "aygolog", "ui", "--host", options.host,
-                             "--port", str(options.ui_port), "--lb-url", lb_url], common)
+                             "--port", str(options.ui_port), "--lb-url", lb_url], common, wave=0)
             )  # fmt: skip
         elif options.ui:
             supervisor.say("up", "the web page is not installed (the `ui` extra); not starting it")

@@ -360,13 +360,16 @@ def build_log(
     parsed_level = LogLevel.INFO
     try:
         parsed_level = _level(level)
-    except ValueError as exc:
-        errors.append(FieldError(field="level", reason=str(exc)))
+    except (ValueError, TypeError, AttributeError):
+        errors.append(FieldError(field="level", reason=f"not a level: {str(level)[:40]!r}"))
     when = None
     try:
         when = _timestamp(timestamp)
     except (ValueError, OverflowError, OSError) as exc:
         errors.append(FieldError(field="timestamp", reason=str(exc)))
+    except (TypeError, AttributeError):
+        reason = "a datetime, epoch seconds or an RFC 3339 / relative time string"
+        errors.append(FieldError(field="timestamp", reason=reason))
     if errors:
         raise ValidationError(errors)
     return NewLog(
@@ -402,8 +405,20 @@ def to_new_log(item: NewLog | Mapping[str, Any] | str, *, service: str | None = 
             [FieldError(field=str(key), reason="not a field of a log entry") for key in unknown]
         )
     message = item.get("message", item.get("name"))
+    errors: list[FieldError] = []
     if not isinstance(message, str):
-        raise ValidationError([FieldError(field="message", reason="required, a string")])
+        errors.append(FieldError(field="message", reason="required, a string"))
+    attributes = item.get("attributes")
+    if attributes is not None and not isinstance(attributes, Mapping):
+        errors.append(FieldError(field="attributes", reason="an object of key: value pairs"))
+    errors.extend(
+        FieldError(field=name, reason="a string")
+        for name in ("service", "trace_id")
+        if item.get(name) is not None and not isinstance(item.get(name), str)
+    )
+    if errors:
+        raise ValidationError(errors)
+    assert isinstance(message, str)
     return build_log(
         message,
         level=item.get("level", LogLevel.INFO),
@@ -857,6 +872,12 @@ class ClientCore:
         url = base_url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"base_url {base_url!r} is not a valid URL: {exc}") from None
+        if not parsed.host:
+            raise ValueError(f"base_url {base_url!r} has no host")
         self.base_url = url
         self.policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries)
         self.rng = rng if rng is not None else random.Random()
