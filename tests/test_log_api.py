@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -491,3 +493,45 @@ def test_redis_down_gives_503_then_recovers(module_redis: EmbeddedRedis, a: Serv
         time.sleep(0.1)
     assert response.status_code == 201
     assert httpx.get(a.url + "/api/log").json()[0]["name"] == "back again"
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_with_a_live_stream_open_stops_gracefully_and_ends_it(
+    module_redis: EmbeddedRedis, whole_group: bool
+) -> None:
+    """An open SSE stream must not hold the shutdown until granian kills the worker (5 s)."""
+    api = ServiceProcess("api", env=api_env(module_redis.url, "drain", "api-drain")).start()
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.stream("GET", api.url + "/api/logs/stream", timeout=10) as response,
+        ):
+            for line in response.iter_lines():
+                lines.append(line)
+        ended.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 5
+        while ": connected" not in lines and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ": connected" in lines
+        assert api.process is not None
+        started = time.monotonic()
+        if whole_group:  # as `aygolog up` and a terminal's Ctrl-C do
+            os.killpg(api.process.pid, signal.SIGTERM)
+        else:  # as `docker stop` does: PID 1 only
+            api.process.send_signal(signal.SIGTERM)
+        code = api.process.wait(10)
+        took = time.monotonic() - started
+        assert ended.wait(2), "the stream did not end"
+        assert code == 0, api.output()
+        assert took < 2.5, f"took {took:.2f} s"
+        assert "refused to gracefully stop" not in api.output()
+        assert "draining" in api.output()
+    finally:
+        api.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aygolog.models import LogLevel, LogQuery, NewLog
-from aygolog.server.tail import Dropped, TailHub
+from aygolog.server.tail import END, Dropped, TailHub
 from aygolog.store import InMemoryLogStore
 
 
@@ -46,4 +46,18 @@ async def test_filters_and_drop_counts() -> None:
     only = await errors_only.get(0.1)
     assert getattr(only, "message", None) == "m5"
     assert await errors_only.get(0.05) is None
+    await hub.stop()
+
+
+async def test_drain_ends_open_and_later_streams() -> None:
+    store = InMemoryLogStore()
+    hub = TailHub(store)
+    open_one = await hub.subscribe()
+    waiting = asyncio.create_task(open_one.get(5))
+    await asyncio.sleep(0.01)
+    hub.drain()
+    assert await asyncio.wait_for(waiting, 1) is END
+    assert await open_one.get(5) is END
+    later = await hub.subscribe()
+    assert await asyncio.wait_for(later.get(5), 1) is END
     await hub.stop()

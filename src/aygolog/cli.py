@@ -59,7 +59,14 @@ def _serve(target: str, host: str, port: int, server: str) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    Server(
+    class DrainingServer(Server):  # type: ignore[misc, valid-type]
+        """granian, telling each worker to drain (SIGUSR1) before it stops them."""
+
+        def shutdown(self, exit_code: int = 0) -> None:
+            _drain_workers(getattr(self, "wrks", ()))
+            super().shutdown(exit_code)
+
+    DrainingServer(
         target,
         address=host,
         port=port,
@@ -79,6 +86,30 @@ def _reasons(exc: PydanticValidationError) -> str:
         f"{str(error['msg']).removeprefix('Value error, ')}".removeprefix(": ")
         for error in exc.errors()
     )
+
+
+def _drain_workers(workers: Sequence[object], wait: float = 0.5) -> None:
+    """SIGUSR1 to each granian worker process, then a moment for it to deregister and end its
+    live streams (see `aygolog.server.app`); a worker that is gone is skipped."""
+    import contextlib
+    import signal
+    import time
+
+    signalled = False
+    for worker in workers:
+        pid = getattr(getattr(worker, "inner", None), "pid", None)
+        if isinstance(pid, int):
+            # As granian's own terminate() does, so a worker that is done draining before it is
+            # told to stop is not taken for a crash.
+            with contextlib.suppress(AttributeError):
+                worker.interrupt_by_parent = True  # type: ignore[attr-defined]
+            try:
+                os.kill(pid, signal.SIGUSR1)
+                signalled = True
+            except ProcessLookupError:
+                pass
+    if signalled:
+        time.sleep(wait)
 
 
 def _api(args: argparse.Namespace) -> int:

@@ -6,8 +6,10 @@ agent, and closes them in reverse order on shutdown (deregistering from the load
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
@@ -113,10 +115,27 @@ def create_log_api(
             # httpx logs every request at INFO: one line per heartbeat is noise in `docker logs`.
             logging.getLogger("httpx").setLevel(logging.WARNING)
             await agent.start()
+        draining: list[asyncio.Task[None]] = []
+
+        def drain() -> None:
+            # SIGUSR1 from `aygolog api` just before it stops the server: deregister now (the
+            # load balancer sends nothing new) and end the live streams, which would otherwise
+            # hold the graceful shutdown until the server kills this worker.
+            log.info("draining: deregistering and ending %d live stream(s)", hub.subscribers)
+            hub.drain()
+            if agent is not None and not draining:
+                draining.append(asyncio.create_task(agent.stop()))
+
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signal.SIGUSR1, drain)  # main thread of a POSIX process only
         log.info("Log API %s ready", instance)
         try:
             yield
         finally:
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.remove_signal_handler(signal.SIGUSR1)
+            await asyncio.gather(*draining, return_exceptions=True)
             if agent is not None:
                 await agent.stop()
             await hub.stop()

@@ -31,7 +31,7 @@ from aygolog.models import (
     SeedLog,
 )
 from aygolog.querystring import parse_query_params
-from aygolog.server.tail import Dropped, TailHub
+from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
 from aygolog.validation import decode_log, decode_logs, decode_ndjson
@@ -349,6 +349,8 @@ async def _events(
             item = await subscription.get(api.keepalive_seconds)
             if item is None:
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
+            elif isinstance(item, End):
+                return  # the instance is stopping; the client resumes (Last-Event-ID) elsewhere
             elif isinstance(item, Dropped):
                 api.dropped.inc(amount=item.count)
                 yield ServerSentEventMessage(

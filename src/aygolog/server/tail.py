@@ -21,7 +21,7 @@ from aygolog.errors import Unavailable
 from aygolog.models import LogEntry, LogQuery
 from aygolog.store import LogStore, matches
 
-__all__ = ["Dropped", "Subscription", "TailHub"]
+__all__ = ["END", "Dropped", "End", "Subscription", "TailHub"]
 
 log = logging.getLogger("aygolog.server.tail")
 
@@ -35,6 +35,13 @@ class Dropped:
         self.count = count
 
 
+class End:
+    """The stream is over: the instance is stopping (the client resumes elsewhere)."""
+
+
+END = End()
+
+
 class Subscription:
     """One subscriber's queue and filter; iterate it for entries and `Dropped` markers."""
 
@@ -42,7 +49,9 @@ class Subscription:
         self._hub = hub
         self._query = query
         self._severities = query.level_severities() if query is not None else None
-        self._queue: asyncio.Queue[LogEntry | Dropped] = asyncio.Queue(size)
+        self._queue: asyncio.Queue[LogEntry | Dropped | End] = asyncio.Queue(size)
+        self.ended = False
+        """Set when the hub drains: `get` returns `END` from then on."""
         self.dropped = 0
         """Entries dropped since the last `Dropped` marker was queued."""
         self.dropped_total = 0
@@ -63,8 +72,14 @@ class Subscription:
         queue.put_nowait(entry)
         return True
 
-    async def get(self, timeout: float | None = None) -> LogEntry | Dropped | None:  # noqa: ASYNC109
-        """The next entry or `Dropped` marker, in order; None after `timeout` with nothing."""
+    async def get(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> LogEntry | Dropped | End | None:
+        """The next entry or `Dropped` marker, in order; None after `timeout` with nothing;
+        `END` once the hub drains."""
+        if self.ended:
+            return END
         if self._queue.empty() and self.dropped:
             count, self.dropped = self.dropped, 0
             return Dropped(count)
@@ -72,6 +87,12 @@ class Subscription:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
+
+    def end(self) -> None:
+        """Make `get` return `END` now (also to a caller waiting in it)."""
+        self.ended = True
+        if not self._queue.full():
+            self._queue.put_nowait(END)
 
     def close(self) -> None:
         """Stop receiving entries."""
@@ -100,6 +121,8 @@ class TailHub:
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._last_id = "$"
+        self.draining = False
+        """Set by `drain`: open streams end, new ones end at once."""
         self.connected = asyncio.Event()
         """Set while the reader is following the store."""
 
@@ -121,6 +144,9 @@ class TailHub:
         follows the store, so nothing written after this returns is missed.
         """
         subscription = Subscription(self, query, self._queue_size)
+        if self.draining:
+            subscription.end()
+            return subscription
         self._subscriptions.add(subscription)
         if self._task is None or self._task.done():
             self._last_id = "$"
@@ -137,6 +163,13 @@ class TailHub:
             self._task.cancel()
             self._task = None
             self.connected.clear()
+
+    def drain(self) -> None:
+        """End every open stream, and any opened later (the instance is about to stop: a live
+        stream would hold the server's graceful shutdown until it is killed)."""
+        self.draining = True
+        for subscription in list(self._subscriptions):
+            subscription.end()
 
     async def stop(self) -> None:
         """Stop the reader and drop every subscription (in the app's shutdown)."""
