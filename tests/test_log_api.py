@@ -510,7 +510,7 @@ def test_sigterm_with_a_live_stream_open_stops_gracefully_and_ends_it(
             httpx.stream("GET", api.url + "/api/logs/stream", timeout=10) as response,
         ):
             for line in response.iter_lines():
-                lines.append(line)
+                lines.append(line)  # noqa: PERF402 - read while it streams
         ended.set()
 
     reader = threading.Thread(target=follow, daemon=True)

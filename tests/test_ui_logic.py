@@ -10,6 +10,7 @@ import pytest
 from aygolog.errors import Unavailable, ValidationError
 from aygolog.models import FieldError, InstanceView, LogEntry, LogLevel
 from aygolog.querystring import parse_query_params
+from aygolog.ui import state as ui_state
 from aygolog.ui.state import (
     Filters,
     IngestSeries,
@@ -17,6 +18,7 @@ from aygolog.ui.state import (
     describe_error,
     format_age,
     format_row,
+    newer_than,
     parse_attributes,
     service_rows,
     to_log_query,
@@ -48,6 +50,10 @@ def entry(
 
 def numbers(buffer: RowBuffer) -> list[int]:
     return [int(row["id"].split("-")[0]) - 1_700_000_000_000 for row in buffer.rows]
+
+
+def relabel(buffer: RowBuffer) -> RowBuffer:
+    return buffer
 
 
 def params_of(url: str) -> dict[str, list[str]]:
@@ -237,6 +243,57 @@ def test_row_buffer_sorts_out_of_order_arrivals() -> None:
     assert numbers(buffer) == [5, 3]
     buffer.add_newer([entry(4), entry(6)])
     assert numbers(buffer) == [6, 5, 4, 3]
+
+
+def test_row_buffer_load_older_is_not_undone_by_the_cap() -> None:
+    buffer = RowBuffer(cap=500)
+    top = 1000
+    buffer.replace_all(
+        [entry(n) for n in range(top, top - 100, -1)], f"{1_700_000_000_000 + top - 99}-0"
+    )
+    for page in range(1, 8):
+        newest = top - 100 * page
+        older = [entry(n) for n in range(newest, newest - 100, -1)]
+        cursor = None if page == 7 else older[-1].id
+        assert buffer.append_older(older, cursor) == 100
+        assert len(buffer) == 100 * (page + 1)
+        assert buffer.cursor == cursor
+        if cursor is not None:
+            assert buffer.cursor == buffer.rows[-1]["id"]  # "load older" goes on from there
+    assert numbers(buffer) == list(range(top, top - 800, -1))
+    assert buffer.cursor is None  # nothing older matches
+    buffer = relabel(buffer)  # (for mypy, which takes the cursor for None from here on)
+    # a new row still comes in at the top; the oldest goes, and can be loaded again
+    assert buffer.add_newer([entry(top + 1)]) == 1
+    assert len(buffer) == 800
+    assert numbers(buffer)[0] == top + 1
+    assert buffer.cursor == buffer.rows[-1]["id"] == entry(top - 798).id
+    # starting over goes back to the cap
+    buffer.replace_all([entry(n) for n in range(2000, 1400, -1)], None)
+    assert len(buffer) == 500
+    assert buffer.cursor == buffer.rows[-1]["id"]
+
+
+def test_newer_than_keeps_later_ids_once() -> None:
+    entries = [entry(5), entry(3), entry(7), entry(5), entry(6)]
+    assert [e.id for e in newer_than(entries, entry(5).id)] == [entry(7).id, entry(6).id]
+    assert [e.id for e in newer_than(entries, None)] == [entry(n).id for n in (5, 3, 7, 6)]
+    assert newer_than([], entry(1).id) == []
+
+
+def test_a_time_out_of_range_is_invalid_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    huge = Filters.from_params({"since": "999999999999d"})
+    assert (huge.range, huge.since, huge.until) == ("", "", "")
+    assert huge.to_url() == "/"
+
+    def overflow(value: str, *, now: datetime | None = None) -> datetime:
+        raise OverflowError("date value out of range")
+
+    # whatever `parse_time` lets through, the page's state treats it as "not a time"
+    monkeypatch.setattr(ui_state, "parse_time", overflow)
+    assert Filters.from_params({"since": "2h", "until": "1h"}) == Filters()
+    problem = Filters(range="custom", since="999999999999d").problem() or ""
+    assert "is not a time" in problem
 
 
 def test_describe_error_names_the_fields() -> None:

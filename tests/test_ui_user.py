@@ -7,6 +7,7 @@ simulated user type and click; the page's `AsyncLogClient` talks to the real loa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -28,9 +29,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @asynccontextmanager
-async def simulate(lb_url: str) -> AsyncIterator[User]:
-    """A simulated user of the page; every view it opened is closed afterwards."""
-    views: list[LogView] = []
+async def simulate(lb_url: str, views: list[LogView] | None = None) -> AsyncIterator[User]:
+    """A simulated user of the page; every view it opened (put in `views`) is closed afterwards."""
+    views = [] if views is None else views
     async with user_simulation(root=build_root(lb_url, on_view=views.append)) as simulated:
         try:
             yield simulated
@@ -144,6 +145,93 @@ async def test_pause_counts_and_resume_shows(user: User, sdk: AsyncLogClient) ->
     await eventually(lambda: set(texts) <= set(messages(user)))
 
 
+async def test_refresh_while_paused_shows_the_latest_and_clears_the_count(
+    user: User, sdk: AsyncLogClient
+) -> None:
+    await user.open("/")
+    await user.should_see("following", retries=50)
+    user.find(marker="pause").click()
+    await user.should_see("Resume")
+    texts = [f"paused then refreshed {tag()}" for _ in range(2)]
+    for text in texts:
+        await sdk.log(text)
+    await user.should_see("2 new while paused", retries=50)
+    user.find(marker="refresh").click()
+    await eventually(lambda: set(texts) <= set(messages(user)))
+    await user.should_see("0 new while paused", retries=50)
+    user.find(marker="pause").click()
+    await user.should_see("Pause")
+    await asyncio.sleep(0.5)
+    ids = [row["id"] for row in table_rows(user)]
+    assert len(ids) == len(set(ids))
+    assert sum(message in texts for message in messages(user)) == 2
+
+
+async def test_refresh_keeps_what_the_tail_brought_while_it_ran(
+    stack: LiveStack, sdk: AsyncLogClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    views: list[LogView] = []
+    async with simulate(stack.url, views) as simulated:
+        await simulated.open("/")
+        await simulated.should_see("following", retries=50)
+        view = views[0]
+        text = f"during a refresh {tag()}"
+        query = view.api.query
+
+        async def query_then_log(**kwargs: Any) -> Any:
+            page = await query(**kwargs)  # the answer is in: the entry below is not in it
+            await sdk.log(text)
+            await eventually(lambda: text in messages(simulated))  # the tail brought it
+            return page
+
+        monkeypatch.setattr(view.api, "query", query_then_log)
+        await view.refresh()
+        assert text in messages(simulated)
+        ids = [row["id"] for row in table_rows(simulated)]
+        assert len(ids) == len(set(ids))
+
+
+async def test_a_double_enter_sends_once(user: User, sdk: AsyncLogClient) -> None:
+    await user.open("/")
+    text = f"enter twice {tag()}"
+    message = user.find(marker="message").type(text)
+    message.trigger("keydown.enter")
+    message.trigger("keydown.enter")
+    await eventually(lambda: text in messages(user))
+    await asyncio.sleep(0.5)
+    page = await sdk.query(text=text)
+    assert [entry.message for entry in page.items] == [text]
+
+
+async def test_the_live_tail_survives_an_unexpected_error(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tail = AsyncLogClient.tail
+    calls: list[int] = []
+
+    def tail_failing_once(self: AsyncLogClient, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("something unexpected")
+        return tail(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncLogClient, "tail", tail_failing_once)
+    await user.open("/")
+    await user.should_see("following", retries=100)
+    assert len(calls) >= 2
+
+
+async def test_a_time_out_of_range_in_the_url_is_left_out(user: User) -> None:
+    await user.open("/?since=999999999999d&level=error")
+    await user.should_see("Send")
+    time_range = next(iter(user.find(marker="filter-range").elements))
+    assert isinstance(time_range, ui.select)
+    assert time_range.value == ""
+    levels = next(iter(user.find(marker="filter-levels").elements))
+    assert isinstance(levels, ui.select)
+    assert levels.value == ["error"]
+
+
 async def test_filters_from_the_url(user: User, sdk: AsyncLogClient) -> None:
     service = f"svc-{tag()}"
     await sdk.log("an info line", service=service)
@@ -246,6 +334,38 @@ async def test_unreachable_load_balancer_shows_a_banner() -> None:
         await simulated.should_see("Cannot reach the load balancer", retries=100)
         await simulated.should_see("unreachable")
         await simulated.should_see("Send")  # the page is still there, not blank
+
+
+async def test_a_hung_load_balancer_shows_the_banner_within_seconds() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with simulate(f"http://127.0.0.1:{port}") as simulated:
+            await simulated.open("/")
+            started = time.monotonic()
+            await simulated.should_see("Cannot reach the load balancer", retries=150)
+            assert time.monotonic() - started < 8
+            await simulated.should_see("Send")
+    finally:
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_banner_says_what_the_load_balancer_answered(stack: LiveStack) -> None:
+    async with simulate(stack.url + "/no-such-prefix") as simulated:  # every path: 404
+        await simulated.open("/")
+        await simulated.should_see("The load balancer answers, but", retries=100)
+        await simulated.should_see("degraded")
+        await simulated.should_not_see("Cannot reach the load balancer")
 
 
 def test_aygolog_ui_serves_the_page_and_exits_cleanly_on_sigterm(stack: LiveStack) -> None:

@@ -23,7 +23,7 @@ from nicegui import background_tasks, ui
 from nicegui.events import GenericEventArguments
 from starlette.requests import Request
 
-from aygolog.client import AsyncLogClient
+from aygolog.client import AsyncLogClient, AsyncTail
 from aygolog.errors import AygologError, NoHealthyInstance, Unavailable
 from aygolog.models import LogEntry, LogLevel
 from aygolog.ui.state import (
@@ -33,6 +33,7 @@ from aygolog.ui.state import (
     IngestSeries,
     RowBuffer,
     describe_error,
+    newer_than,
     parse_attributes,
     service_rows,
 )
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS: Final = 2.0
 """How often the services panel and the stats are refreshed (and an unreachable LB retried)."""
+POLL_TIMEOUT: Final = 2.0
+"""How long one poll of the services or the stats may take (one attempt, no retry)."""
 FLUSH_SECONDS: Final = 0.25
 """How often rows that the live tail brought are put into the table, in one batch."""
 TAIL_WAIT: Final = 3.0
@@ -151,6 +154,8 @@ class LogView:
         filters: what the table shows first (from the URL).
         api_key: sent to the load balancer when it requires API keys.
         client: the SDK client to use (closed with the view); by default a new one.
+        poll_client: the client of the periodic polls (closed with the view); by default a new
+            one with a short timeout and no retries (or `client`, when that is given).
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class LogView:
         *,
         api_key: str | None = None,
         client: AsyncLogClient | None = None,
+        poll_client: AsyncLogClient | None = None,
     ) -> None:
         self.lb_url = lb_url
         self.filters = filters
@@ -167,6 +173,13 @@ class LogView:
         # balancer should show as a banner within seconds, not after a long backoff.
         self.api = client or AsyncLogClient(
             lb_url, timeout=httpx.Timeout(5.0, connect=2.0), retries=1, api_key=api_key
+        )
+        # The polls decide the banner: one short attempt each, so that a hung load balancer
+        # shows within a poll or two (the next poll is the retry).
+        if poll_client is None and client is not None:
+            poll_client = client
+        self.poll_api = poll_client or AsyncLogClient(
+            lb_url, timeout=httpx.Timeout(POLL_TIMEOUT), retries=0, api_key=api_key
         )
         self.buffer = RowBuffer(cap=MAX_ROWS)
         self.series = IngestSeries()
@@ -183,6 +196,11 @@ class LogView:
         self._loading_older = False
         self._closed = False
         self._syncing = False
+        self._sending = False
+        self._since_refresh: list[LogEntry] | None = None
+        """While a refresh runs: what was put into the table meanwhile (re-added after it)."""
+        self._refresh_due = False
+        """An automatic refresh was skipped while paused: Resume runs it."""
 
     # -- building ----------------------------------------------------------------------------
 
@@ -454,6 +472,11 @@ class LogView:
             await asyncio.sleep(0.05)
         await self.refresh()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the view was closed (its tab is gone)."""
+        return self._closed
+
     async def aclose(self) -> None:
         """Stop the tail and close the client (the tab is gone)."""
         if self._closed:
@@ -461,11 +484,15 @@ class LogView:
         self._closed = True
         await self._stop_tail()
         await self.api.aclose()
+        if self.poll_api is not self.api:
+            await self.poll_api.aclose()
 
     # -- actions -------------------------------------------------------------------------------
 
     async def send(self) -> None:
         """Store the form's entry; put it in the table at once."""
+        if self._sending:  # a second Enter (or click) while the first is on its way
+            return
         message = self.message_input.value or ""
         try:
             attributes = parse_attributes(self.attributes_input.value or "")
@@ -473,6 +500,7 @@ class LogView:
             ui.notify(str(exc), type="negative")
             return
         service = (self.service_input.value or "").strip() or None
+        self._sending = True
         self.send_button.props("loading")
         try:
             entry = await self.api.log(
@@ -485,30 +513,48 @@ class LogView:
             self._api_error(exc)
             return
         finally:
+            self._sending = False
             self.send_button.props(remove="loading")
         self.message_input.value = ""
         if self.filters.matches(entry):
-            self.buffer.add_newer([entry])
-            self._render_rows()
+            self._add_newer([entry])
         ui.notify(f"Stored on {entry.instance}", type="positive", timeout=1500)
 
     async def refresh(self) -> None:
-        """Run the filters' query again: the newest page."""
+        """Run the filters' query again: the newest page.
+
+        While paused this shows the latest too: what was held back is then in the table, so
+        only what arrives after the query's answer stays held (and counted) for Resume.
+        """
         # Each query is numbered: an answer that a newer query (other filters) overtook is
         # dropped, so the table always shows the filters last chosen.
         self._generation += 1
         generation = self._generation
+        arrived: list[LogEntry] = []
+        self._since_refresh = arrived
         try:
             page = await self.api.query(limit=PAGE_SIZE, **self.filters.query_filters())
         except AygologError as exc:
             self._api_error(exc)
             return
-        except ValueError as exc:  # a custom time that cannot be read
+        except (ValueError, OverflowError) as exc:  # a custom time that cannot be read
             ui.notify(str(exc), type="negative")
             return
+        finally:
+            if self._since_refresh is arrived:
+                self._since_refresh = None
         if generation != self._generation:
             return
+        self._refresh_due = False
         self.buffer.replace_all(page.items, page.next_cursor)
+        # what the tail (or the form) put into the table while the query ran and is newer than
+        # its answer would go with the old rows: put it back
+        newest = page.items[0].id if page.items else None
+        self.buffer.add_newer(newer_than(arrived, newest))
+        if self.held or self.held_count:
+            self.held = newer_than(self.held, newest)
+            self.held_count = len(self.held)
+            self._render_held()
         self._render_rows()
 
     async def load_older(self) -> None:
@@ -531,27 +577,29 @@ class LogView:
             return
         added = self.buffer.append_older(page.items, page.next_cursor)
         self._render_rows()
-        if not added:
+        if not added or self.buffer.cursor is None:
             ui.notify("Nothing older matches.", type="info", timeout=1500)
 
     def _expand(self, event: GenericEventArguments) -> None:
         if isinstance(event.args, str) and self.buffer.expand(event.args):
             self._render_rows()
 
-    def toggle_pause(self) -> None:
+    async def toggle_pause(self) -> None:
         """Pause the live updates (counting what arrives), or resume and show it."""
         self.paused = not self.paused
         if self.paused:
             self.pause_button.set_text("Resume")
             self.pause_button.props("icon=play_arrow")
-        else:
-            self.pause_button.set_text("Pause")
-            self.pause_button.props("icon=pause")
-            held, self.held, self.held_count = self.held, [], 0
-            if held:
-                self.buffer.add_newer(held)
-                self._render_rows()
+            self._render_held()
+            return
+        self.pause_button.set_text("Pause")
+        self.pause_button.props("icon=pause")
+        held, self.held, self.held_count = self.held, [], 0
         self._render_held()
+        if held:
+            self._add_newer(held)
+        if self._refresh_due:  # the load balancer came back while paused: catch up now
+            await self.refresh()
 
     async def toggle_dark(self) -> None:
         """Switch between dark and light (at first "auto": the browser's preference)."""
@@ -602,7 +650,10 @@ class LogView:
             since=(self.since_filter.value or "").strip() if span == "custom" else "",
             until=(self.until_filter.value or "").strip() if span == "custom" else "",
         )
-        problem = filters.problem()
+        try:
+            problem = filters.problem()
+        except OverflowError:  # defensive: `problem` already treats such a time as invalid
+            problem = "the time range is out of reach"
         if problem is not None:
             self._show_custom_range(custom=True)
             ui.notify(problem, type="warning")
@@ -654,18 +705,28 @@ class LogView:
         # The SDK's tail reconnects by itself (resuming after the last entry seen); this loop only
         # starts it again should it ever give up.
         while not self._closed:
-            tail = self.api.tail(idle_timeout=30.0, **filters.tail_filters())
-            self._tail_connected = tail.connected.is_set
+            tail: AsyncTail | None = None
+            failed = False
             try:
+                tail = self.api.tail(idle_timeout=30.0, **filters.tail_filters())
+                self._tail_connected = tail.connected.is_set
                 async for entry in tail:
                     self.pending.append(entry)
                     if len(self.pending) > MAX_HELD:  # nobody is flushing (tab gone or stuck)
                         del self.pending[: len(self.pending) - MAX_HELD]
             except AygologError:
-                await asyncio.sleep(POLL_SECONDS)
+                failed = True
+            except Exception:  # anything else must not end the live tail for good
+                failed = True
+                if not self.closed:
+                    log.exception("the live tail failed; starting it again")
             finally:
                 self._tail_connected = lambda: False
-                await tail.aclose()
+                if tail is not None:
+                    with contextlib.suppress(Exception):
+                        await tail.aclose()
+            if failed and not self.closed:
+                await asyncio.sleep(POLL_SECONDS)
 
     def flush(self) -> None:
         """Put what the tail brought into the table, in one update (or count it while paused)."""
@@ -682,7 +743,13 @@ class LogView:
             del self.held[: max(0, len(self.held) - MAX_HELD)]
             self._render_held()
             return
-        if self.buffer.add_newer(batch):
+        self._add_newer(batch)
+
+    def _add_newer(self, entries: list[LogEntry]) -> None:
+        """Put entries into the table (and note them for a refresh that is running)."""
+        if self._since_refresh is not None:
+            self._since_refresh.extend(entries)
+        if self.buffer.add_newer(entries):
             self._render_rows()
 
     # -- polling: services, stats, reachability -------------------------------------------------
@@ -692,16 +759,16 @@ class LogView:
         try:
             await self._poll()
         except AygologError as exc:
-            self._unreachable(exc)
+            self._unreachable(exc, lb_answers=not isinstance(exc, Unavailable))
         except Exception as exc:  # anything else: say so, keep the page and keep retrying
             log.exception("polling the load balancer failed")
             self._unreachable(Unavailable(f"unexpected answer ({type(exc).__name__}: {exc})"))
 
     async def _poll(self) -> None:
         try:
-            services = await self.api.services()
+            services = await self.poll_api.services()
         except AygologError as exc:
-            self._unreachable(exc)
+            self._unreachable(exc, lb_answers=not isinstance(exc, Unavailable))
             return
         rows = service_rows(services)
         self.services_table.rows = rows
@@ -713,9 +780,9 @@ class LogView:
         chart["series"][0]["data"] = [row["served"] for row in rows]
         self.spread_chart.update()
         try:
-            stats = await self.api.stats()
+            stats = await self.poll_api.stats()
         except AygologError as exc:
-            self._unreachable(exc, lb_answers=True)
+            self._unreachable(exc, lb_answers=not isinstance(exc, Unavailable))
             return
         recovered = self.reachable is False
         self._reachable()
@@ -732,7 +799,10 @@ class LogView:
             badge.set_text(f"{level} {stats.by_level.get(level, 0)}")
         self.total_label.set_text(f"{stats.total} in all, {stats.retained} kept")
         if recovered:
-            await self.refresh()
+            if self.paused:  # Pause holds the table still: Resume catches up
+                self._refresh_due = True
+            else:
+                await self.refresh()
 
     def _reachable(self) -> None:
         self.reachable = True

@@ -32,6 +32,7 @@ __all__ = [
     "describe_error",
     "format_age",
     "format_row",
+    "newer_than",
     "parse_attributes",
     "service_rows",
     "to_log_query",
@@ -221,7 +222,7 @@ def _valid_time(value: str) -> str:
         return ""
     try:
         parse_time(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a time too far back or ahead
         return ""
     return value
 
@@ -334,6 +335,10 @@ class RowBuffer:
     `cursor` is where "load older" continues: the id of the oldest row kept (a query cursor
     is an entry id, exclusive), or None when nothing older matches. The whole text of each
     truncated message is kept here, for `expand`.
+
+    Pages of older entries that the user asked for are never trimmed away: they let the buffer
+    grow beyond `cap` (up to the new size; newer rows then push the oldest out from there), so
+    that "load older" keeps going back. `replace_all` goes back to `cap`.
     """
 
     cap: int = 500
@@ -341,6 +346,13 @@ class RowBuffer:
     cursor: str | None = None
     _by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
     _full: dict[str, str] = field(default_factory=dict)
+    _limit: int = 0
+    """The current size limit: `cap`, or more once older pages were loaded."""
+
+    @property
+    def newest_id(self) -> str | None:
+        """The id of the top row, or None when the buffer is empty."""
+        return self.rows[0]["id"] if self.rows else None
 
     def replace_all(self, entries: Sequence[LogEntry], next_cursor: str | None) -> None:
         """Start over with one page of a query (newest first)."""
@@ -349,6 +361,8 @@ class RowBuffer:
         self._full = {}
         self.cursor = next_cursor
         self.append_older(entries, next_cursor)
+        self._limit = self.cap
+        self._trim()
 
     def _row(self, entry: LogEntry) -> dict[str, Any]:
         row = format_row(entry)
@@ -379,7 +393,8 @@ class RowBuffer:
             self.rows.append(self._row(entry))
             added += 1
         self.cursor = next_cursor
-        self._trim(keep_cursor=True)
+        # what the user paged back to stays: the limit grows with it
+        self._limit = max(self._limit, self.cap, len(self.rows))
         return added
 
     def expand(self, entry_id: str) -> bool:
@@ -391,20 +406,33 @@ class RowBuffer:
         row["full_message"] = full
         return True
 
-    def _trim(self, *, keep_cursor: bool = False) -> None:
-        if len(self.rows) <= self.cap:
+    def _trim(self) -> None:
+        limit = max(self._limit, self.cap)
+        if len(self.rows) <= limit:
             return
-        dropped = self.rows[self.cap :]
-        self.rows = self.rows[: self.cap]
+        dropped = self.rows[limit:]
+        self.rows = self.rows[:limit]
         for row in dropped:
             self._by_id.pop(row["id"], None)
             self._full.pop(row["id"], None)
-        if not keep_cursor or self.cursor is not None:
-            # older ones can be loaded again from the oldest kept row on
-            self.cursor = self.rows[-1]["id"]
+        # older ones can be loaded again from the oldest kept row on
+        self.cursor = self.rows[-1]["id"]
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def newer_than(entries: Iterable[LogEntry], entry_id: str | None) -> list[LogEntry]:
+    """The entries whose id comes after `entry_id` (all of them when it is None), each once."""
+    floor = _id_key(entry_id) if entry_id is not None else None
+    seen: set[str] = set()
+    out: list[LogEntry] = []
+    for entry in entries:
+        if entry.id in seen or (floor is not None and _id_key(entry.id) <= floor):
+            continue
+        seen.add(entry.id)
+        out.append(entry)
+    return out
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
