@@ -23,13 +23,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from aygolog import __version__
 
 if TYPE_CHECKING:
     from pydantic import ValidationError as PydanticValidationError
+    from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound="BaseSettings")
 
 __all__ = ["main"]
 
@@ -112,39 +115,43 @@ def _drain_workers(workers: Sequence[object], wait: float = 0.5) -> None:
         time.sleep(wait)
 
 
-def _api(args: argparse.Namespace) -> int:
-    if args.host:
-        os.environ["AYGOLOG_HOST"] = args.host
-    if args.port:
-        os.environ["AYGOLOG_PORT"] = str(args.port)
+def _settings(command: str, cls: type[S], flags: Mapping[str, object]) -> S | None:
+    """`cls` from the environment, after setting the variables of the flags given (`flags`:
+    variable -> value, None or empty when not given); a settings error is printed as one line."""
+    for name, value in flags.items():
+        if value:
+            os.environ[name] = str(value)
     from pydantic import ValidationError
 
+    try:
+        return cls()
+    except ValidationError as exc:
+        print(f"aygolog {command}: {_reasons(exc)}", file=sys.stderr)
+        return None
+
+
+def _listen_flags(args: argparse.Namespace) -> dict[str, object]:
+    return {"AYGOLOG_HOST": args.host, "AYGOLOG_PORT": args.port}
+
+
+def _api(args: argparse.Namespace) -> int:
     from aygolog.settings import LogApiSettings
 
-    try:
-        settings = LogApiSettings()
-    except ValidationError as exc:
-        print(f"aygolog api: {_reasons(exc)}", file=sys.stderr)
+    settings = _settings("api", LogApiSettings, _listen_flags(args))
+    if settings is None:
         return EXIT_USER_ERROR
     _serve("aygolog.server.app:create_log_api", settings.host, settings.port, args.server)
     return EXIT_OK
 
 
 def _lb(args: argparse.Namespace) -> int:
-    if args.host:
-        os.environ["AYGOLOG_HOST"] = args.host
-    if args.port:
-        os.environ["AYGOLOG_PORT"] = str(args.port)
-    if args.insecure_open_registration:
-        os.environ["AYGOLOG_INSECURE_OPEN_REGISTRATION"] = "true"
-    from pydantic import ValidationError
-
     from aygolog.settings import LoadBalancerSettings
 
-    try:
-        settings = LoadBalancerSettings()
-    except ValidationError as exc:
-        print(f"aygolog lb: {_reasons(exc)}", file=sys.stderr)
+    flags = _listen_flags(args)
+    if args.insecure_open_registration:
+        flags["AYGOLOG_INSECURE_OPEN_REGISTRATION"] = "true"
+    settings = _settings("lb", LoadBalancerSettings, flags)
+    if settings is None:
         return EXIT_USER_ERROR
     from aygolog.lb import serve_load_balancer
 
@@ -153,20 +160,12 @@ def _lb(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    if args.host:
-        os.environ["AYGOLOG_UI_HOST"] = args.host
-    if args.port is not None:
-        os.environ["AYGOLOG_UI_PORT"] = str(args.port)
-    if args.lb_url:
-        os.environ["AYGOLOG_LB_URL"] = args.lb_url
-    from pydantic import ValidationError
-
     from aygolog.settings import UISettings
 
-    try:
-        settings = UISettings()
-    except ValidationError as exc:
-        print(f"aygolog ui: {_reasons(exc)}", file=sys.stderr)
+    port = None if args.port is None else str(args.port)  # --port 0: any free port
+    flags = {"AYGOLOG_UI_HOST": args.host, "AYGOLOG_UI_PORT": port, "AYGOLOG_LB_URL": args.lb_url}
+    settings = _settings("ui", UISettings, flags)
+    if settings is None:
         return EXIT_USER_ERROR
     try:
         from aygolog.ui import run_ui
@@ -180,8 +179,6 @@ def _ui(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from pydantic import ValidationError
-
     from aygolog.settings import RedisSettings
     from aygolog.up import UpOptions, run_up
 
@@ -191,10 +188,8 @@ def _up(args: argparse.Namespace) -> int:
     if args.lb_port == args.ui_port and not args.no_ui:
         print("aygolog up: --lb-port and --ui-port must differ", file=sys.stderr)
         return EXIT_USER_ERROR
-    try:
-        redis = RedisSettings()
-    except ValidationError as exc:
-        print(f"aygolog up: {_reasons(exc)}", file=sys.stderr)
+    redis = _settings("up", RedisSettings, {})
+    if redis is None:
         return EXIT_USER_ERROR
     options = UpOptions(
         instances=args.instances,
