@@ -888,13 +888,21 @@ class LoadBalancerSettings(_ServerSettings):
     )
     """Failed probes in a row that make an instance unhealthy (no new requests)."""
     ejection_base: float = Field(default=5.0, gt=0, validation_alias="AYGOLOG_EJECTION_BASE")
-    """Seconds a failing instance (connect error or 5xx) is ejected the first time."""
+    """Seconds a failing instance (connect error, or gateway failures: reset, timeout, 502, 504)
+    is ejected the first time. 4xx, 500 and 503 answers never eject."""
     ejection_max: float = Field(default=300.0, gt=0, validation_alias="AYGOLOG_EJECTION_MAX")
     """The longest ejection; repeated ejections double up to it."""
     max_ejected_percent: float = Field(
         default=50.0, ge=0, le=100, validation_alias="AYGOLOG_MAX_EJECTED_PERCENT"
     )
-    """At most this percentage of the live instances ejected at once, unless all are failing."""
+    """At most this percentage of the live instances ejected at once (at least one, unless 0);
+    with none routable, requests go to every live instance (panic mode)."""
+    # -- passive health (issue 15) --
+    ejection_consecutive_failures: int = Field(
+        default=3, ge=1, validation_alias="AYGOLOG_EJECTION_CONSECUTIVE_FAILURES"
+    )
+    """Gateway failures in a row (reset, response timeout, invalid response, 502, 504) that eject
+    an instance; a connect failure ejects at once."""
     registry_poll_interval: float = Field(
         default=1.0, gt=0, validation_alias="AYGOLOG_REGISTRY_POLL_INTERVAL"
     )

@@ -222,6 +222,7 @@ def pool_options_from(settings: LoadBalancerSettings) -> PoolOptions:
         ejection_base=settings.ejection_base,
         ejection_max=settings.ejection_max,
         max_ejected_fraction=settings.max_ejected_percent / 100,
+        failures_to_eject=settings.ejection_consecutive_failures,
         healthy_threshold=settings.healthy_threshold,
         unhealthy_threshold=settings.unhealthy_threshold,
     )
@@ -444,7 +445,10 @@ async def services(state: State) -> list[InstanceView]:
 
 @get("/health", summary="Load balancer health, with instance counts")
 async def health(state: State) -> Response[bytes]:
-    """GET /health: 200 while it can route (the registry has been read), else 503."""
+    """GET /health: 200 while it can route (the registry has been read), else 503.
+
+    `panic` is true while no instance is healthy and requests go to every live one.
+    """
     lb = _state(state)
     pool = lb.pool
     counts = pool.counts()
@@ -464,6 +468,7 @@ async def health(state: State) -> Response[bytes]:
         "status": status,
         "strategy": pool.strategy.name,
         "healthy_instances": routable,
+        "panic": pool.in_panic(),
         "instances": counts,
         "registry": {
             "ok": pool.registry_error is None,
