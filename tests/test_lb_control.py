@@ -15,6 +15,7 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from litestar.testing import transport as litestar_transport
 
 from aygolog.balancing import RoundRobin, make_strategy
 from aygolog.errors import NoHealthyInstance, Unavailable
@@ -59,6 +60,21 @@ async def client_for(
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=app) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _calls_from_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Litestar's in-process test client calls from "testclient", which is no address and so
+    outside every allowed network: make it 127.0.0.1, as a local instance's calls would be."""
+    transport = litestar_transport.TestClientTransport
+    parse = transport.parse_request
+
+    def parse_request(self: Any, request: httpx.Request) -> dict[str, Any]:
+        scope = parse(self, request)
+        scope["client"] = ("127.0.0.1", 50000)
+        return scope
+
+    monkeypatch.setattr(transport, "parse_request", parse_request)
 
 
 @pytest.fixture

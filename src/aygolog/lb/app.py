@@ -5,11 +5,15 @@ Routes: the registration API (`POST /api/registration`, `PUT /api/registration/{
 `GET /metrics`. Every other `/api/*` request is proxied to an instance by the data plane
 (`aygolog.lb.proxy`), which hands this app whatever it does not proxy.
 
-Who may register: the token (`AYGOLOG_REGISTRATION_TOKEN`) on every change, and, when
-`AYGOLOG_REGISTRATION_ALLOWED_NETWORKS` is set, both the peer address of the request (register,
-heartbeat, deregister) and the host of the registered URL must be inside one of those networks
-(403 with a JSON body otherwise). The peer check stops callers elsewhere; the URL check stops a
-caller inside from pointing traffic at a host outside.
+Who may register: the token (`AYGOLOG_REGISTRATION_TOKEN`) on every change, and both the peer
+address of the request (register, heartbeat, deregister) and the host of the registered URL must
+be inside one of `AYGOLOG_REGISTRATION_ALLOWED_NETWORKS` (default: the private and loopback
+ranges) (403 with a JSON body otherwise). The peer check stops callers elsewhere; the URL check
+stops a caller inside from pointing traffic (and the health checks) at a host outside. A URL whose
+host is or resolves to a link-local (169.254.0.0/16, fe80::/10: cloud metadata services live
+there), unspecified, broadcast or multicast address, or to the EC2 metadata service's IPv6
+address, is refused whatever the setting says. The address checked is stored as the instance's
+`ip` and is where the pool connects, so the name cannot be re-pointed later (DNS rebinding).
 
 The lifespan opens Redis, builds the shared `RedisServiceRegistry`, loads and follows it in an
 `InstancePool`, starts the active `HealthChecker`, and closes them in reverse order on exit.
@@ -53,7 +57,7 @@ from aygolog.redis import DEFAULT_URL as DEFAULT_REDIS_URL
 from aygolog.redis import redis_from_settings
 from aygolog.registry import ServiceRegistry, check_registration
 from aygolog.registry.redis import RedisServiceRegistry
-from aygolog.settings import LoadBalancerSettings
+from aygolog.settings import DEFAULT_REGISTRATION_NETWORKS, LoadBalancerSettings
 from aygolog.validation import _from_msgspec
 from aygolog.web import exception_handlers, json_response, request_body
 
@@ -123,9 +127,10 @@ def create_load_balancer(
         pool_options: polling, passive ejection and health thresholds (default: from settings).
         health_options: the active health check's interval, timeout and path (default: from
             settings).
-        allowed_networks: instead of `settings.registration_allowed_networks`: if not empty,
-            only requests from these networks may register, heartbeat or deregister, and only
-            URLs whose host is (or resolves only to) addresses inside, e.g. `["10.0.0.0/8"]`.
+        allowed_networks: instead of `settings.registration_allowed_networks`: only requests
+            from these networks may register, heartbeat or deregister, and only URLs whose host
+            is (or resolves only to) addresses inside, e.g. `["10.0.0.0/8"]`; empty: the
+            default private and loopback ranges (`["0.0.0.0/0", "::/0"]` allows any address).
 
     Raises:
         ValueError: an allowed network is not a valid CIDR.
@@ -133,7 +138,10 @@ def create_load_balancer(
     settings = settings or LoadBalancerSettings()
     if allowed_networks is None:
         allowed_networks = settings.registration_allowed_networks
-    networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+    networks = [
+        ipaddress.ip_network(n, strict=False)
+        for n in (allowed_networks or DEFAULT_REGISTRATION_NETWORKS)
+    ]
     pool_options = pool_options or pool_options_from(settings)
     health_options = health_options or health_options_from(settings)
     token = settings.registration_token
@@ -279,7 +287,7 @@ async def require_token(
     peer address must be inside one of them (403 otherwise), checked first.
     """
     lb = _state(connection.app.state)
-    if lb.allowed_networks:
+    if lb.allowed_networks:  # never empty from create_load_balancer
         peer = connection.client.host if connection.client is not None else ""
         if not _inside(peer, lb.allowed_networks):
             _count(lb, connection, "forbidden")
@@ -301,13 +309,46 @@ async def require_token(
 
 def _inside(host: str, networks: Sequence[Network]) -> bool:
     """Whether `host` is an IP address inside one of `networks`."""
+    address = _address(host)
+    return address is not None and any(address in network for network in networks)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as an IP address (an IPv4-mapped IPv6 address as its IPv4 one), or None."""
     try:
         address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+        return address.ipv4_mapped
+    return address
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Never a Log API instance, whatever AYGOLOG_REGISTRATION_ALLOWED_NETWORKS says.
+_ALWAYS_REFUSED: Final[tuple[tuple[Network, str], ...]] = tuple(
+    (ipaddress.ip_network(net), why)
+    for net, why in (
+        ("169.254.0.0/16", "a link-local address (cloud metadata services live there)"),
+        ("fe80::/10", "a link-local address"),
+        ("fd00:ec2::254/128", "the EC2 instance metadata service"),
+        ("0.0.0.0/8", "an unspecified address"),
+        ("::/128", "an unspecified address"),
+        ("255.255.255.255/32", "a broadcast address"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("ff00::/8", "a multicast address"),
+    )
+)
+
+
+def refused_address(address: IPAddress) -> str | None:
+    """Why `address` may never be registered (link-local, metadata, unspecified, broadcast,
+    multicast), or None when it may be."""
+    for network, why in _ALWAYS_REFUSED:
+        if address in network:
+            return why
+    return None
 
 
 def _count(
@@ -353,31 +394,48 @@ def decode_registration(body: bytes) -> Registration:
     return registration
 
 
-async def check_network(url: str, networks: Sequence[Network]) -> None:
-    """Refuse a URL whose host is not (or does not resolve only to) an allowed address.
+async def check_network(url: str, networks: Sequence[Network]) -> str:
+    """Check where a URL points and return the address to connect to.
+
+    The URL's host (or every address its name resolves to) must be inside `networks` (when not
+    empty) and never a link-local, metadata, unspecified, broadcast or multicast address. Of the
+    addresses checked, the first IPv4 one is returned (Log API instances usually listen on
+    IPv4), else the first.
 
     Raises:
-        PermissionDeniedException: the host is outside `networks`, or cannot be resolved.
+        PermissionDeniedException: the host is refused, outside `networks`, or cannot be
+            resolved.
     """
-    if not networks:
-        return
     host = urlsplit(url).hostname or ""
-    try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:
+    literal = _address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, None, type=socket.SOCK_STREAM
             )
         except OSError as exc:
             raise PermissionDeniedException(f"url: cannot resolve {host!r}: {exc}") from None
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    outside = sorted(str(a) for a in addresses if not _inside(str(a), networks))
-    if outside or not addresses:
+        addresses = []
+        for info in infos:
+            address = _address(str(info[4][0]))
+            if address is not None and address not in addresses:
+                addresses.append(address)
+    if not addresses:
+        raise PermissionDeniedException(f"url: {host!r} resolves to no address")
+    for address in addresses:
+        why = refused_address(address)
+        if why is not None:
+            shown = host if literal is not None else f"{host!r} ({address})"
+            raise PermissionDeniedException(f"url: {shown} is {why}: never allowed")
+    outside = sorted(str(a) for a in addresses if networks and not _inside(str(a), networks))
+    if outside:
         raise PermissionDeniedException(
             f"url: {host!r} ({', '.join(outside)}) is outside the networks allowed to register"
             " (AYGOLOG_REGISTRATION_ALLOWED_NETWORKS)"
         )
+    return str(next((a for a in addresses if a.version == 4), addresses[0]))
 
 
 @post(
@@ -392,7 +450,9 @@ async def register(request: Request[Any, Any, Any], state: State) -> Response[by
     """POST /api/registration: add an instance (201), or update it and refresh its heartbeat."""
     lb = _state(state)
     registration = decode_registration(await request.body())
-    await check_network(registration.url, lb.allowed_networks)
+    # Connect to the address checked now, not to whatever the name resolves to later.
+    address = await check_network(registration.url, lb.allowed_networks)
+    registration = msgspec.structs.replace(registration, ip=address)
     known = await lb.registry.get(registration.name)
     instance = await lb.registry.register(registration)
     new = known is None

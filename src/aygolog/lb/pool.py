@@ -42,6 +42,12 @@ status and given no new request until it passes `healthy_threshold` in a row.
 
 A deregistered instance leaves the candidates at once; it is listed as `draining` until its
 in-flight requests have finished, then forgotten.
+
+Where the pool connects: the registration's `ip` when it is an IP address (the load balancer sets
+it to the address it checked against the allowed networks when the instance registered, see
+`aygolog.lb.app.check_network`), else the URL's host. So a name that resolves elsewhere later
+(DNS rebinding) cannot move the traffic or the health checks; the name stays in the listing and
+in the `Host` header of health probes.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import ipaddress
 import logging
 import math
 import random
@@ -84,7 +91,11 @@ _WATCH_BACKOFF_MAX: Final = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """One instance's name and address, as handed to the proxy (its `Target`)."""
+    """One instance's name and address, as handed to the proxy (its `Target`).
+
+    `host` is the address to connect to: the IP address checked at registration when there is
+    one, else the URL's host name.
+    """
 
     name: str
     host: str
@@ -203,7 +214,7 @@ class _Member:
 
     def update(self, instance: ServiceInstance) -> None:
         """Take a fresher record of the instance (address, weight, heartbeat, status)."""
-        if instance.url != self.instance.url:
+        if instance.url != self.instance.url or instance.ip != self.instance.ip:
             self.target = _target(instance)
             self.probe_ok, self.probe_passes, self.probe_fails = True, 0, 0
         self.instance = instance
@@ -232,7 +243,18 @@ class _Member:
 def _target(instance: ServiceInstance) -> Upstream:
     parts = urlsplit(instance.url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Upstream(name=instance.name, host=parts.hostname or "", port=port)
+    return Upstream(name=instance.name, host=connect_host(instance), port=port)
+
+
+def connect_host(instance: ServiceInstance) -> str:
+    """The address to connect to for an instance: its `ip` if that is an IP address (the one
+    checked at registration), else the host of its URL."""
+    if instance.ip:
+        try:
+            return str(ipaddress.ip_address(instance.ip))
+        except ValueError:
+            pass
+    return urlsplit(instance.url).hostname or ""
 
 
 class InstancePool:
@@ -294,17 +316,6 @@ class InstancePool:
         self._unavailable = metrics.counter(
             "aygolog_lb_no_healthy_instance_total", "Requests refused: no routable instance"
         )
-        metrics.gauge(
-            "aygolog_lb_healthy_instances",
-            "Instances that can receive requests now",
-            read=lambda: {(): float(len(self.routable()))},
-        )
-        metrics.gauge(
-            "aygolog_lb_instances",
-            "Instances known to this load balancer by status",
-            ("status",),
-            read=self._status_counts,
-        )
         self._overflow = metrics.counter(
             "aygolog_lb_ejections_overflow_total",
             "Ejections skipped because the max-ejected share was reached, by instance",
@@ -318,6 +329,17 @@ class InstancePool:
             "aygolog_lb_panic",
             "1 while no instance is routable and requests go to every live instance",
             read=lambda: {(): 1.0 if self._panic_now() else 0.0},
+        )
+        metrics.gauge(
+            "aygolog_lb_healthy_instances",
+            "Instances that can receive requests now",
+            read=lambda: {(): float(len(self.routable()))},
+        )
+        metrics.gauge(
+            "aygolog_lb_instances",
+            "Instances known to this load balancer by status",
+            ("status",),
+            read=self._status_counts,
         )
         metrics.gauge(
             "aygolog_lb_in_flight",
@@ -443,6 +465,8 @@ class InstancePool:
         member = self._members.get(name)
         if member is None or member.instance.url != url:
             return  # gone, or re-registered elsewhere while the probe ran
+        if target is not None and target != member.target:
+            return  # re-registered at another address while the probe ran
         opts = self.options
         if ok:
             member.probe_passes += 1
@@ -701,10 +725,10 @@ class InstancePool:
             )
         return views
 
-    def probe_targets(self) -> list[tuple[str, str]]:
-        """(name, url) of every instance the health checker should probe."""
+    def probe_targets(self) -> list[tuple[str, str, Upstream]]:
+        """(name, url, where to connect) of every instance the health checker should probe."""
         return [
-            (m.name, m.instance.url)
+            (m.name, m.instance.url, m.target)
             for m in self._members.values()
             if m.alive and not m.deregistered
         ]
