@@ -11,7 +11,7 @@ from typing import Any
 from litestar import Litestar
 
 from aygolog.lb import HealthCheckOptions, create_load_balancer, run_load_balancer
-from aygolog.registry import InMemoryServiceRegistry
+from aygolog.registry import InMemoryServiceRegistry, ServiceRegistry
 from aygolog.settings import LoadBalancerSettings
 
 TOKEN = "lb-support-token"
@@ -76,14 +76,16 @@ class TinyInstance:
 
 
 @asynccontextmanager
-async def serving(**values: Any) -> AsyncIterator[tuple[str, Litestar]]:
-    """The whole load balancer on a free loopback port, with an in-memory registry, health
-    probes every 50 ms and `values` as its settings."""
+async def serving(
+    registry: ServiceRegistry | None = None, **values: Any
+) -> AsyncIterator[tuple[str, Litestar]]:
+    """The whole load balancer on a free loopback port, with `registry` (default: a new
+    in-memory one), health probes every 50 ms and `values` as its settings."""
     values = {"registration_token": TOKEN, "strategy": "round_robin", **values}
     lb_settings = LoadBalancerSettings(host="127.0.0.1", port=0, **values)
     app = create_load_balancer(
         lb_settings,
-        registry=InMemoryServiceRegistry(),
+        registry=registry or InMemoryServiceRegistry(),
         health_options=HealthCheckOptions(interval=0.05, timeout=0.5),
     )
     stop = asyncio.Event()

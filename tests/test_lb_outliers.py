@@ -7,7 +7,9 @@ through the whole load balancer over real sockets, with tiny in-process upstream
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from aygolog.balancing import make_strategy
+from aygolog.errors import Unavailable
 from aygolog.lb import InstancePool, PoolOptions
 from aygolog.lb.pool import Verdict, classify
 from aygolog.lb.upstream import UpstreamFailure
@@ -266,3 +269,81 @@ async def test_every_instance_failing_its_health_check_still_serves_in_panic() -
 async def _healthy_count(c: httpx.AsyncClient, n: int) -> bool:
     listed = (await c.get("/api/registration/services")).json()
     return bool(sum(s["status"] == "healthy" for s in listed) == n)
+
+
+# -- a full (or down) Redis does not expire instances that keep heartbeating ----------------
+
+
+class FullRegistry(InMemoryServiceRegistry):
+    """A registry whose writes fail while `full`, as Redis's do when out of memory: heartbeats
+    and sweeps (reads still work)."""
+
+    full = False
+
+    async def heartbeat(self, name: str) -> ServiceInstance:
+        if self.full:
+            raise Unavailable("Redis: the store is full", retry_after=1.0)
+        return await super().heartbeat(name)
+
+    async def sweep(self) -> list[str]:
+        if self.full:
+            raise Unavailable("Redis: the store is full", retry_after=1.0)
+        return await super().sweep()
+
+
+def test_a_heartbeat_heard_keeps_an_instance_the_registry_calls_expired() -> None:
+    clock = Clock()
+    pool = make_pool(2, clock=clock, heartbeat_ttl=6.0)
+    pool.heard("i0")
+    clock.now += 5
+    pool.replace([instance("i0", 5000, expired=True), instance("i1", 5001, expired=True)])
+    assert pool.routable() == ["i0"]
+    clock.now += 1.5  # 6.5 s since i0 was heard
+    pool.replace([instance("i0", 5000, expired=True), instance("i1", 5001, expired=True)])
+    assert pool.routable() == []
+    pool.heard("i1")  # heartbeating to this load balancer again: alive at once
+    assert pool.routable() == ["i1"]
+
+
+async def test_instances_heartbeating_through_a_full_redis_stay_when_it_comes_back() -> None:
+    # While Redis is full no heartbeat is stored; when it has room again the first sweep finds
+    # every heartbeat older than the TTL. Without the load balancer's own record of the
+    # heartbeats it received, every instance expired at once then, and every request got 503
+    # until each instance's next heartbeat.
+    offset = [0.0]
+    registry = FullRegistry(ttl=timedelta(seconds=6), clock=lambda: time.time() + offset[0])
+    inst = await TinyInstance("api-1").start()
+    try:
+        async with (
+            serving(registry=registry, registry_poll_interval=0.02, heartbeat_ttl=2) as (url, _),
+            httpx.AsyncClient(base_url=url, timeout=5) as c,
+        ):
+            body = {"name": "api-1", "url": f"http://127.0.0.1:{inst.port}"}
+            assert (await c.post("/api/registration", json=body, headers=AUTH)).is_success
+            registry.full = True
+            for _ in range(5):  # 10 s of heartbeats that cannot be stored
+                offset[0] += 2
+                beat = await c.put("/api/registration/api-1/heartbeat", headers=AUTH)
+                assert beat.status_code == 503
+                assert (await c.get("/api/log")).status_code == 200
+            registry.full = False  # the next polls sweep: the stored heartbeat is 10 s old
+            await wait_for(lambda: _swept(registry))
+            for _ in range(10):
+                answer = await c.get("/api/log")
+                assert answer.status_code == 200, answer.text
+                (listed,) = (await c.get("/api/registration/services")).json()
+                assert listed["status"] == "healthy"
+                await asyncio.sleep(0.02)
+            offset[0] += 7  # and when the heartbeats stop for good, it does expire
+            await wait_for(lambda: _status(c, "expired"), within=8)
+    finally:
+        await inst.close()
+
+
+async def _swept(registry: FullRegistry) -> bool:
+    return [i.status for i in await registry.instances()] == [InstanceStatus.EXPIRED]
+
+
+async def _status(c: httpx.AsyncClient, status: str) -> bool:
+    (listed,) = (await c.get("/api/registration/services")).json()
+    return bool(listed["status"] == status)

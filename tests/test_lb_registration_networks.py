@@ -108,8 +108,11 @@ async def test_metadata_and_link_local_are_refused_even_when_any_network_is_allo
 ) -> None:
     dns.names["metadata.test"] = "169.254.169.254"
     dns.names["public.test"] = "203.0.113.7"
-    allow_any = {"registration_allowed_networks": "0.0.0.0/0, ::/0"}
-    async with serving(**allow_any) as (url, _app), httpx.AsyncClient(base_url=url) as c:
+    allow_any = "0.0.0.0/0, ::/0"
+    async with (
+        serving(registration_allowed_networks=allow_any) as (url, _app),
+        httpx.AsyncClient(base_url=url) as c,
+    ):
         for k, (host, reason) in enumerate(NEVER):
             response = await register(c, f"never-{k}", f"http://{host}:8080")
             assert response.status_code == 403, (host, response.text)

@@ -233,6 +233,7 @@ def pool_options_from(settings: LoadBalancerSettings) -> PoolOptions:
         failures_to_eject=settings.ejection_consecutive_failures,
         healthy_threshold=settings.healthy_threshold,
         unhealthy_threshold=settings.unhealthy_threshold,
+        heartbeat_ttl=settings.heartbeat_ttl,
     )
 
 
@@ -472,6 +473,8 @@ async def heartbeat(
 ) -> ServiceInstance:
     """PUT /api/registration/{name}/heartbeat: 200, or 404 when unknown (register again)."""
     lb = _state(state)
+    # Alive even if the registry cannot record it (Redis full or down): see `InstancePool.heard`.
+    lb.pool.heard(name)
     instance = await lb.registry.heartbeat(name)
     lb.pool.observe(instance)
     _count(lb, request, "ok")

@@ -40,6 +40,10 @@ begins and once when it ends, and shown as `aygolog_lb_panic` (1/0) and
 An instance failing `unhealthy_threshold` active probes in a row is `unhealthy`: listed with that
 status and given no new request until it passes `healthy_threshold` in a row.
 
+An instance whose heartbeats reach this load balancer stays alive even when the registry cannot
+record them (Redis full, down or overloaded: `heard`), so that when Redis comes back the first
+sweep does not find every heartbeat too old and expire every instance at once.
+
 A deregistered instance leaves the candidates at once; it is listed as `draining` until its
 in-flight requests have finished, then forgotten.
 
@@ -161,6 +165,8 @@ class PoolOptions:
         healthy_threshold: consecutive passed health probes that make an unhealthy instance
             healthy again.
         unhealthy_threshold: consecutive failed health probes that make an instance unhealthy.
+        heartbeat_ttl: an instance heard from (a heartbeat to this load balancer) within this
+            many seconds is alive whatever the registry's record says.
     """
 
     poll_interval: float = 1.0
@@ -172,6 +178,7 @@ class PoolOptions:
     failure_window: float = 60.0
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
+    heartbeat_ttl: float = 6.0
 
 
 class _Member:
@@ -186,6 +193,7 @@ class _Member:
         "ejections",
         "failure_streak",
         "failures",
+        "heard_at",
         "instance",
         "name",
         "probe_fails",
@@ -211,6 +219,7 @@ class _Member:
         self.ejections = 0
         self.failure_streak = 0
         self.failures: collections.deque[float] = collections.deque(maxlen=1000)
+        self.heard_at = -math.inf  # monotonic: its last heartbeat to this load balancer
 
     def update(self, instance: ServiceInstance) -> None:
         """Take a fresher record of the instance (address, weight, heartbeat, status)."""
@@ -510,6 +519,7 @@ class InstancePool:
         else:
             was_alive = member.alive and not member.deregistered
             member.update(instance)
+            self._keep_if_heard(member)
             if came_back:
                 member.came_back()
                 if not was_alive:
@@ -533,17 +543,37 @@ class InstancePool:
             if member is None:
                 self._members[instance.name] = _Member(instance)
             else:
-                alive = instance.status is InstanceStatus.HEALTHY
+                alive = instance.status is InstanceStatus.HEALTHY or self._heard_lately(member)
                 if member.alive and not alive:
                     log.warning("instance %s expired (no heartbeat)", instance.name)
                 back = alive and not member.alive
                 member.update(instance)
+                member.alive = alive
                 if back:
                     member.came_back()
         for name in list(self._members):
             if name not in seen and name not in keep:
                 self._remove(name)
         self._rebuild(self._clock())
+
+    def heard(self, name: str) -> None:
+        """The named instance sent this load balancer a heartbeat (whether or not the registry
+        could record it): it is alive for `heartbeat_ttl` seconds whatever the registry says."""
+        member = self._members.get(name)
+        if member is None:
+            return
+        member.heard_at = self._clock()
+        if not member.alive:
+            member.alive = True
+            log.info("instance %s is heartbeating again", name)
+            self._rebuild(member.heard_at)
+
+    def _heard_lately(self, member: _Member) -> bool:
+        return self._clock() - member.heard_at < self.options.heartbeat_ttl
+
+    def _keep_if_heard(self, member: _Member) -> None:
+        if not member.alive and self._heard_lately(member):
+            member.alive = True
 
     def remove(self, name: str) -> None:
         """The instance left: no new requests from now on; forgotten once its requests end."""
