@@ -19,7 +19,7 @@ import pytest
 from aygolog.balancing import make_strategy
 from aygolog.errors import Unavailable
 from aygolog.lb import InstancePool, PoolOptions
-from aygolog.lb.pool import Verdict, classify
+from aygolog.lb.outliers import Verdict, classify
 from aygolog.lb.upstream import UpstreamFailure
 from aygolog.models import InstanceStatus, ServiceInstance
 from aygolog.registry import InMemoryServiceRegistry
@@ -77,6 +77,7 @@ def metric(pool: InstancePool, line_start: str) -> float:
         (None, UpstreamFailure.CONNECT_REFUSED, Verdict.CONNECT_FAILURE),
         (None, UpstreamFailure.CONNECT_TIMEOUT, Verdict.CONNECT_FAILURE),
         (None, UpstreamFailure.CONNECT_FAILED, Verdict.CONNECT_FAILURE),
+        (None, "connect refused", Verdict.CONNECT_FAILURE),  # as a plain str
         (None, UpstreamFailure.RESET, Verdict.GATEWAY_FAILURE),
         (None, UpstreamFailure.TIMEOUT, Verdict.GATEWAY_FAILURE),
         (None, UpstreamFailure.INVALID_RESPONSE, Verdict.GATEWAY_FAILURE),

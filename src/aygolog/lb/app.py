@@ -26,12 +26,10 @@ import contextlib
 import hmac
 import ipaddress
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -49,6 +47,7 @@ from aygolog import __version__
 from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
+from aygolog.lb.networks import Network, check_network, inside
 from aygolog.lb.pool import InstancePool, InstanceView, PoolOptions
 from aygolog.lb.proxy import ProxyConfig
 from aygolog.metrics import Counter, Metrics
@@ -78,7 +77,6 @@ __all__ = [
 log = logging.getLogger("aygolog.lb")
 _DECODE_REGISTRATION: Final = msgspec.json.Decoder(Registration)
 _MAX_REGISTRATION_BYTES: Final = 64 * 1024
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(kw_only=True)
@@ -290,7 +288,7 @@ async def require_token(
     lb = _state(connection.app.state)
     if lb.allowed_networks:  # never empty from create_load_balancer
         peer = connection.client.host if connection.client is not None else ""
-        if not _inside(peer, lb.allowed_networks):
+        if not inside(peer, lb.allowed_networks):
             _count(lb, connection, "forbidden")
             raise PermissionDeniedException(
                 f"{peer or 'an unknown address'} is outside the networks allowed to register"
@@ -306,50 +304,6 @@ async def require_token(
     if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), lb.token):
         _count(lb, connection, "unauthorized")
         raise AuthError("wrong registration token")
-
-
-def _inside(host: str, networks: Sequence[Network]) -> bool:
-    """Whether `host` is an IP address inside one of `networks`."""
-    address = _address(host)
-    return address is not None and any(address in network for network in networks)
-
-
-def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """`host` as an IP address (an IPv4-mapped IPv6 address as its IPv4 one), or None."""
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Never a Log API instance, whatever AYGOLOG_REGISTRATION_ALLOWED_NETWORKS says.
-_ALWAYS_REFUSED: Final[tuple[tuple[Network, str], ...]] = tuple(
-    (ipaddress.ip_network(net), why)
-    for net, why in (
-        ("169.254.0.0/16", "a link-local address (cloud metadata services live there)"),
-        ("fe80::/10", "a link-local address"),
-        ("fd00:ec2::254/128", "the EC2 instance metadata service"),
-        ("0.0.0.0/8", "an unspecified address"),
-        ("::/128", "an unspecified address"),
-        ("255.255.255.255/32", "a broadcast address"),
-        ("224.0.0.0/4", "a multicast address"),
-        ("ff00::/8", "a multicast address"),
-    )
-)
-
-
-def refused_address(address: IPAddress) -> str | None:
-    """Why `address` may never be registered (link-local, metadata, unspecified, broadcast,
-    multicast), or None when it may be."""
-    for network, why in _ALWAYS_REFUSED:
-        if address in network:
-            return why
-    return None
 
 
 def _count(
@@ -393,50 +347,6 @@ def decode_registration(body: bytes) -> Registration:
         raise MalformedInput([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
     check_registration(registration)
     return registration
-
-
-async def check_network(url: str, networks: Sequence[Network]) -> str:
-    """Check where a URL points and return the address to connect to.
-
-    The URL's host (or every address its name resolves to) must be inside `networks` (when not
-    empty) and never a link-local, metadata, unspecified, broadcast or multicast address. Of the
-    addresses checked, the first IPv4 one is returned (Log API instances usually listen on
-    IPv4), else the first.
-
-    Raises:
-        PermissionDeniedException: the host is refused, outside `networks`, or cannot be
-            resolved.
-    """
-    host = urlsplit(url).hostname or ""
-    literal = _address(host)
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, None, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise PermissionDeniedException(f"url: cannot resolve {host!r}: {exc}") from None
-        addresses = []
-        for info in infos:
-            address = _address(str(info[4][0]))
-            if address is not None and address not in addresses:
-                addresses.append(address)
-    if not addresses:
-        raise PermissionDeniedException(f"url: {host!r} resolves to no address")
-    for address in addresses:
-        why = refused_address(address)
-        if why is not None:
-            shown = host if literal is not None else f"{host!r} ({address})"
-            raise PermissionDeniedException(f"url: {shown} is {why}: never allowed")
-    outside = sorted(str(a) for a in addresses if networks and not _inside(str(a), networks))
-    if outside:
-        raise PermissionDeniedException(
-            f"url: {host!r} ({', '.join(outside)}) is outside the networks allowed to register"
-            " (AYGOLOG_REGISTRATION_ALLOWED_NETWORKS)"
-        )
-    return str(next((a for a in addresses if a.version == 4), addresses[0]))
 
 
 @post(

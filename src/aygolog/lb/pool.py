@@ -12,7 +12,7 @@ weight is above 0. The balancing strategy chooses among the routable instances; 
 `finished` keep its outstanding/served counts.
 
 Passive outlier ejection, after Envoy's `consecutive_gateway_failure`: only answers that say the
-instance itself is broken count against it (`classify`):
+instance itself is broken count against it (`aygolog.lb.outliers.classify`):
 
 - a connection that could not be made (refused, timed out, unreachable) ejects it at once;
 - a reset or cut connection, no response within the response timeout, an invalid response, or a
@@ -49,7 +49,7 @@ in-flight requests have finished, then forgotten.
 
 Where the pool connects: the registration's `ip` when it is an IP address (the load balancer sets
 it to the address it checked against the allowed networks when the instance registered, see
-`aygolog.lb.app.check_network`), else the URL's host. So a name that resolves elsewhere later
+`aygolog.lb.networks.check_network`), else the URL's host. So a name that resolves elsewhere later
 (DNS rebinding) cannot move the traffic or the health checks; the name stays in the listing and
 in the `Host` header of health probes.
 """
@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import ipaddress
 import logging
 import math
@@ -73,7 +72,7 @@ from urllib.parse import urlsplit
 
 from aygolog.balancing import BalancerStrategy
 from aygolog.errors import NoHealthyInstance, Unavailable
-from aygolog.lb.upstream import UpstreamFailure
+from aygolog.lb.outliers import Verdict, classify
 from aygolog.metrics import Metrics
 from aygolog.models import (
     EventKind,
@@ -84,7 +83,7 @@ from aygolog.models import (
 )
 from aygolog.registry import ServiceRegistry
 
-__all__ = ["InstancePool", "InstanceView", "PoolOptions", "Upstream", "Verdict", "classify"]
+__all__ = ["InstancePool", "InstanceView", "PoolOptions", "Upstream"]
 
 log = logging.getLogger("aygolog.lb.pool")
 
@@ -104,46 +103,6 @@ class Upstream:
     name: str
     host: str
     port: int
-
-
-class Verdict(enum.Enum):
-    """What one finished request says about the instance that served it."""
-
-    CONNECT_FAILURE = "connect failure"
-    """No connection could be made: the instance is down or unreachable. Ejects at once."""
-    GATEWAY_FAILURE = "gateway failure"
-    """Reset, timed out, an invalid answer, or 502/504: the instance (or what is in front of it)
-    is broken. Ejects after `failures_to_eject` in a row."""
-    ANSWERED = "answered"
-    """An answer the instance gave on purpose (2xx-4xx, 500, 503...): clears the streak."""
-    UNKNOWN = "unknown"
-    """No answer and no failure (the client went away first, 499): says nothing."""
-
-
-_CONNECT_ERRORS: Final = frozenset(
-    str(f) for f in (UpstreamFailure.CONNECT_REFUSED, UpstreamFailure.CONNECT_TIMEOUT,
-                     UpstreamFailure.CONNECT_FAILED)
-)  # fmt: skip
-_GATEWAY_STATUSES: Final = frozenset({502, 504})
-_CLIENT_CLOSED: Final = 499
-
-
-def classify(status: int | None, error: object | None) -> Verdict:
-    """Whether a finished request blames the instance (see the module docstring).
-
-    Args:
-        status: the instance's HTTP status; None/0 when none came; 499 when the client left.
-        error: the `UpstreamFailure` (a str) that ended the attempt, or None.
-    """
-    if error is not None:
-        if isinstance(error, str) and error in _CONNECT_ERRORS:
-            return Verdict.CONNECT_FAILURE
-        return Verdict.GATEWAY_FAILURE
-    if status in _GATEWAY_STATUSES:
-        return Verdict.GATEWAY_FAILURE
-    if not status or status == _CLIENT_CLOSED:
-        return Verdict.UNKNOWN
-    return Verdict.ANSWERED
 
 
 @dataclass(frozen=True, slots=True)
