@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from aygolog.balancing import make_strategy
-from aygolog.errors import Unavailable
+from aygolog.errors import NoHealthyInstance, Unavailable
 from aygolog.lb import InstancePool, PoolOptions
 from aygolog.lb.outliers import Verdict, classify
 from aygolog.lb.upstream import UpstreamFailure
@@ -218,6 +218,20 @@ def test_panic_includes_ejected_instances_and_ends_when_an_ejection_does() -> No
     clock.now += 5.1
     assert not pool.in_panic()
     assert pool.routable() == ["i0"]
+
+
+def test_panic_ends_when_the_last_live_instance_expires(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = make_pool(1)
+    finish(pool, "i0", None, UpstreamFailure.CONNECT_REFUSED)
+    assert pool.in_panic()
+    with caplog.at_level(logging.INFO, logger="aygolog.lb.pool"):
+        pool.replace([instance("i0", 5000, expired=True)])
+    assert not pool.in_panic()
+    assert "panic over: no live instance left" in caplog.text
+    with pytest.raises(NoHealthyInstance):
+        pool.pick()
 
 
 def test_no_live_instance_is_not_panic() -> None:

@@ -577,8 +577,10 @@ class InstancePool:
                     counts[InstanceStatus.UNHEALTHY.value],
                     len(candidates),
                 )
+            elif candidates:
+                log.warning("panic over: %d instance(s) routable again", len(candidates))
             else:
-                log.warning("panic over: %d instance(s) routable again", len(self._routable(now)))
+                log.warning("panic over: no live instance left")
 
     def _panic_now(self) -> bool:
         now = self._clock()
