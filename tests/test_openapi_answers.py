@@ -251,8 +251,8 @@ BROKEN: dict[str, Any] = {
     "content": b'{"message": ',
     "headers": {"content-type": "application/json"},
 }
-# A truncated array: a truncated object to /api/logs is a 500 today (decode_logs lets
-# msgspec.DecodeError out of its slow path), which the 400 case would catch as undeclared.
+# A truncated array for /api/logs: there a truncated object was a 500 on main (decode_logs let
+# msgspec.DecodeError out of its slow path; wave2-api answers it with a 4xx).
 BROKEN_ARRAY: dict[str, Any] = {
     "content": b'[{"message": ',
     "headers": {"content-type": "application/json"},
