@@ -20,7 +20,6 @@ from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
     Direction,
-    ErrorBody,
     FieldError,
     Limits,
     LogEntry,
@@ -31,6 +30,7 @@ from aygolog.models import (
     SeedLog,
 )
 from aygolog.querystring import parse_query_params
+from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
@@ -40,20 +40,6 @@ from aygolog.web import JSON, error_response, json_response, request_body
 __all__ = ["ROUTES", "ApiState"]
 
 _NDJSON: Final = ("application/x-ndjson", "application/jsonl", "application/json-seq")
-_ERRORS: Final = {
-    400: "Malformed body (broken JSON)",
-    409: "The Idempotency-Key was used for a different batch",
-    413: "Body too large, or too many entries",
-    415: "Unsupported content type",
-    422: "Invalid input: each bad field, and the item index in a batch",
-    503: "Redis is unavailable; retry after Retry-After seconds",
-}
-
-
-def _error_responses(*codes: int) -> dict[int, ResponseSpec]:
-    return {
-        code: ResponseSpec(data_container=ErrorBody, description=_ERRORS[code]) for code in codes
-    }
 
 
 @dataclass(kw_only=True)
@@ -137,11 +123,20 @@ def _is_json(kind: str) -> bool:
     summary="Store one log entry",
     description='Body: a NewLog object. The seed\'s `{"name": ...}` is taken as the message. '
     "An Idempotency-Key header makes a retry store once (answered 200 with the first entry).",
-    responses=_error_responses(400, 409, 413, 415, 422, 503),
-    operation_class=request_body(
-        {JSON: NewLog},
-        'One log entry. The seed\'s body {"name": "..."} is accepted: name is taken as '
-        "the message.",
+    responses=answers(
+        {
+            201: (LogEntry, "Stored: the entry as stored, with its id and `instance`"),
+            200: (LogEntry, "A replay: this Idempotency-Key stored this entry before; nothing new"),
+        },
+        *(400, 409, 413, 415, 422, 503),
+        auth=True,
+    ),
+    operation_class=documented(
+        request_body(
+            {JSON: NewLog},
+            'One log entry. The seed\'s body {"name": "..."} is accepted: name is taken as '
+            "the message.",
+        )
     ),
 )
 async def create_log(
@@ -176,11 +171,20 @@ async def create_log(
     summary="Store a batch, all or nothing",
     description="Body: a JSON array of NewLog objects, or NDJSON (application/x-ndjson). "
     "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true).",
-    responses=_error_responses(400, 409, 413, 415, 422, 503),
-    operation_class=request_body(
-        {JSON: list[NewLog], "application/x-ndjson": NewLog},
-        "Up to 10,000 entries (configurable) and 10 MiB: a JSON array, or NDJSON with one "
-        "entry a line.",
+    responses=answers(
+        {
+            201: (BatchResult, "Stored, all of them: their ids in order, and `instance`"),
+            200: (BatchResult, "A replay (`replayed: true`): this Idempotency-Key stored it"),
+        },
+        *(400, 409, 413, 415, 422, 503),
+        auth=True,
+    ),
+    operation_class=documented(
+        request_body(
+            {JSON: list[NewLog], "application/x-ndjson": NewLog},
+            "Up to 10,000 entries (configurable) and 10 MiB: a JSON array, or NDJSON with one "
+            "entry a line.",
+        )
     ),
 )
 async def create_logs(
@@ -244,7 +248,8 @@ def _query_params(
 @get(
     "/api/log",
     summary="The seed's list: the newest entries, each with `name` and `timestamp`",
-    responses=_error_responses(503),
+    responses=answers({200: (list[SeedLog], "The newest entries first")}, 400, 503, auth=True),
+    operation_class=documented(),
 )
 async def list_logs_seed(
     state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
@@ -257,7 +262,10 @@ async def list_logs_seed(
 @get(
     "/api/logs",
     summary="Search stored entries, one page at a time",
-    responses=_error_responses(422, 503),
+    responses=answers(
+        {200: (LogPage, "One page; `next_cursor` is null on the last")}, 400, 422, 503, auth=True
+    ),
+    operation_class=documented(),
 )
 async def query_logs(
     state: State,
@@ -282,7 +290,8 @@ async def query_logs(
 @get(
     "/api/logs/stats",
     summary="Totals per level, service and instance; ingest rate",
-    responses=_error_responses(503),
+    responses=answers({200: (LogStats, "The totals")}, 503, auth=True),
+    operation_class=documented(),
 )
 async def log_stats(state: State) -> LogStats:
     """GET /api/logs/stats."""
@@ -292,7 +301,11 @@ async def log_stats(state: State) -> LogStats:
 @get(
     "/api/logs/stream",
     summary="Live tail as Server-Sent Events",
-    responses=_error_responses(422),
+    responses={
+        **event_stream("`data:` one LogEntry as JSON, `id:` its stream id; `event: dropped`"),
+        **answers({}, 422, auth=True),
+    },
+    operation_class=documented(never=(400,)),  # its parameters are all strings
 )
 async def stream_logs(
     state: State,
@@ -365,7 +378,11 @@ async def _events(
         subscription.close()
 
 
-@get("/health", summary="Liveness")
+@get(
+    "/health",
+    summary="Liveness",
+    responses=answers({200: (Health, "The process serves requests")}),
+)
 async def health(state: State) -> dict[str, Any]:
     """GET /health: 200 while the process serves requests."""
     api = _api(state)
@@ -376,7 +393,19 @@ async def health(state: State) -> dict[str, Any]:
     }
 
 
-@get("/health/ready", summary="Readiness: Redis answers, the live tail follows it")
+@get(
+    "/health/ready",
+    summary="Readiness: Redis answers, the live tail follows it",
+    responses={
+        **answers({200: (Readiness, "Ready: Redis answers")}),
+        503: ResponseSpec(
+            data_container=Readiness,
+            description="Not ready: Redis does not answer (`redis.error` says why)",
+            generate_examples=False,
+        ),
+    },
+    operation_class=documented(),
+)
 async def ready(state: State) -> Response[bytes]:
     """GET /health/ready: 200 when Redis answers, else 503 with the reason."""
     api = _api(state)
