@@ -227,6 +227,66 @@ async def test_bad_query_is_refused(store: LogStore, query: LogQuery, field: str
     assert info.value.errors[0].field == field
 
 
+@pytest.mark.parametrize(
+    ("cursor", "field_or_none"),
+    [
+        ("99999999999999999999-0", "cursor"),  # 20 digits, over 2**64 - 1
+        ("1-18446744073709551616", "cursor"),
+        ("\u0661-0", "cursor"),  # Arabic-Indic digit one: int() reads it, Redis does not
+        ("\u00b2", "cursor"),  # superscript two: str.isdigit() is true
+        ("1-2-3", "cursor"),
+        ("-1", "cursor"),
+        (" 1-0", "cursor"),
+        ("1-0\n", "cursor"),
+    ],
+)
+async def test_a_cursor_redis_would_refuse_is_a_validation_error(
+    store: LogStore, cursor: str, field_or_none: str
+) -> None:
+    await store.append(log("x"))
+    with pytest.raises(ValidationError) as info:
+        await store.query(LogQuery(cursor=cursor))
+    assert info.value.errors[0].field == field_or_none
+
+
+@pytest.mark.parametrize(
+    ("cursor", "direction"),
+    [
+        ("0-0", Direction.BACKWARD),  # nothing is before the first id: was a Redis error (503)
+        ("0", Direction.BACKWARD),
+        ("18446744073709551615-18446744073709551615", Direction.FORWARD),
+    ],
+)
+async def test_a_cursor_at_either_end_of_the_id_space_is_an_empty_page(
+    store: LogStore, cursor: str, direction: Direction
+) -> None:
+    await store.append(log("x"))
+    page = await store.query(LogQuery(cursor=cursor, direction=direction))
+    assert page.items == []
+    assert page.next_cursor is None
+
+
+async def test_the_other_way_from_either_end_is_everything(store: LogStore) -> None:
+    ids = (await store.append_many([log(f"e{i}") for i in range(3)])).ids
+    forward = await store.query(LogQuery(cursor="0-0", direction=Direction.FORWARD))
+    assert [e.id for e in forward.items] == ids
+    top = "18446744073709551615-18446744073709551615"
+    backward = await store.query(LogQuery(cursor=top))
+    assert [e.id for e in backward.items] == ids[::-1]
+
+
+async def test_times_before_1970(store: LogStore) -> None:
+    ids = (await store.append_many([log("a"), log("b")])).ids
+    old = datetime(1900, 1, 1, tzinfo=UTC)
+    assert [e.id for e in (await store.query(LogQuery(since=old))).items] == ids[::-1]
+    assert (await store.query(LogQuery(until=old))).items == []
+
+
+async def test_tail_refuses_a_bad_position(store: LogStore) -> None:
+    with pytest.raises(ValidationError):
+        await anext(aiter(store.tail("99999999999999999999-0")))
+
+
 async def test_pages_while_writing_are_disjoint_and_skip_nothing(store: LogStore) -> None:
     existing = (await store.append_many([log(f"old{i}") for i in range(1500)])).ids
     existing_set = set(existing)

@@ -332,6 +332,10 @@ async def _events(
     try:
         yield ServerSentEventMessage(data=None, comment="connected", retry=2000)
         last = parse_stream_id(resume) if resume else None
+        if last is not None and api.hub.last_id != "$":
+            # An id past the newest entry (a wiped store, a made-up id) must not hide the new
+            # entries: everything the reader delivers from now on is after its position.
+            last = min(last, parse_stream_id(api.hub.last_id))
         if resume:
             # Catch up from the store, then switch to the live queue, skipping what was sent.
             cursor: str | None = resume

@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 
 import msgspec
 
@@ -30,6 +29,7 @@ from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
     check_query,
+    id_bounds,
     matches,
     parse_stream_id,
     stored_entry,
@@ -104,16 +104,10 @@ class InMemoryLogStore:
     async def query(self, query: LogQuery) -> LogPage:
         """Entries matching `query` (see `LogQuery`)."""
         check_query(query)
-        low: _Key = (_ms(query.since), 0) if query.since else (0, 0)
-        high: _Key = (_ms(query.until), 2**64 - 1) if query.until else (2**64, 0)
-        if query.cursor is not None:
-            cursor = parse_stream_id(query.cursor)
-            if query.direction is Direction.BACKWARD:
-                high = min(
-                    high, (cursor[0], cursor[1] - 1) if cursor[1] else (cursor[0] - 1, 2**64)
-                )
-            else:
-                low = max(low, (cursor[0], cursor[1] + 1))
+        bounds = id_bounds(query)
+        if bounds is None:
+            return LogPage(items=[])
+        low, high = bounds
         first = bisect.bisect_left(self._keys, low)
         end = bisect.bisect_right(self._keys, high)
         candidates = range(first, end)
@@ -202,7 +196,3 @@ def _digest(logs: Sequence[NewLog]) -> str:
         digest.update(msgspec.json.encode(log))
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
 from importlib.resources import files
 from typing import Any, Final, Self
 
@@ -43,6 +42,9 @@ from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
     check_query,
+    format_stream_id,
+    id_bounds,
+    parse_stream_id,
     stored_entry,
 )
 
@@ -156,11 +158,11 @@ class RedisStreamLogStore:
         """Entries matching `query`, newest first unless asked otherwise (see `LogQuery`)."""
         check_query(query)
         backward = query.direction is Direction.BACKWARD
-        low = f"{_ms(query.since)}-0" if query.since else "-"
-        high = f"{_ms(query.until)}-18446744073709551615" if query.until else "+"
+        bounds = id_bounds(query)
+        if bounds is None:
+            return LogPage(items=[])
+        low, high = format_stream_id(bounds[0]), format_stream_id(bounds[1])
         start, stop = (high, low) if backward else (low, high)
-        if query.cursor is not None:
-            start = "(" + query.cursor
         severities = query.level_severities()
         levels = "".join(sorted(str(s) for s in severities)) if severities is not None else ""
         if severities is not None and not levels:
@@ -211,7 +213,9 @@ class RedisStreamLogStore:
             Unavailable: Redis cannot be reached (the iterator ends; resume from the last id).
         """
         last = after_id
-        if last == "$":
+        if last != "$":
+            last = format_stream_id(parse_stream_id(after_id, "after_id"))
+        else:
             newest = await self._call(self._redis.xrevrange(self._stream, "+", "-", count=1))
             last = newest[0][0].decode() if newest else "0-0"
         # A connection of its own for the blocking reads, used without redis-py's reply
@@ -314,7 +318,3 @@ def _digest(parts: Sequence[bytes | str | int]) -> str:
         digest.update(part if isinstance(part, bytes) else str(part).encode())
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
