@@ -26,7 +26,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from aygolog.errors import Conflict, Unavailable
+from aygolog.errors import Conflict
 from aygolog.models import (
     BatchResult,
     Direction,
@@ -47,6 +47,7 @@ from aygolog.store.base import (
     parse_stream_id,
     stored_entry,
 )
+from aygolog.store.redis_errors import unavailable
 
 __all__ = ["RedisStreamLogStore"]
 
@@ -57,7 +58,6 @@ _SHA_SCAN: Final = hashlib.sha1(_SCAN.encode()).hexdigest()
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DECODE_BODY: Final = msgspec.json.Decoder(NewLog).decode
 _DIGITS: Final = tuple(str(i).encode() for i in range(len(LogLevel)))
-_RETRY_AFTER: Final = 1.0
 _BLOCK_MS: Final = 1000
 _BUCKET_SECONDS: Final = 10
 
@@ -143,7 +143,7 @@ class RedisStreamLogStore:
             args[4] = _digest(args[5:])
         rate_key = self._keys.key(f"rate:{int(time.time()) // _BUCKET_SECONDS}")
         keys = (self._stream, self._stats, idem_key, rate_key)
-        reply = await self._eval(_SHA_APPEND, _APPEND, keys, args)
+        reply = await self._eval("append", _SHA_APPEND, _APPEND, keys, args)
         if reply[0] == 1:
             return BatchResult(ids=[i.decode() for i in reply[1:]], instance=self._instance)
         digest, instance, ids = bytes(reply[1]).decode().split("\n", 2)
@@ -185,6 +185,7 @@ class RedisStreamLogStore:
         while True:
             wanted = query.limit - len(items)
             reply = await self._eval(
+                "query",
                 _SHA_SCAN,
                 _SCAN,
                 (self._stream,),
@@ -216,14 +217,16 @@ class RedisStreamLogStore:
         if last != "$":
             last = format_stream_id(parse_stream_id(after_id, "after_id"))
         else:
-            newest = await self._call(self._redis.xrevrange(self._stream, "+", "-", count=1))
+            newest = await self._call(
+                "tail", self._redis.xrevrange(self._stream, "+", "-", count=1)
+            )
             last = newest[0][0].decode() if newest else "0-0"
         # A connection of its own for the blocking reads, used without redis-py's reply
         # callback (which builds a dict per entry): the raw reply is {stream: entries} (RESP3)
         # or [[stream, entries]] (RESP2), entries being [[id, [b"l", v, b"s", v, b"i", v,
         # b"d", v]], ...].
         pool = self._redis.connection_pool
-        connection = await self._call(pool.get_connection())  # type: ignore[no-untyped-call]
+        connection = await self._call("tail", pool.get_connection())  # type: ignore[no-untyped-call]
         try:
             while True:
                 try:
@@ -233,7 +236,7 @@ class RedisStreamLogStore:
                     reply = await connection.read_response()
                 except RedisError as exc:
                     await connection.disconnect()
-                    raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+                    raise unavailable(exc, "tail") from exc
                 except BaseException:
                     # Cancelled mid-read: the reply would arrive later on a reused connection.
                     await connection.disconnect()
@@ -256,7 +259,7 @@ class RedisStreamLogStore:
             pipe.hgetall(self._stats)
             pipe.xlen(self._stream)
             pipe.mget(buckets)
-            counters, retained, recent = await self._call(pipe.execute())
+            counters, retained, recent = await self._call("stats", pipe.execute())
         window = 6 * _BUCKET_SECONDS + (now - bucket * _BUCKET_SECONDS)
         rate = sum(int(v) for v in recent if v is not None) / window
         by_level: dict[str, int] = {}
@@ -285,27 +288,29 @@ class RedisStreamLogStore:
 
     async def ping(self) -> None:
         """Return when Redis answers; raise `Unavailable` when it does not."""
-        await self._call(self._redis.ping())
+        await self._call("ping", self._redis.ping())
 
     async def aclose(self) -> None:
         """Close the client if this store made it."""
         if self._owns_client:
             await self._redis.aclose()
 
-    async def _eval(self, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _eval(
+        self, op: str, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         try:
             try:
                 return await self._redis.evalsha(sha, len(keys), *keys, *args)
             except NoScriptError:
                 return await self._redis.eval(script, len(keys), *keys, *args)
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+            raise unavailable(exc, op) from exc
 
-    async def _call(self, awaitable: Any) -> Any:
+    async def _call(self, op: str, awaitable: Any) -> Any:
         try:
             return await awaitable
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+            raise unavailable(exc, op) from exc
 
 
 def _entry(entry_id: str, instance: str, body: bytes) -> LogEntry:
