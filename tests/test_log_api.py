@@ -85,6 +85,30 @@ def test_seed_post_and_list(a: ServiceProcess, b: ServiceProcess) -> None:
     assert "timestamp" in listed[0]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"Name": "seed case"},  # ASP.NET bound JSON names case-insensitively
+        {"name": "seed case", "sourceInstance": "api-elsewhere"},  # the seed model's field
+        {"NAME": "seed case", "SourceInstance": "x", "Level": "warn"},
+    ],
+)
+def test_seed_bodies_as_aspnet_bound_them(
+    a: ServiceProcess, b: ServiceProcess, body: dict[str, str]
+) -> None:
+    response = httpx.post(a.url + "/api/log", json=body)
+    assert response.status_code == 201, response.text
+    stored = response.json()
+    assert stored["message"] == "seed case"
+    assert stored["instance"] == "api-a"
+    listed = httpx.get(b.url + "/api/log", params={"limit": 1}).json()
+    assert listed[0]["id"] == stored["id"]
+    assert listed[0]["name"] == "seed case"
+    assert listed[0]["sourceInstance"] == "api-a"  # the instance that stored it
+    refused = httpx.post(a.url + "/api/logs", json=[body])  # snake_case everywhere else
+    assert refused.status_code == 422
+
+
 def test_health(a: ServiceProcess) -> None:
     assert httpx.get(a.url + "/health").json()["status"] == "ok"
     ready = httpx.get(a.url + "/health/ready")

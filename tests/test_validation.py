@@ -16,6 +16,7 @@ from aygolog.validation import (
     decode_log,
     decode_logs,
     decode_ndjson,
+    decode_seed_log,
     parse_timestamp,
     validate_logs,
 )
@@ -349,3 +350,51 @@ def test_id_bounds_are_a_valid_inclusive_range_or_none(
     if cursor is not None:
         key = parse_stream_id(cursor)
         assert (high < key) if direction is Direction.BACKWARD else (low > key)
+
+
+# -- the seed's body, bound as ASP.NET did ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"Name": "x"}',
+        b'{"NAME": "x"}',
+        b'{"name": "x", "sourceInstance": "api-1"}',
+        b'{"Name": "x", "SourceInstance": "api-1", "Level": "warn"}',
+        b'{"Message": "x", "Attributes": {"K": 1}}',
+    ],
+)
+def test_the_seed_route_binds_names_in_any_case(data: bytes) -> None:
+    log = decode_seed_log(data)
+    assert log.message == "x"
+
+
+def test_the_seed_route_keeps_values_and_attribute_keys_as_sent() -> None:
+    log = decode_seed_log(b'{"Message": "x", "LEVEL": "Error", "Attributes": {"Key": "V"}}')
+    assert log.level is LogLevel.ERROR
+    assert log.attributes == {"Key": "V"}
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        (b'{"Name": "x", "name": "y"}', "name", "more than once"),
+        (b'{"Name": "x", "Extra": 1}', "Extra", "unknown field"),
+        (b'{"Name": 5}', "name", "expected 'str"),
+        (b'{"name": "x", "sourceInstance": 5}', "sourceInstance", "expected 'str"),
+        (b"[]", "$", "expected 'object'"),
+    ],
+)
+def test_the_seed_route_still_refuses_what_is_wrong(data: bytes, field: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_seed_log(data)
+    assert info.value.errors[0].field == field
+    assert reason in info.value.errors[0].reason
+
+
+def test_elsewhere_names_stay_snake_case() -> None:
+    with pytest.raises(ValidationError):
+        decode_log(b'{"Name": "x"}')
+    with pytest.raises(ValidationError):
+        decode_logs(b'[{"name": "x", "sourceInstance": "a"}]')

@@ -32,6 +32,7 @@ __all__ = [
     "decode_log",
     "decode_logs",
     "decode_ndjson",
+    "decode_seed_log",
     "parse_timestamp",
     "validate_logs",
 ]
@@ -53,7 +54,20 @@ class _WireLog(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trace_id: str | None = None
 
 
+class _SeedWireLog(_WireLog, kw_only=True, forbid_unknown_fields=True):
+    """The seed's `POST /api/log` body: its model also carried `sourceInstance`."""
+
+    source_instance: str | None = msgspec.field(default=None, name="sourceInstance")
+
+
+_SEED_NAMES: Final = {
+    name.lower(): name
+    for name in ("message", "name", "level", "service", "timestamp", "attributes", "trace_id",
+                 "sourceInstance")
+}  # fmt: skip
 _ONE: Final = msgspec.json.Decoder(_WireLog)
+_SEED_ONE: Final = msgspec.json.Decoder(_SeedWireLog)
+_OBJECT: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _MANY: Final = msgspec.json.Decoder(list[_WireLog])
 _ITEMS: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _T = TypeVar("_T")
@@ -109,6 +123,46 @@ def decode_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
     if log is None:
         raise ValidationError(errors)
     return log
+
+
+def decode_seed_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
+    """`decode_log` as the seed's ASP.NET service bound its body: field names in any case
+    (`{"Name": "x"}`), and the seed model's `sourceInstance` accepted (and not stored: the
+    instance that stores an entry is recorded in `instance`).
+
+    Raises:
+        ValidationError: as `decode_log`; a name given twice in different cases too.
+    """
+    try:
+        wire = _decode(_SEED_ONE, body)
+    except MalformedInput:
+        raise
+    except ValidationError as exc:
+        wire = _case_insensitive(body, exc)
+    errors: list[FieldError] = []
+    log = _normalise(wire, limits, datetime.now(UTC), None, errors)
+    if log is None:
+        raise ValidationError(errors)
+    return log
+
+
+def _case_insensitive(body: bytes | str, refusal: ValidationError) -> _SeedWireLog:
+    """Decode again with field names matched regardless of case, or raise `refusal`."""
+    try:
+        fields = _decode(_OBJECT, body)
+    except ValidationError:
+        raise refusal from None
+    renamed: dict[str, msgspec.Raw] = {}
+    for key, value in fields.items():
+        name = _SEED_NAMES.get(key.lower(), key)
+        if name in renamed:
+            raise ValidationError(
+                [FieldError(field=name, reason="given more than once (names ignore case here)")]
+            )
+        renamed[name] = value
+    if renamed.keys() == fields.keys():
+        raise refusal
+    return _decode(_SEED_ONE, msgspec.json.encode(renamed))
 
 
 def decode_logs(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> list[NewLog]:

@@ -34,7 +34,7 @@ from aygolog.querystring import parse_query_params
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
-from aygolog.validation import decode_log, decode_logs, decode_ndjson
+from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log
 from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
@@ -149,7 +149,11 @@ async def create_log(
     state: State,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    """POST /api/log: one entry; 201 with the stored entry, including `instance`."""
+    """POST /api/log: one entry; 201 with the stored entry, including `instance`.
+
+    As the seed's ASP.NET service did, field names match in any case here (`{"Name": "x"}`)
+    and the seed model's `sourceInstance` is accepted (the storing instance is `instance`).
+    """
     api = _api(state)
     kind = _content_type(request)
     if not _is_json(kind):
@@ -157,7 +161,7 @@ async def create_log(
     body = await _read_body(request, api)
     if isinstance(body, Response):
         return body
-    log = decode_log(body, limits=api.limits)
+    log = decode_seed_log(body, limits=api.limits)
     if idempotency_key is None:
         entry = await api.store.append(log)
     else:
