@@ -493,3 +493,24 @@ async def test_script_is_reloaded_after_script_flush(
     await store.append(log("b"))
     await redis_client.script_flush()
     assert len((await store.query(LogQuery(text="a"))).items) == 1
+
+
+async def test_an_unfiltered_page_asks_redis_for_what_it_returns(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """The seed's list (`GET /api/log`) read 1,000 entries to return 10 (~300 req/s at most)."""
+    store = RedisStreamLogStore(redis_client, instance="a", prefix=prefix)
+    await store.append_many([log(f"c{i}") for i in range(1500)])
+    watcher = aioredis.Redis.from_url(redis_url)
+    reads: list[str] = []
+    try:
+        async with watcher.monitor() as monitor:
+            page = await store.query(LogQuery(limit=10))
+            while not reads:
+                command = (await asyncio.wait_for(monitor.next_command(), 5))["command"]
+                if command.startswith("XREVRANGE") and prefix in command:
+                    reads.append(command)
+    finally:
+        await watcher.aclose()
+    assert len(page.items) == 10
+    assert reads[0].endswith(" COUNT 10"), reads

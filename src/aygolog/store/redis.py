@@ -176,6 +176,9 @@ class RedisStreamLogStore:
         filters: list[str | bytes] = [levels, services, text]
         for key, value in query.attributes.items():
             filters += (key, value)
+        # Unfiltered, every entry read is returned: ask Redis for just that many (a seed list of
+        # 10 must not read a chunk of 1,000). Filtered, read whole chunks and keep the matches.
+        filtered = bool(levels or services or text or query.attributes)
 
         options = self._options
         items: list[LogEntry] = []
@@ -190,7 +193,7 @@ class RedisStreamLogStore:
                 _SCAN,
                 (self._stream,),
                 [start, stop, "b" if backward else "f", wanted, options.scan_budget,
-                 options.scan_chunk, *filters],
+                 options.scan_chunk if filtered else min(options.scan_chunk, wanted), *filters],
             )  # fmt: skip
             scanned_calls += 1
             last, done = reply[0].decode(), reply[1] == 1
