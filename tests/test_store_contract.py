@@ -514,3 +514,47 @@ async def test_an_unfiltered_page_asks_redis_for_what_it_returns(
         await watcher.aclose()
     assert len(page.items) == 10
     assert reads[0].endswith(" COUNT 10"), reads
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def small_pages(
+    request: pytest.FixtureRequest, redis_client: aioredis.Redis, prefix: str
+) -> LogStore:
+    """Each store with pages capped at 10,000 bytes."""
+    options = StoreOptions(max_page_bytes=10_000)
+    if request.param == "memory":
+        return InMemoryLogStore(instance="a", options=options)
+    return RedisStreamLogStore(redis_client, instance="a", prefix=prefix, options=options)
+
+
+@pytest.mark.parametrize("direction", list(Direction))
+@pytest.mark.parametrize("text", [None, "big"])
+async def test_a_page_ends_early_at_max_page_bytes_and_the_cursor_continues(
+    small_pages: LogStore, direction: Direction, text: str | None
+) -> None:
+    """`limit=1000` of 64 KiB messages used to read ~60 MiB out of Redis per request."""
+    ids = (await small_pages.append_many([log(f"big {i} " + "x" * 2000) for i in range(23)])).ids
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = LogQuery(limit=1000, cursor=cursor, direction=direction, text=text)
+        page = await small_pages.query(query)
+        pages += 1
+        assert 1 <= len(page.items) <= 5  # 5 bodies of ~2,030 bytes reach 10,000
+        seen += [e.id for e in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == (ids if direction is Direction.FORWARD else ids[::-1])
+    assert pages == 5
+
+
+async def test_an_entry_larger_than_a_page_is_a_page_of_its_own(small_pages: LogStore) -> None:
+    ids = (await small_pages.append_many([log("y" * 30_000), log("small")])).ids
+    first = await small_pages.query(LogQuery(limit=10, direction=Direction.FORWARD))
+    assert [e.id for e in first.items] == ids[:1]
+    second = await small_pages.query(
+        LogQuery(limit=10, direction=Direction.FORWARD, cursor=first.next_cursor)
+    )
+    assert [e.id for e in second.items] == ids[1:]

@@ -31,6 +31,7 @@ from aygolog.models import (
     SeedLog,
 )
 from aygolog.querystring import parse_query_params
+from aygolog.server.reads import ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
@@ -68,6 +69,8 @@ class ApiState:
     max_batch_items: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     keepalive_seconds: float = 15.0
+    reads: ReadGate = field(default_factory=lambda: ReadGate(8, 2.0))
+    """Bounds the queries running against the store at once."""
     started_at: float = field(default_factory=time.time)
     registration: dict[str, Any] = field(default_factory=dict)
     """What the registration agent reports (state, lb_url, last error)."""
@@ -82,8 +85,18 @@ class ApiState:
             "Entries per batch request",
             buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000),
         )
+        refused = metrics.counter(
+            "aygolog_reads_refused_total",
+            "Store queries answered 503 after waiting AYGOLOG_READ_QUEUE_TIMEOUT for a turn",
+        )
+        self.reads.on_refused = refused.inc
         self.dropped = metrics.counter(
             "aygolog_tail_dropped_total", "Live-tail events dropped for slow subscribers"
+        )
+        metrics.gauge(
+            "aygolog_reads_in_progress",
+            "Store queries running now (bounded by AYGOLOG_MAX_CONCURRENT_READS)",
+            read=lambda: {(): float(self.reads.in_use)},
         )
         metrics.gauge(
             "aygolog_tail_subscribers",
@@ -254,7 +267,9 @@ async def list_logs_seed(
     state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
 ) -> list[SeedLog]:
     """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
-    page = await _api(state).store.query(LogQuery(limit=limit))
+    api = _api(state)
+    async with api.reads.slot():
+        page = await api.store.query(LogQuery(limit=limit))
     return [SeedLog.from_entry(e) for e in page.items]
 
 
@@ -280,7 +295,9 @@ async def query_logs(
     query = _query_params(
         level, min_level, service, q, since, until, attr, limit, cursor, direction
     )
-    return await _api(state).store.query(query)
+    api = _api(state)
+    async with api.reads.slot():
+        return await api.store.query(query)
 
 
 @get(
@@ -344,11 +361,12 @@ async def _events(
             # Catch up from the store, then switch to the live queue, skipping what was sent.
             cursor: str | None = resume
             while cursor is not None:
-                page = await api.store.query(
-                    msgspec.structs.replace(
-                        query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                async with api.reads.slot(patient=True):
+                    page = await api.store.query(
+                        msgspec.structs.replace(
+                            query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                        )
                     )
-                )
                 for entry in page.items:
                     last = parse_stream_id(entry.id)
                     yield _log_event(entry)

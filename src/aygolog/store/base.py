@@ -77,6 +77,10 @@ class StoreOptions(msgspec.Struct, frozen=True, kw_only=True):
     max_scan: int = 2_000_000
     """At most this many entries are scanned for one query; past it the page comes back short,
     with a cursor to continue from."""
+    max_page_bytes: int = 4 * 1024 * 1024
+    """A page ends early, with a cursor to continue from, once the entries it holds reach this
+    many bytes (of stored JSON; at least one entry): `limit=1000` of 64 KiB messages would
+    otherwise be ~60 MiB read out of Redis and sent in one answer."""
 
 
 @runtime_checkable

@@ -61,6 +61,8 @@ class InMemoryLogStore:
         self._clock = clock
         self._keys: list[_Key] = []
         self._entries: list[LogEntry] = []
+        self._sizes: list[int] = []
+        """Bytes of each entry as the Redis store keeps it (its `NewLog` as JSON)."""
         self._last: _Key = (0, 0)
         self._counters: Counter[str] = Counter()
         self._idempotency: dict[str, tuple[float, str, BatchResult]] = {}
@@ -115,11 +117,13 @@ class InMemoryLogStore:
             candidates = candidates[::-1]
         severities = query.level_severities()
         items: list[LogEntry] = []
+        page_bytes, max_bytes = 0, self._options.max_page_bytes
         for index in candidates:
             entry = self._entries[index]
             if matches(entry, query, severities):
                 items.append(entry)
-                if len(items) == query.limit:
+                page_bytes += self._sizes[index]
+                if len(items) == query.limit or page_bytes >= max_bytes:
                     return LogPage(items=items, next_cursor=entry.id)
         return LogPage(items=items)
 
@@ -160,6 +164,7 @@ class InMemoryLogStore:
         entry = stored_entry(log, f"{key[0]}-{key[1]}", self._instance)
         self._keys.append(key)
         self._entries.append(entry)
+        self._sizes.append(len(msgspec.json.encode(log)))
         self._last = key
         self._counters.update(("total", f"l:{log.level.value}", f"i:{self._instance}"))
         if log.service:
@@ -188,6 +193,7 @@ class InMemoryLogStore:
         if drop:
             del self._keys[:drop]
             del self._entries[:drop]
+            del self._sizes[:drop]
 
 
 def _digest(logs: Sequence[NewLog]) -> str:

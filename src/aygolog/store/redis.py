@@ -185,6 +185,7 @@ class RedisStreamLogStore:
         scanned_calls = 0
         max_calls = max(1, options.max_scan // options.scan_budget)
         cursor: str | None = None
+        page_bytes = 0
         while True:
             wanted = query.limit - len(items)
             reply = await self._eval(
@@ -193,19 +194,23 @@ class RedisStreamLogStore:
                 _SCAN,
                 (self._stream,),
                 [start, stop, "b" if backward else "f", wanted, options.scan_budget,
-                 options.scan_chunk if filtered else min(options.scan_chunk, wanted), *filters],
+                 options.scan_chunk if filtered else min(options.scan_chunk, wanted),
+                 options.max_page_bytes - page_bytes, *filters],
             )  # fmt: skip
             scanned_calls += 1
             last, done = reply[0].decode(), reply[1] == 1
             body = reply[2:]
-            items += (
-                _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
-                for i in range(0, len(body), 3)
-            )
+            for i in range(0, len(body), 3):
+                page_bytes += len(body[i + 2])
+                items.append(_entry(body[i].decode(), body[i + 1].decode(), body[i + 2]))
             if done:
                 break
             cursor = last
-            if len(items) >= query.limit or scanned_calls >= max_calls:
+            if (
+                len(items) >= query.limit
+                or page_bytes >= options.max_page_bytes
+                or scanned_calls >= max_calls
+            ):
                 break
             start = "(" + last
         return LogPage(items=items, next_cursor=None if done else cursor)

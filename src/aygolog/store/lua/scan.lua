@@ -4,15 +4,17 @@
 -- ARGV[1] start (an XRANGE bound: '-', '+', 'ms-seq' or '(ms-seq')   ARGV[2] stop bound
 -- ARGV[3] 'b' newest first (XREVRANGE) or 'f' oldest first   ARGV[4] how many matches are wanted
 -- ARGV[5] scan budget (entries)   ARGV[6] chunk size
--- ARGV[7] allowed severity digits ('' = any)   ARGV[8] services, each framed as "\n"..s.."\n" ('' = any)
--- ARGV[9] lower-cased text ('' = none)   ARGV[10..] attribute filters: key, value, key, value ...
+-- ARGV[7] byte budget: stop after the match whose body brings the bodies returned to this many
+-- ARGV[8] allowed severity digits ('' = any)   ARGV[9] services, each framed as "\n"..s.."\n" ('' = any)
+-- ARGV[10] lower-cased text ('' = none)   ARGV[11..] attribute filters: key, value, key, value ...
 -- Returns {cursor, done, id, instance, body, id, instance, body, ...}; done is 1 when the range
 -- is exhausted, cursor is the last id read ('' when nothing was read).
 local stream, pos, stop, dir = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local wanted, budget, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local levels, services, text = ARGV[7], ARGV[8], ARGV[9]
+local max_bytes = tonumber(ARGV[7])
+local levels, services, text = ARGV[8], ARGV[9], ARGV[10]
 local attrs = {}
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   attrs[#attrs + 1] = {ARGV[i], ARGV[i + 1]}
 end
 local need_body = text ~= '' or #attrs > 0
@@ -32,7 +34,7 @@ local function attr_ok(value, want)
 end
 
 local out = {'', 0}
-local found, scanned, last = 0, 0, ''
+local found, scanned, last, bytes = 0, 0, '', 0
 while true do
   local count = math.min(chunk, budget - scanned)
   if count <= 0 then break end
@@ -66,7 +68,8 @@ while true do
       out[#out + 1] = f[6]
       out[#out + 1] = f[8]
       found = found + 1
-      if found >= wanted then
+      bytes = bytes + #f[8]
+      if found >= wanted or bytes >= max_bytes then
         out[1] = id
         return out
       end
