@@ -558,3 +558,31 @@ async def test_an_entry_larger_than_a_page_is_a_page_of_its_own(small_pages: Log
         LogQuery(limit=10, direction=Direction.FORWARD, cursor=first.next_cursor)
     )
     assert [e.id for e in second.items] == ids[1:]
+
+
+@pytest.mark.parametrize("text", [None, "big"])
+async def test_big_entries_are_read_in_small_xranges(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str, text: str | None
+) -> None:
+    """A scan's XRANGE is held in Redis's memory whole: with 60 KiB entries, a COUNT of 1,000
+    read ~60 MiB to return a 4 MiB page."""
+    store = RedisStreamLogStore(redis_client, instance="a", prefix=prefix)
+    await store.append_many([log(f"big {i} " + "x" * 60_000) for i in range(150)])
+    watcher = aioredis.Redis.from_url(redis_url)
+    counts: list[int] = []
+    try:
+        async with watcher.monitor() as monitor:
+            page = await store.query(LogQuery(limit=1000, text=text))
+            await redis_client.ping()  # a marker: every read of the query came before it
+            while True:
+                command = (await asyncio.wait_for(monitor.next_command(), 5))["command"]
+                if command == "PING":
+                    break
+                if command.startswith("XREVRANGE") and prefix in command:
+                    counts.append(int(command.rsplit(" ", 1)[1]))
+    finally:
+        await watcher.aclose()
+    assert 60 <= len(page.items) <= 75  # a 4 MiB page
+    assert page.next_cursor is not None
+    assert max(counts) <= 32, counts
+    assert sum(counts) <= len(page.items) + 32, counts

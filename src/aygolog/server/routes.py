@@ -124,7 +124,8 @@ def _unsupported(kind: str, allowed: str) -> Response[bytes]:
 
 async def _read_body(request: Request[Any, Any, Any], api: ApiState) -> bytes | Response[bytes]:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > api.max_body_bytes:
+    # isascii: str.isdigit() is true for "²", which int() refuses (the server in front may not).
+    if length and length.isascii() and length.isdigit() and int(length) > api.max_body_bytes:
         return _too_large(api)
     body = await request.body()
     if len(body) > api.max_body_bytes:

@@ -70,8 +70,8 @@ class StoreOptions(msgspec.Struct, frozen=True, kw_only=True):
     retention: Retention = Retention()
     idempotency_ttl: timedelta = timedelta(hours=24)
     scan_chunk: int = 1000
-    """Entries read per XRANGE inside one scan call of a filtered query (an unfiltered one
-    reads just as many as the page still needs)."""
+    """At most this many entries per XRANGE inside one scan call (fewer when entries are big:
+    each XRANGE reads about 1 MiB; and, unfiltered, no more than the page still needs)."""
     scan_budget: int = 20_000
     """At most this many entries are scanned by one server-side call, so Redis never stalls."""
     max_scan: int = 2_000_000

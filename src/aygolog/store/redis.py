@@ -10,8 +10,10 @@ Layout (all keys share the deployment's hash tag, so the scripts stay valid on a
 - `{prefix}:rate:<t // 10>`: entries ingested in each 10-second bucket (kept 2 minutes), for
   the ingest rate over the last minute.
 
-A batch is written by one EVALSHA (`lua/append.lua`); filtered queries run `lua/scan.lua`, which
-reads at most `StoreOptions.scan_budget` entries per call and returns where to continue.
+A batch is written by one EVALSHA (`lua/append.lua`); queries run `lua/scan.lua`, which reads at
+most `StoreOptions.scan_budget` entries per call and returns where to continue. It reads in
+XRANGEs of about 1 MiB each (sized by the entries seen so far), and, unfiltered, no more entries
+than the page still needs (the seed's list of 10 reads 10).
 """
 
 from __future__ import annotations
@@ -176,9 +178,6 @@ class RedisStreamLogStore:
         filters: list[str | bytes] = [levels, services, text]
         for key, value in query.attributes.items():
             filters += (key, value)
-        # Unfiltered, every entry read is returned: ask Redis for just that many (a seed list of
-        # 10 must not read a chunk of 1,000). Filtered, read whole chunks and keep the matches.
-        filtered = bool(levels or services or text or query.attributes)
 
         options = self._options
         items: list[LogEntry] = []
@@ -194,8 +193,7 @@ class RedisStreamLogStore:
                 _SCAN,
                 (self._stream,),
                 [start, stop, "b" if backward else "f", wanted, options.scan_budget,
-                 options.scan_chunk if filtered else min(options.scan_chunk, wanted),
-                 options.max_page_bytes - page_bytes, *filters],
+                 options.scan_chunk, options.max_page_bytes - page_bytes, *filters],
             )  # fmt: skip
             scanned_calls += 1
             last, done = reply[0].decode(), reply[1] == 1
