@@ -31,10 +31,11 @@ from aygolog.models import (
 )
 from aygolog.querystring import parse_query_params
 from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
+from aygolog.server.reads import ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
-from aygolog.validation import decode_log, decode_logs, decode_ndjson
+from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log
 from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
@@ -54,6 +55,8 @@ class ApiState:
     max_batch_items: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     keepalive_seconds: float = 15.0
+    reads: ReadGate = field(default_factory=lambda: ReadGate(8, 2.0))
+    """Bounds the queries running against the store at once."""
     started_at: float = field(default_factory=time.time)
     registration: dict[str, Any] = field(default_factory=dict)
     """What the registration agent reports (state, lb_url, last error)."""
@@ -68,8 +71,18 @@ class ApiState:
             "Entries per batch request",
             buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000),
         )
+        refused = metrics.counter(
+            "aygolog_reads_refused_total",
+            "Store queries answered 503 after waiting AYGOLOG_READ_QUEUE_TIMEOUT for a turn",
+        )
+        self.reads.on_refused = refused.inc
         self.dropped = metrics.counter(
             "aygolog_tail_dropped_total", "Live-tail events dropped for slow subscribers"
+        )
+        metrics.gauge(
+            "aygolog_reads_in_progress",
+            "Store queries running now (bounded by AYGOLOG_MAX_CONCURRENT_READS)",
+            read=lambda: {(): float(self.reads.in_use)},
         )
         metrics.gauge(
             "aygolog_tail_subscribers",
@@ -97,7 +110,8 @@ def _unsupported(kind: str, allowed: str) -> Response[bytes]:
 
 async def _read_body(request: Request[Any, Any, Any], api: ApiState) -> bytes | Response[bytes]:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > api.max_body_bytes:
+    # isascii: str.isdigit() is true for "²", which int() refuses (the server in front may not).
+    if length and length.isascii() and length.isdigit() and int(length) > api.max_body_bytes:
         return _too_large(api)
     body = await request.body()
     if len(body) > api.max_body_bytes:
@@ -144,7 +158,11 @@ async def create_log(
     state: State,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    """POST /api/log: one entry; 201 with the stored entry, including `instance`."""
+    """POST /api/log: one entry; 201 with the stored entry, including `instance`.
+
+    As the seed's ASP.NET service did, field names match in any case here (`{"Name": "x"}`)
+    and the seed model's `sourceInstance` is accepted (the storing instance is `instance`).
+    """
     api = _api(state)
     kind = _content_type(request)
     if not _is_json(kind):
@@ -152,7 +170,7 @@ async def create_log(
     body = await _read_body(request, api)
     if isinstance(body, Response):
         return body
-    log = decode_log(body, limits=api.limits)
+    log = decode_seed_log(body, limits=api.limits)
     if idempotency_key is None:
         entry = await api.store.append(log)
     else:
@@ -255,7 +273,9 @@ async def list_logs_seed(
     state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
 ) -> list[SeedLog]:
     """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
-    page = await _api(state).store.query(LogQuery(limit=limit))
+    api = _api(state)
+    async with api.reads.slot():
+        page = await api.store.query(LogQuery(limit=limit))
     return [SeedLog.from_entry(e) for e in page.items]
 
 
@@ -284,7 +304,9 @@ async def query_logs(
     query = _query_params(
         level, min_level, service, q, since, until, attr, limit, cursor, direction
     )
-    return await _api(state).store.query(query)
+    api = _api(state)
+    async with api.reads.slot():
+        return await api.store.query(query)
 
 
 @get(
@@ -345,15 +367,20 @@ async def _events(
     try:
         yield ServerSentEventMessage(data=None, comment="connected", retry=2000)
         last = parse_stream_id(resume) if resume else None
+        if last is not None and api.hub.last_id != "$":
+            # An id past the newest entry (a wiped store, a made-up id) must not hide the new
+            # entries: everything the reader delivers from now on is after its position.
+            last = min(last, parse_stream_id(api.hub.last_id))
         if resume:
             # Catch up from the store, then switch to the live queue, skipping what was sent.
             cursor: str | None = resume
             while cursor is not None:
-                page = await api.store.query(
-                    msgspec.structs.replace(
-                        query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                async with api.reads.slot(patient=True):
+                    page = await api.store.query(
+                        msgspec.structs.replace(
+                            query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                        )
                     )
-                )
                 for entry in page.items:
                     last = parse_stream_id(entry.id)
                     yield _log_event(entry)
