@@ -347,3 +347,47 @@ def test_client_side_balancing_spreads_and_falls_back(stack: LiveStack, service:
     messages = [e.message for e in stored(stack.url, service)]
     assert len(messages) == 60
     assert len(set(messages)) == 60
+
+
+def test_log_many_outlasts_a_load_balancer_restart(stack: LiveStack, service: str) -> None:
+    """Issue 15 item 10: the default retrying outlasts a ~2 s restart of the LB (SIGTERM, start
+    again on the same port): no `Unavailable`, every entry stored once."""
+    assert stack.lb is not None
+    errors: list[BaseException] = []
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        with LogClient(stack.url, service=service) as client:  # the default RetryPolicy
+            n = 0
+            while not stop.is_set():
+                batch = [f"r{n + i}" for i in range(100)]
+                try:
+                    client.log_many(batch)
+                except Exception as exc:
+                    errors.append(exc)
+                sent.extend(batch)
+                n += len(batch)
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert wait_until(lambda: len(sent) >= 500, 15)
+        down_at = time.monotonic()
+        assert stack.lb.terminate(timeout=10) is not None
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - down_at)))
+        stack.lb.start(timeout=30)
+        down_for = time.monotonic() - down_at
+        stack.wait_registered()
+        count = len(sent)
+        assert wait_until(lambda: len(sent) >= count + 500, 30)
+    finally:
+        stop.set()
+        writer.join(60)
+    assert not writer.is_alive()
+    assert errors == [], f"{len(errors)} failed calls, first: {errors[0]!r}"
+    assert down_for >= 2.0
+    entries = stored(stack.url, service)
+    assert len(entries) == len(sent)
+    assert sorted(e.message for e in entries) == sorted(sent)
