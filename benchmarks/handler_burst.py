@@ -9,7 +9,8 @@ needs), then, in this process, logs `--records` records as fast as `logging` can
 
 - dropped: records the handler dropped (its queue was full);
 - stored: entries stored under the run's unique service name; duplicates: messages stored twice;
-- emit: records/s of the tight loop (the caller's side);
+- emit: records/s of the tight loop (the caller's side), and "logging alone": the same loop
+  right after, with a handler that does nothing (what `logging` itself can emit then);
 - delivery: stored records/s from the first emit to the last store (stream ids carry the time
   Redis stored each entry, on this machine's clock);
 - last stored: seconds from the last `emit` to the last entry stored (negative: before the loop
@@ -62,6 +63,23 @@ def start_stack(redis_url: str, instances: int) -> tuple[ServiceProcess, list[Se
     return lb, apis
 
 
+class _Discard(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def logging_alone(records: int) -> float:
+    """Records/s of the same loop with a handler that does nothing: what `logging` costs."""
+    log = logging.getLogger("bench.alone")
+    log.handlers = [_Discard()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    started = time.perf_counter()
+    for i in range(records):
+        log.info("burst record %d of the benchmark", i)
+    return records / (time.perf_counter() - started)
+
+
 def run(url: str, records: int, wait: float, **options: Any) -> dict[str, float]:
     """One burst; its figures (`options`: the handler's, default: none)."""
     service = f"burst-{uuid.uuid4().hex[:10]}"
@@ -92,6 +110,7 @@ def run(url: str, records: int, wait: float, **options: Any) -> dict[str, float]
         "unique": len(set(messages)),
         "duplicates": len(messages) - len(set(messages)),
         "emit_per_s": records / emit_seconds,
+        "alone_per_s": logging_alone(records),
         "delivery_per_s": len(entries) / (last_stored - first_emit),
         "last_stored_after_emit_s": last_stored - last_emit,
     }
@@ -131,7 +150,8 @@ def main() -> int:
                 print(
                     f"run {n + 1}: dropped {f['dropped']:.0f}, stored {f['stored']:.0f}"
                     f" (unique {f['unique']:.0f}), duplicates {f['duplicates']:.0f},"
-                    f" emit {f['emit_per_s']:,.0f}/s, delivery {f['delivery_per_s']:,.0f}/s,"
+                    f" emit {f['emit_per_s']:,.0f}/s (logging alone {f['alone_per_s']:,.0f}/s),"
+                    f" delivery {f['delivery_per_s']:,.0f}/s,"
                     f" last stored {f['last_stored_after_emit_s']:+.3f} s after the last emit"
                     f" -> {'ok' if ok else 'FAIL'}"
                 )

@@ -317,7 +317,7 @@ class AygologHandler(logging.Handler):
         # `emit` may leave the mapping of plain records to the sender thread unless a subclass
         # maps records its own way.
         self._plain_ok = type(self).map_record is AygologHandler.map_record and not use_formatter
-        self._levels: dict[str, LogLevel] = {}
+        self._levels: dict[tuple[str, int], LogLevel] = {}
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[tuple[float, _Item]] = deque()
         self._slots: list[_Slot] = []
@@ -605,9 +605,9 @@ class AygologHandler(logging.Handler):
     def _encode_plain(self, item: _Plain) -> bytes:
         """The JSON of a record that `emit` found plain (no extras, exception or stack)."""
         created, levelname, levelno, name, message = item
-        level = self._levels.get(levelname)
+        level = self._levels.get((levelname, levelno))
         if level is None:
-            level = self._levels[levelname] = _record_level(levelname, levelno)
+            level = self._levels[levelname, levelno] = _record_level(levelname, levelno)
         max_bytes = self.limits.max_message_bytes
         return _encode_new_log(
             NewLog(
