@@ -15,7 +15,7 @@ How it behaves:
   encoded at once, so that later changes to their values cannot change what is sent.
 - When the queue is full (`capacity`, default 10,000) the `overflow` policy drops the oldest or
   the newest record; `dropped` counts them, and stderr says so at most once a `report_interval`.
-- `max_in_flight` daemon threads (default 2) send batches of up to `batch_size` records (default
+- `max_in_flight` daemon threads (default 3) send batches of up to `batch_size` records (default
   1,000), or whatever is queued once the oldest record is `flush_interval` old (default 0.2 s), to
   `POST /api/logs`, so up to `max_in_flight` requests are in flight at once: one process keeps up
   with a burst of `logging` calls in a tight loop (`benchmarks/handler_burst.py`). Batches sent
@@ -103,6 +103,8 @@ _TRACE_ID_CHARS: Final = frozenset(
 )
 _FORMATTER: Final = logging.Formatter()
 # structlog keys that the entry holds in its own fields (or that are structlog's internals).
+_PLAIN_FIELDS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+"""How many attributes a record without `extra=` fields has (a quick test before the exact one)."""
 _STRUCTLOG_FIELDS: Final = frozenset({"event", "level", "timestamp", "logger"})
 _SPOOL_MAGIC: Final = b"aygolog-spool 1"
 _DEFAULT_BACKOFF: Final = RetryPolicy(retries=0, backoff_base=0.2, backoff_max=10.0)
@@ -255,7 +257,7 @@ class AygologHandler(logging.Handler):
         capacity: int = 10_000,
         overflow: Overflow = "drop_oldest",
         batch_size: int = 1000,
-        max_in_flight: int = 2,
+        max_in_flight: int = 3,
         flush_interval: float = 0.2,
         close_timeout: float = 5.0,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -329,6 +331,7 @@ class AygologHandler(logging.Handler):
         self._deadline = math.inf
         self._spool_ok_at = 0.0
         self._rng = random.Random()
+        self._keys = random.Random()  # seeded from os.urandom; reseeded in a forked child
         self._reported = {"dropped": 0, "invalid": 0, "undelivered": 0}
         self._last_report = -math.inf
         self._start_workers()
@@ -359,6 +362,7 @@ class AygologHandler(logging.Handler):
         held for ever and its queue is the parent's to send. Start afresh."""
         self._cond = threading.Condition(threading.Lock())
         self._queue = deque()
+        self._keys = random.Random()  # never the parent's keys: its batches would replay ours
         self._failures = 0
         self._next_attempt = 0.0
         if self._make_client is not None:  # never share pooled sockets with the parent
@@ -380,15 +384,17 @@ class AygologHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Queue the record (never blocks on the network, never raises)."""
         try:
-            self._check_fork()
+            if record.process != self._pid:  # the record knows the pid: no system call
+                self._check_fork()
             if threading.get_ident() in self._idents:
                 return  # our own thread's logs (httpx's): shipping them would feed back
             item: _Item
+            fields = record.__dict__
             if (
                 self._plain_ok
                 and not record.exc_info
                 and not record.stack_info
-                and not (record.__dict__.keys() - _STANDARD_ATTRS)
+                and (len(fields) == _PLAIN_FIELDS or not (fields.keys() - _STANDARD_ATTRS))
                 and type(record.msg) is not dict
             ):
                 # The common record: only its message needs formatting now (its arguments may
@@ -600,7 +606,12 @@ class AygologHandler(logging.Handler):
                     encoded, rest = encoded[:i], encoded[i:]
                     break
                 size += len(data)
-        return PreparedBatch(tuple(encoded), new_idempotency_key()), rest
+        return PreparedBatch(tuple(encoded), self._new_key()), rest
+
+    def _new_key(self) -> str:
+        """A fresh idempotency key: 128 random bits from a generator seeded from the OS once
+        (and again after a fork), so making one is no system call."""
+        return f"{self._keys.getrandbits(128):032x}"
 
     def _encode_plain(self, item: _Plain) -> bytes:
         """The JSON of a record that `emit` found plain (no extras, exception or stack)."""
