@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from aygolog.client import AygologHandler, LogClient, RetryPolicy, Spool
-from aygolog.client._base import PreparedBatch
-from aygolog.models import Limits, LogLevel
+from aygolog.client._base import PreparedBatch, encode_log
+from aygolog.models import Limits, LogLevel, NewLog
 
 URL = "http://logs.test"
 FAST = RetryPolicy(retries=0, backoff_base=0.01, backoff_max=0.05)
@@ -257,7 +258,7 @@ def test_emit_does_not_wait_for_the_network(
 def test_batches_by_size_then_by_age(
     make: Callable[..., AygologHandler], server: FakeServer
 ) -> None:
-    handler = make(batch_size=10, flush_interval=0.5)
+    handler = make(batch_size=10, flush_interval=0.5, max_in_flight=1)  # in order
     log = logger_with(handler, "size")
     for i in range(25):
         log.info("s%d", i)
@@ -276,7 +277,7 @@ def test_overflow_policy_and_report(
 ) -> None:
     stream = io.StringIO()
     handler = make(capacity=10, batch_size=5, flush_interval=0.01, overflow=policy,
-                   stream=stream, report_interval=0.3)  # fmt: skip
+                   stream=stream, report_interval=0.3, max_in_flight=1)  # fmt: skip
     log = logger_with(handler, "overflow")
     server.gate.clear()
     log.info("first")
@@ -465,3 +466,100 @@ def test_drop_reports_are_rate_limited(make: Callable[..., AygologHandler]) -> N
     handler._report()
     assert stream.getvalue().count("\n") == 2
     assert "dropped 4 log records" in stream.getvalue().splitlines()[1]
+
+
+# -- throughput: cheap emit, encoding in the sender threads, several requests in flight -----------
+
+
+def test_plain_records_are_encoded_by_the_senders_as_map_record_would(
+    make: Callable[..., AygologHandler],
+) -> None:
+    handler = make(service="svc", limits=Limits(max_message_bytes=40, max_attribute_value_bytes=20))
+    logging.addLevelName(27, "HANDLER_TEST_27")  # a name no alias knows: mapped by its number
+    cases = [
+        logging.LogRecord("app.module", logging.INFO, __file__, 1, "hello %s", ("world",), None),
+        logging.LogRecord("app", logging.WARNING, __file__, 1, "   ", (), None),
+        logging.LogRecord("x" * 50, logging.ERROR, __file__, 1, "é" * 100, (), None),
+        logging.LogRecord("app", 27, __file__, 1, "custom", (), None),
+        logging.LogRecord("app", 5, __file__, 1, "below debug", (), None),
+        logging.LogRecord("app", logging.CRITICAL, __file__, 1, 42, (), None),
+    ]
+    for record in cases:
+        item = (record.created, record.levelname, record.levelno, record.name, record.getMessage())
+        assert handler._encode_plain(item) == encode_log(handler.map_record(record))
+
+
+def test_emit_keeps_what_the_message_said_at_the_call(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    server.gate.clear()
+    handler = make(flush_interval=0.01)
+    log = logger_with(handler, "snapshot")
+    basket = ["apple"]
+    log.info("basket %s", basket)
+    other = logging.StreamHandler(io.StringIO())  # formats first: the record gains `message`
+    log.handlers.insert(0, other)
+    log.info("formatted elsewhere first %d", 7)
+    basket.append("pear")  # changed after the call
+    server.gate.set()
+    assert handler.drain(5)
+    assert sorted(server.messages) == ["basket ['apple']", "formatted elsewhere first 7"]
+    assert {item["attributes"]["logger"] for item in server.items()} == {log.name}
+
+
+def test_a_subclass_mapping_is_used_for_every_record(server: FakeServer) -> None:
+    class Shouting(AygologHandler):
+        def map_record(self, record: logging.LogRecord) -> NewLog:
+            log = super().map_record(record)
+            return msgspec.structs.replace(log, message=log.message.upper())
+
+    client = LogClient(URL, transport=httpx.MockTransport(server), retries=0)
+    handler = Shouting(client, flush_interval=0.01, stream=io.StringIO())
+    try:
+        logger_with(handler, "shouting").info("quiet %s", "please")
+        assert handler.drain(5)
+    finally:
+        handler.close(timeout=1)
+        client.close()
+    assert server.messages == ["QUIET PLEASE"]
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_up_to_max_in_flight_requests_at_once(server: FakeServer, in_flight: int) -> None:
+    arrived: list[int] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        arrived.append(1)
+        return server(request)
+
+    server.gate.clear()
+    client = LogClient(URL, transport=httpx.MockTransport(transport), retries=0)
+    handler = AygologHandler(client, batch_size=10, max_in_flight=in_flight, stream=io.StringIO())
+    try:
+        log = logger_with(handler, f"inflight{in_flight}")
+        for i in range(100):
+            log.info("f%d", i)
+        assert wait_until(lambda: len(arrived) == in_flight)
+        time.sleep(0.1)
+        assert len(arrived) == in_flight  # no more until one is answered
+        assert handler.queued == 100
+        server.gate.set()
+        assert handler.drain(5)
+    finally:
+        handler.close(timeout=1)
+        client.close()
+    assert sorted(server.messages) == sorted(f"f{i}" for i in range(100))
+    assert len(server.requests) == 10
+
+
+def test_a_partial_batch_goes_out_within_the_default_flush_interval(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """The last records of a burst wait at most `flush_interval` (now 0.2 s, was 1 s)."""
+    handler = make()
+    assert handler.flush_interval == 0.2
+    log = logger_with(handler, "linger")
+    log.info("alone")
+    started = time.monotonic()
+    assert wait_until(lambda: server.messages == ["alone"], 3)
+    assert time.monotonic() - started < 0.6

@@ -15,10 +15,12 @@ import httpx
 
 from aygolog.balancing import BalancerStrategy
 from aygolog.client._base import (
+    DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     MAX_BATCH_BYTES,
     MAX_BATCH_ITEMS,
     NO_RETRY,
+    Attempts,
     Balance,
     ClientCore,
     PreparedBatch,
@@ -66,7 +68,7 @@ class AsyncLogClient:
         base_url: str,
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int | RetryPolicy = 3,
+        retries: int | RetryPolicy = DEFAULT_RETRY,
         api_key: str | None = None,
         service: str | None = None,
         balance: Balance = "lb",
@@ -78,6 +80,7 @@ class AsyncLogClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._core = ClientCore(
             base_url,
@@ -90,6 +93,7 @@ class AsyncLogClient:
             max_batch_items=max_batch_items,
             max_batch_bytes=max_batch_bytes,
             rng=rng,
+            clock=clock,
         )
         self._core.headers.update(headers or {})
         self._sleep = sleep if sleep is not None else asyncio.sleep
@@ -130,11 +134,10 @@ class AsyncLogClient:
         self,
         spec: RequestSpec,
         *,
-        policy: RetryPolicy | None = None,
+        attempts: Attempts,
         timeout: float | None = None,  # noqa: ASYNC109 - httpx's per-request timeout
     ) -> httpx.Response:
         core = self._core
-        attempts = core.attempts(spec, policy)
         while True:
             if spec.balanced:
                 await self._refresh()
@@ -167,10 +170,19 @@ class AsyncLogClient:
         policy: RetryPolicy | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - httpx's per-request timeout
     ) -> T:
-        response = await self._send(spec, policy=policy, timeout=timeout)
-        return decode_response(
-            response.status_code, response.headers, response.content, kind, ClientCore.where(spec)
-        )
+        attempts = self._core.attempts(spec, policy)
+        response = await self._send(spec, attempts=attempts, timeout=timeout)
+        try:
+            return decode_response(
+                response.status_code,
+                response.headers,
+                response.content,
+                kind,
+                ClientCore.where(spec),
+            )
+        except AygologError as exc:
+            attempts.gave_up(exc)
+            raise
 
     # -- the API --------------------------------------------------------------------------------
 

@@ -12,10 +12,17 @@ Retry rules (`RetryPolicy`, `Attempts`):
   every `log` and every batch);
 - any other 4xx, 500 and other 5xx: never retried.
 
+How long: by default (`RetryPolicy()`) a call keeps retrying until `deadline` (30 s) after it
+began, so it outlasts an ordinary restart of the load balancer, an instance or Redis; `retries`
+caps the count as well (`retries=3` or `RetryPolicy(retries=3)`: at most 3 retries, still within
+the deadline). No retry starts after the deadline: the wait before the last one is cut short to
+end at it, so a call takes at most `deadline` plus one attempt's timeout.
+
 The delay before retry `n` (0-based) is drawn uniformly from `[0, min(backoff_max,
-backoff_base * 2**n)]` ("full jitter"). A `Retry-After` (header, else the error body's
-`retry_after`) is a floor: the delay is `retry_after` plus that jitter. A `Retry-After` longer than
-`max_retry_after` is not waited out: the error is raised at once, carrying `retry_after`.
+backoff_base * 2**n)]` ("full jitter"; by default 0.1 s doubling up to 5 s). A `Retry-After`
+(header, else the error body's `retry_after`) is a floor: the delay is `retry_after` plus that
+jitter. A `Retry-After` longer than `max_retry_after`, or one that ends after the deadline, is not
+waited out: the error is raised at once, carrying `retry_after`.
 Every POST carries an `Idempotency-Key`, the same across its retries, so a retry after an answer
 that was lost never stores twice; the load balancer retries such requests on another instance by
 the same rule.
@@ -63,6 +70,7 @@ from aygolog.models import (
 from aygolog.querystring import parse_time, query_to_params
 
 __all__ = [
+    "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_ITEMS",
@@ -116,23 +124,35 @@ _JSON: Final = "application/json"
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often and how patiently to retry (see the module docstring for which failures).
+    """How long and how patiently to retry (see the module docstring for which failures).
+
+    A value object like `httpx.Timeout`: the default keeps retrying for up to 30 s.
 
     Args:
-        retries: retries after the first attempt; 0 disables retrying.
+        retries: the most retries after the first attempt (None: as many as fit in `deadline`);
+            0 disables retrying.
+        deadline: seconds after the call began after which no retry starts (None: no limit;
+            then `retries` must be set).
         backoff_base: the jitter window of the first retry, in seconds; it doubles each time.
         backoff_max: the jitter window never exceeds this.
         max_retry_after: a `Retry-After` longer than this is not waited out.
     """
 
-    retries: int = 3
-    backoff_base: float = 0.2
-    backoff_max: float = 10.0
+    retries: int | None = None
+    deadline: float | None = 30.0
+    backoff_base: float = 0.1
+    backoff_max: float = 5.0
     max_retry_after: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.backoff_base < 0 or self.backoff_max < 0:
-            raise ValueError("retries and backoff times must not be negative")
+        if (self.retries is not None and self.retries < 0) or (
+            self.deadline is not None and not self.deadline >= 0
+        ):
+            raise ValueError("retries and deadline must not be negative")
+        if not (self.backoff_base >= 0 and self.backoff_max >= 0 and self.max_retry_after >= 0):
+            raise ValueError("backoff times and max_retry_after must not be negative")
+        if self.retries is None and self.deadline is None:
+            raise ValueError("set retries, deadline or both: without either it never gives up")
 
     def window(self, retry: int) -> float:
         """The jitter window before retry number `retry` (0-based)."""
@@ -145,6 +165,8 @@ class RetryPolicy:
         return max(0.0, retry_after or 0.0) + rng.uniform(0.0, self.window(retry))
 
 
+DEFAULT_RETRY: Final = RetryPolicy()
+"""Retry for up to 30 s, backoff from 0.1 s doubling up to 5 s, with full jitter."""
 NO_RETRY: Final = RetryPolicy(retries=0)
 
 
@@ -199,21 +221,41 @@ class Attempts:
     `on_error` raises the typed error.
     """
 
-    def __init__(self, policy: RetryPolicy, spec: RequestSpec, rng: random.Random) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        spec: RequestSpec,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
         self.spec = spec
         self.rng = rng
+        self.clock = clock
+        self.started = clock()
         self.retries = 0
         """Retries decided so far; the next attempt is a retry when this is above 0."""
 
     def _next(self, retry_after: float | None) -> float | None:
-        if self.retries >= self.policy.retries:
+        policy = self.policy
+        if policy.retries is not None and self.retries >= policy.retries:
             return None
-        if retry_after is not None and retry_after > self.policy.max_retry_after:
+        if retry_after is not None and retry_after > policy.max_retry_after:
             return None
-        delay = self.policy.delay(self.retries, retry_after, self.rng)
+        delay = policy.delay(self.retries, retry_after, self.rng)
+        if policy.deadline is not None:
+            remaining = self.started + policy.deadline - self.clock()
+            if remaining <= 0 or (retry_after is not None and retry_after > remaining):
+                return None  # past the deadline, or the server will not be ready within it
+            delay = min(delay, remaining)
         self.retries += 1
         return delay
+
+    def gave_up(self, exc: BaseException) -> None:
+        """Say on `exc` how long the call retried before it gave up (when it retried at all)."""
+        if self.retries:
+            elapsed = self.clock() - self.started
+            exc.add_note(f"gave up after {self.retries} retries over {elapsed:.1f} s")
 
     def on_response(self, status: int, headers: Mapping[str, str], content: bytes) -> float | None:
         """Seconds to wait before retrying after this answer, or None to stop here."""
@@ -230,7 +272,9 @@ class Attempts:
         )
         delay = self._next(None) if retryable else None
         if delay is None:
-            raise transport_error(exc, url, self.spec) from exc
+            error = transport_error(exc, url, self.spec)
+            self.gave_up(error)
+            raise error from exc
         return delay
 
 
@@ -858,7 +902,7 @@ class ClientCore:
         self,
         base_url: str,
         *,
-        retries: int | RetryPolicy = 3,
+        retries: int | RetryPolicy = DEFAULT_RETRY,
         api_key: str | None = None,
         service: str | None = None,
         balance: Balance = "lb",
@@ -881,6 +925,7 @@ class ClientCore:
         self.base_url = url
         self.policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries)
         self.rng = rng if rng is not None else random.Random()
+        self.clock = clock
         self.service = service
         self.max_batch_items = max_batch_items
         self.max_batch_bytes = max_batch_bytes
@@ -898,7 +943,7 @@ class ClientCore:
 
     def attempts(self, spec: RequestSpec, policy: RetryPolicy | None = None) -> Attempts:
         """The retry state of one call."""
-        return Attempts(policy or self.policy, spec, self.rng)
+        return Attempts(policy or self.policy, spec, self.rng, self.clock)
 
     @staticmethod
     def where(spec: RequestSpec) -> str:

@@ -16,10 +16,12 @@ import httpx
 
 from aygolog.balancing import BalancerStrategy
 from aygolog.client._base import (
+    DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
     MAX_BATCH_BYTES,
     MAX_BATCH_ITEMS,
     NO_RETRY,
+    Attempts,
     Balance,
     ClientCore,
     PreparedBatch,
@@ -62,7 +64,10 @@ class LogClient:
     Args:
         base_url: e.g. `http://127.0.0.1:8080`.
         timeout: seconds, or an `httpx.Timeout` (default 10 s, connect 3 s).
-        retries: how many retries, or a `RetryPolicy` (backoff with full jitter).
+        retries: a `RetryPolicy`, or a number of retries. The default retries failures
+            that are safe to retry for up to 30 s (backoff from 0.1 s doubling up to 5 s,
+            full jitter, `Retry-After` honoured), so a restart of the load balancer, an
+            instance or Redis does not fail a call.
         api_key: sent as `Authorization: Bearer <key>`.
         service: the service of entries that name none.
         balance: `"lb"` sends everything to `base_url`; `"client"` reads the LB's
@@ -73,7 +78,8 @@ class LogClient:
         max_batch_items, max_batch_bytes: how `log_many` splits its input.
         headers: extra headers for every request.
         transport: an httpx transport (tests, custom TLS, ...).
-        sleep, rng: for tests: the sleep between retries and the jitter's random source.
+        sleep, rng, clock: for tests: the sleep between retries, the jitter's random source
+            and the monotonic clock that the retry deadline is measured on.
 
     Thread-safe: one client may be shared by many threads.
     """
@@ -83,7 +89,7 @@ class LogClient:
         base_url: str,
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int | RetryPolicy = 3,
+        retries: int | RetryPolicy = DEFAULT_RETRY,
         api_key: str | None = None,
         service: str | None = None,
         balance: Balance = "lb",
@@ -95,6 +101,7 @@ class LogClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._core = ClientCore(
             base_url,
@@ -107,6 +114,7 @@ class LogClient:
             max_batch_items=max_batch_items,
             max_batch_bytes=max_batch_bytes,
             rng=rng,
+            clock=clock,
         )
         self._core.headers.update(headers or {})
         self._sleep_injected = sleep is not None
@@ -148,11 +156,10 @@ class LogClient:
         self,
         spec: RequestSpec,
         *,
-        policy: RetryPolicy | None = None,
+        attempts: Attempts,
         timeout: float | None = None,
     ) -> httpx.Response:
         core = self._core
-        attempts = core.attempts(spec, policy)
         while True:
             if spec.balanced:
                 self._refresh()
@@ -185,10 +192,19 @@ class LogClient:
         policy: RetryPolicy | None = None,
         timeout: float | None = None,
     ) -> T:
-        response = self._send(spec, policy=policy, timeout=timeout)
-        return decode_response(
-            response.status_code, response.headers, response.content, kind, ClientCore.where(spec)
-        )
+        attempts = self._core.attempts(spec, policy)
+        response = self._send(spec, attempts=attempts, timeout=timeout)
+        try:
+            return decode_response(
+                response.status_code,
+                response.headers,
+                response.content,
+                kind,
+                ClientCore.where(spec),
+            )
+        except AygologError as exc:
+            attempts.gave_up(exc)
+            raise
 
     # -- the API --------------------------------------------------------------------------------
 

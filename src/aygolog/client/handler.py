@@ -8,14 +8,21 @@
 
 How it behaves:
 
-- `emit` turns the record into JSON and puts it on a bounded in-memory queue; it never touches the
-  network and never raises (a failure goes to `logging.Handler.handleError`).
+- `emit` puts the record on a bounded in-memory queue; it never touches the network and never
+  raises (a failure goes to `logging.Handler.handleError`). It does as little as it can: for a
+  plain record (no `extra=` fields, exception or stack) it formats only the message and leaves
+  building and encoding the entry (msgspec) to the sender threads; other records are mapped and
+  encoded at once, so that later changes to their values cannot change what is sent.
 - When the queue is full (`capacity`, default 10,000) the `overflow` policy drops the oldest or
   the newest record; `dropped` counts them, and stderr says so at most once a `report_interval`.
-- A daemon thread sends batches of up to `batch_size` records (default 500), or whatever is
-  queued once the oldest record is `flush_interval` old (default 1 s), to `POST /api/logs`. Each
-  batch gets an `Idempotency-Key` when it is formed and keeps it through every retry and the
-  spool, so the server stores it exactly once.
+- `max_in_flight` daemon threads (default 3) send batches of up to `batch_size` records (default
+  1,000), or whatever is queued once the oldest record is `flush_interval` old (default 0.2 s), to
+  `POST /api/logs`, so up to `max_in_flight` requests are in flight at once: one process keeps up
+  with a burst of `logging` calls in a tight loop (`benchmarks/handler_burst.py`). Batches sent
+  at the same time may be stored in either order (each entry keeps its record's `timestamp`);
+  `max_in_flight=1` keeps the order of records as stored. Each batch gets an `Idempotency-Key`
+  when it is formed and keeps it through every retry and the spool, so the server stores it
+  exactly once.
 - Failures: connection errors, 429 and 5xx are retried with exponential backoff and full jitter,
   honouring `Retry-After`, for as long as it takes (the batch waits in memory; the queue keeps
   its bound). Entries the server refuses (422) are counted in `invalid`, reported, and the rest
@@ -42,9 +49,9 @@ structlog through the standard library works two ways: with `render_to_log_kwarg
 processor the key-values arrive as `extra` (attributes); with `wrap_for_formatter` (and no
 `use_formatter`), the event dict's `event` is the message and its other keys attributes.
 
-Records logged by the handler's own thread (e.g. httpx's request log) are ignored, so attaching it
+Records logged by the handler's own threads (e.g. httpx's request log) are ignored, so attaching it
 to the root logger cannot feed back into itself. After `os.fork()` (e.g. a pre-forking server
-that configured logging before forking) the child starts its own worker and, when the handler
+that configured logging before forking) the child starts its own sender threads and, when the
 made its client from a URL, its own connections; what the parent had queued stays the parent's.
 """
 
@@ -67,6 +74,7 @@ from pathlib import Path
 from typing import Final, Literal, TextIO
 
 import httpx
+import msgspec
 
 from aygolog.client._base import (
     NO_RETRY,
@@ -95,6 +103,8 @@ _TRACE_ID_CHARS: Final = frozenset(
 )
 _FORMATTER: Final = logging.Formatter()
 # structlog keys that the entry holds in its own fields (or that are structlog's internals).
+_PLAIN_FIELDS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+"""How many attributes a record without `extra=` fields has (a quick test before the exact one)."""
 _STRUCTLOG_FIELDS: Final = frozenset({"event", "level", "timestamp", "logger"})
 _SPOOL_MAGIC: Final = b"aygolog-spool 1"
 _DEFAULT_BACKOFF: Final = RetryPolicy(retries=0, backoff_base=0.2, backoff_max=10.0)
@@ -225,6 +235,7 @@ class AygologHandler(logging.Handler):
         capacity: the most records waiting in memory.
         overflow: which record to drop when full: `"drop_oldest"` or `"drop_newest"`.
         batch_size: the most records per request.
+        max_in_flight: the most requests at once (each from its own sender thread).
         flush_interval: send whatever is queued once the oldest record is this many seconds old.
         close_timeout: how long `close()` may take to deliver what is queued.
         spool_dir: where batches that cannot be delivered wait (None: in memory only).
@@ -245,8 +256,9 @@ class AygologHandler(logging.Handler):
         level: int | str = logging.NOTSET,
         capacity: int = 10_000,
         overflow: Overflow = "drop_oldest",
-        batch_size: int = 500,
-        flush_interval: float = 1.0,
+        batch_size: int = 1000,
+        max_in_flight: int = 3,
+        flush_interval: float = 0.2,
         close_timeout: float = 5.0,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 256 * 1024**2,
@@ -262,8 +274,8 @@ class AygologHandler(logging.Handler):
         super().__init__(level)
         if overflow not in ("drop_oldest", "drop_newest"):
             raise ValueError(f"overflow must be 'drop_oldest' or 'drop_newest', not {overflow!r}")
-        if capacity < 1 or batch_size < 1:
-            raise ValueError("capacity and batch_size must be at least 1")
+        if capacity < 1 or batch_size < 1 or max_in_flight < 1:
+            raise ValueError("capacity, batch_size and max_in_flight must be at least 1")
         self.limits = limits or Limits()
         if service is not None and (
             len(service) > self.limits.max_service_chars or not SERVICE_PATTERN.fullmatch(service)
@@ -273,6 +285,7 @@ class AygologHandler(logging.Handler):
         self.capacity = capacity
         self.overflow: Overflow = overflow
         self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
         self.flush_interval = flush_interval
         self.close_timeout = close_timeout
         self.backoff = backoff
@@ -303,9 +316,13 @@ class AygologHandler(logging.Handler):
         self.failed_attempts = 0
         """Sends that failed and were (or will be) retried: a sign of outages."""
 
+        # `emit` may leave the mapping of plain records to the sender thread unless a subclass
+        # maps records its own way.
+        self._plain_ok = type(self).map_record is AygologHandler.map_record and not use_formatter
+        self._levels: dict[tuple[str, int], LogLevel] = {}
         self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[tuple[float, bytes]] = deque()
-        self._current: PreparedBatch | None = None
+        self._queue: deque[tuple[float, _Item]] = deque()
+        self._slots: list[_Slot] = []
         self._failures = 0
         self._next_attempt = 0.0
         self._flushing = 0
@@ -314,14 +331,27 @@ class AygologHandler(logging.Handler):
         self._deadline = math.inf
         self._spool_ok_at = 0.0
         self._rng = random.Random()
+        self._keys = random.Random()  # seeded from os.urandom; reseeded in a forked child
         self._reported = {"dropped": 0, "invalid": 0, "undelivered": 0}
         self._last_report = -math.inf
-        self._start_worker()
+        self._start_workers()
 
-    def _start_worker(self) -> None:
+    def _start_workers(self) -> None:
         self._pid = os.getpid()
-        self._worker = threading.Thread(target=self._run, name="aygolog-handler", daemon=True)
-        self._worker.start()
+        self._slots = [_Slot(i) for i in range(self.max_in_flight)]
+        for slot in self._slots:
+            name = f"aygolog-handler-{slot.index}"
+            slot.thread = threading.Thread(target=self._run, args=(slot,), name=name, daemon=True)
+            slot.thread.start()
+        self._idents = frozenset(slot.thread.ident for slot in self._slots if slot.thread)
+
+    def _alive(self) -> list[_Slot]:
+        """The slots whose sender thread is still running."""
+        return [s for s in self._slots if s.thread is not None and s.thread.is_alive()]
+
+    def _busy(self) -> bool:
+        """Whether any sender holds records (lock held)."""
+        return any(s.current is not None or s.preparing for s in self._slots)
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():
@@ -332,14 +362,14 @@ class AygologHandler(logging.Handler):
         held for ever and its queue is the parent's to send. Start afresh."""
         self._cond = threading.Condition(threading.Lock())
         self._queue = deque()
-        self._current = None
+        self._keys = random.Random()  # never the parent's keys: its batches would replay ours
         self._failures = 0
         self._next_attempt = 0.0
         if self._make_client is not None:  # never share pooled sockets with the parent
             self.client = self._make_client()
         if self.spool is not None:
             self.spool._lock = threading.Lock()
-        self._start_worker()
+        self._start_workers()
 
     # -- the caller's side ------------------------------------------------------------------
 
@@ -348,15 +378,31 @@ class AygologHandler(logging.Handler):
         """Records waiting in memory (the queue and the batch being sent)."""
         self._check_fork()
         with self._cond:
-            return len(self._queue) + (self._current.count if self._current else 0)
+            held = sum(s.preparing + (s.current.count if s.current else 0) for s in self._slots)
+            return len(self._queue) + held
 
     def emit(self, record: logging.LogRecord) -> None:
         """Queue the record (never blocks on the network, never raises)."""
         try:
-            self._check_fork()
-            if threading.get_ident() == self._worker.ident:
+            if record.process != self._pid:  # the record knows the pid: no system call
+                self._check_fork()
+            if threading.get_ident() in self._idents:
                 return  # our own thread's logs (httpx's): shipping them would feed back
-            item = encode_log(self.map_record(record))
+            item: _Item
+            fields = record.__dict__
+            if (
+                self._plain_ok
+                and not record.exc_info
+                and not record.stack_info
+                and (len(fields) == _PLAIN_FIELDS or not (fields.keys() - _STANDARD_ATTRS))
+                and type(record.msg) is not dict
+            ):
+                # The common record: only its message needs formatting now (its arguments may
+                # change later); the sender thread builds and encodes the entry.
+                item = (record.created, record.levelname, record.levelno, record.name,
+                        record.getMessage())  # fmt: skip
+            else:
+                item = encode_log(self.map_record(record))
             now = time.monotonic()
             with self._cond:
                 if self._closing:
@@ -420,10 +466,7 @@ class AygologHandler(logging.Handler):
             if isinstance(value, str):
                 keep_end = key in ("exception", "stack")
                 attributes[key] = _trim(value, limits.max_attribute_value_bytes, keep_end=keep_end)
-        try:
-            level = LogLevel.parse(record.levelname)
-        except ValueError:
-            level = LogLevel.parse(record.levelno)
+        level = _record_level(record.levelname, record.levelno)
         return NewLog(
             message=_trim(message, limits.max_message_bytes) if message.strip() else "(empty)",
             level=level,
@@ -446,13 +489,13 @@ class AygologHandler(logging.Handler):
         self._check_fork()
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         with self._cond:
-            if self._failing() or not self._worker.is_alive():
-                return not self._queue and self._current is None
+            if self._failing() or not self._alive():
+                return not self._queue and not self._busy()
             attempts = self._attempts
             self._flushing += 1
             self._cond.notify_all()
             try:
-                while self._queue or self._current is not None:
+                while self._queue or self._busy():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or (self._failing() and self._attempts != attempts):
                         return False
@@ -478,12 +521,19 @@ class AygologHandler(logging.Handler):
             self._next_attempt = min(self._next_attempt, now)  # one more try at once
             self._cond.notify_all()
         if first:
-            self._worker.join(max(0.0, now + limit - time.monotonic()))
+            for slot in self._slots:
+                if slot.thread is not None:
+                    slot.thread.join(max(0.0, now + limit - time.monotonic()))
             with self._cond:
-                if self._worker.is_alive():  # stuck in a request: what it holds may be lost
-                    self._abandon()
+                for slot in self._alive():  # stuck in a request: what it holds may be lost
+                    self._abandon(slot)
+            if self.spool is not None and len(self.spool):
+                self._write(
+                    f"aygolog: {self.spool.records} log records are spooled in"
+                    f" {self.spool.directory}; they will be sent when the server is reachable"
+                )
             self._report(final=True)
-            if self._owns_client and not self._worker.is_alive():
+            if self._owns_client and not self._alive():
                 self.client.close()
         super().close()
 
@@ -518,43 +568,76 @@ class AygologHandler(logging.Handler):
             parts.append(f"{new['undelivered']} log records could not be delivered to {where}")
         self._write("aygolog: " + "; ".join(parts))
 
-    def _abandon(self) -> None:
-        """At the end: spool what is left, or count it as undelivered (lock held)."""
+    def _abandon(self, slot: _Slot) -> None:
+        """At the end: spool what `slot` and the queue hold, or count it undelivered (lock held)."""
         batches: list[PreparedBatch] = []
-        if self._current is not None:
-            batches.append(self._current)
-            self._current = None
+        if slot.current is not None:
+            batches.append(slot.current)
+            slot.current = None
         while self._queue:
-            batches.append(self._take())
+            batch, rest = self._encode(self._take())
+            self._queue.extendleft(reversed([(0.0, i) for i in rest]))
+            batches.append(batch)
         for batch in batches:
             if self.spool is None or not self.spool.put(batch):
                 self.undelivered += batch.count
-        if self.spool is not None and len(self.spool):
-            self._write(
-                f"aygolog: {self.spool.records} log records are spooled in {self.spool.directory};"
-                " they will be sent when the server is reachable"
-            )
 
-    def _take(self) -> PreparedBatch:
-        """The next batch from the queue (lock held)."""
-        items: list[bytes] = []
+    def _take(self) -> list[_Item]:
+        """The next batch's records from the queue, not yet encoded (lock held)."""
+        queue = self._queue
+        count = min(len(queue), self.batch_size)
+        return [queue.popleft()[1] for _ in range(count)]
+
+    def _encode(self, items: list[_Item]) -> tuple[PreparedBatch, list[bytes]]:
+        """`items` as a batch within the byte limit, and the encoded items that did not fit."""
+        encoded: list[bytes] = []
         size = 0
-        while self._queue and len(items) < self.batch_size:
-            item = self._queue[0][1]
-            if items and body_size(len(items) + 1, size + len(item)) > self._max_batch_bytes:
-                break
-            self._queue.popleft()
-            items.append(item)
-            size += len(item)
-        return PreparedBatch(tuple(items), new_idempotency_key())
+        limit = self._max_batch_bytes
+        plain = self._encode_plain
+        for item in items:
+            data = item if isinstance(item, bytes) else plain(item)
+            size += len(data)
+            encoded.append(data)
+        rest: list[bytes] = []
+        if body_size(len(encoded), size) > limit:  # rare: large records; cut where it overflows
+            size = 0
+            for i, data in enumerate(encoded):
+                if i and body_size(i + 1, size + len(data)) > limit:
+                    encoded, rest = encoded[:i], encoded[i:]
+                    break
+                size += len(data)
+        return PreparedBatch(tuple(encoded), self._new_key()), rest
 
-    def _decide(self) -> tuple[str, float | None]:
-        """What the worker does next, and how long to wait first (lock held)."""
+    def _new_key(self) -> str:
+        """A fresh idempotency key: 128 random bits from a generator seeded from the OS once
+        (and again after a fork), so making one is no system call."""
+        return f"{self._keys.getrandbits(128):032x}"
+
+    def _encode_plain(self, item: _Plain) -> bytes:
+        """The JSON of a record that `emit` found plain (no extras, exception or stack)."""
+        created, levelname, levelno, name, message = item
+        level = self._levels.get((levelname, levelno))
+        if level is None:
+            level = self._levels[levelname, levelno] = _record_level(levelname, levelno)
+        max_bytes = self.limits.max_message_bytes
+        return _encode_new_log(
+            NewLog(
+                message=_trim(message, max_bytes) if message.strip() else "(empty)",
+                level=level,
+                service=self.service,
+                timestamp=datetime.fromtimestamp(created, UTC),
+                attributes={"logger": _trim(name, self.limits.max_attribute_value_bytes)},
+            )
+        )
+
+    def _decide(self, slot: _Slot) -> tuple[str, float | None]:
+        """What `slot`'s sender does next, and how long to wait first (lock held)."""
         now = time.monotonic()
         if self._closing and now >= self._deadline:
             return "exit", None
         queue = self._queue
-        if self._current is None and queue:
+        spool = self.spool if slot.index == 0 else None  # one sender empties the spool, in order
+        if slot.current is None and queue:
             due = (
                 self._closing
                 or self._flushing
@@ -562,8 +645,8 @@ class AygologHandler(logging.Handler):
                 or now - queue[0][0] >= self.flush_interval
             )
             if due:
-                self._current = self._take()
-        if self._current is not None:
+                return "take", None
+        if slot.current is not None:
             if now >= self._next_attempt:
                 return "send", None
             if self.spool is not None and now >= self._spool_ok_at:
@@ -571,35 +654,42 @@ class AygologHandler(logging.Handler):
             return "wait", min(self._next_attempt, self._deadline) - now
         if self._closing and not queue:
             return "exit", None
-        if self.spool is not None and len(self.spool) and now >= self._next_attempt:
+        if spool is not None and len(spool) and now >= self._next_attempt:
             return "unspool", None
         wait: float | None = None
         if queue:
             wait = max(0.0, self.flush_interval - (now - queue[0][0]))
-        if self.spool is not None and len(self.spool):
+        if spool is not None and len(spool):
             until = max(0.0, self._next_attempt - now)
             wait = until if wait is None else min(wait, until)
         if self._closing:
             wait = min(wait if wait is not None else math.inf, self._deadline - now)
         return "wait", wait
 
-    def _run(self) -> None:
+    def _run(self, slot: _Slot) -> None:
         while True:
+            items: list[_Item] = []
             with self._cond:
-                action, wait = self._decide()
+                action, wait = self._decide(slot)
                 if action == "wait":
                     self._cond.wait(wait)
                     continue
                 if action == "exit":
-                    self._abandon()
+                    self._abandon(slot)
                     self._cond.notify_all()
                     return
-                batch = self._current
+                if action == "take":
+                    items = self._take()
+                    slot.preparing = len(items)
+                batch = slot.current
             try:
+                if action == "take":
+                    self._prepare(slot, items)
+                    continue
                 if action == "spool" and batch is not None:
-                    self._spool_current(batch)
+                    self._spool_current(slot, batch)
                 elif action == "send" and batch is not None:
-                    self._send_current(batch)
+                    self._send_current(slot, batch)
                 elif action == "unspool":
                     self._unspool()
             except Exception:  # a bug must not stop the worker: say so, back off, go on
@@ -608,12 +698,27 @@ class AygologHandler(logging.Handler):
                     self._failed(None)
             self._report()
 
-    def _spool_current(self, batch: PreparedBatch) -> None:
+    def _prepare(self, slot: _Slot, items: list[_Item]) -> None:
+        """Encode taken records as `slot`'s batch, outside the lock (`emit` never waits for it)."""
+        try:
+            batch, rest = self._encode(items)
+        except Exception:
+            with self._cond:
+                slot.preparing = 0
+                self.invalid += len(items)  # cannot happen with plain values; never loop on it
+            raise
+        with self._cond:
+            slot.preparing = 0
+            self._queue.extendleft(reversed([(0.0, i) for i in rest]))
+            slot.current = batch
+            self._cond.notify_all()
+
+    def _spool_current(self, slot: _Slot, batch: PreparedBatch) -> None:
         assert self.spool is not None
         stored = self.spool.put(batch)
         with self._cond:
             if stored:
-                self._current = None
+                slot.current = None
             else:  # full or failing disk: keep it in memory, try the spool again later
                 self._spool_ok_at = time.monotonic() + 5.0
             self._cond.notify_all()
@@ -651,19 +756,19 @@ class AygologHandler(logging.Handler):
         with self._cond:
             self.invalid += count
 
-    def _send_current(self, batch: PreparedBatch) -> None:
+    def _send_current(self, slot: _Slot, batch: PreparedBatch) -> None:
         outcome = self._deliver(batch)
         with self._cond:
             self._attempts += 1
             if outcome is None:
                 self._succeeded()
-                self._current = None
+                slot.current = None
             elif isinstance(outcome, _Split):
                 first, second = outcome.batch.split()
-                self._current = first
+                slot.current = first
                 self._queue.extendleft(reversed([(0.0, i) for i in second.items]))
             elif isinstance(outcome, PreparedBatch):
-                self._current = outcome if outcome.count else None
+                slot.current = outcome if outcome.count else None
             else:
                 self._failed(outcome)
             self._cond.notify_all()
@@ -705,6 +810,20 @@ class AygologHandler(logging.Handler):
         self._next_attempt = now + delay
 
 
+class _Slot:
+    """One sender thread and the batch it holds (at most `max_in_flight` requests at once)."""
+
+    __slots__ = ("current", "index", "preparing", "thread")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.current: PreparedBatch | None = None
+        """The batch it is sending (or waiting to retry)."""
+        self.preparing = 0
+        """Records it took from the queue and is encoding."""
+        self.thread: threading.Thread | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Split:
     """The server refused the whole batch without naming items (e.g. too large): halve it."""
@@ -718,3 +837,18 @@ def _attribute(value: object) -> AttributeValue:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     return str(value)
+
+
+_Plain = tuple[float, str, int, str, str]
+"""A plain record as `emit` queues it: created, levelname, levelno, logger name, message."""
+_Item = bytes | _Plain
+"""A queued record: its JSON, or a plain record still to be encoded by the sender thread."""
+_encode_new_log: Final = msgspec.json.Encoder().encode
+
+
+def _record_level(levelname: str, levelno: int) -> LogLevel:
+    """The entry's level for a record: by its name, else (a custom level) by its number."""
+    try:
+        return LogLevel.parse(levelname)
+    except ValueError:
+        return LogLevel.parse(levelno)
