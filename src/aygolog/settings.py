@@ -900,6 +900,33 @@ class LoadBalancerSettings(_ServerSettings):
     )
     """Seconds between full reloads of the registry (the safety net under its change events)."""
 
+    # -- client limits of the data plane (issue 15: hostile and slow clients) --
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, validation_alias="AYGOLOG_MAX_HEADER_BYTES"
+    )
+    """Largest request head (request line and headers), checked on the bytes received; 431."""
+    max_request_line_bytes: int = Field(
+        default=16 * 1024, ge=256, validation_alias="AYGOLOG_MAX_REQUEST_LINE_BYTES"
+    )
+    """Largest request line (method, URL, version); 414 beyond."""
+    max_header_line_bytes: int = Field(
+        default=16 * 1024, ge=256, validation_alias="AYGOLOG_MAX_HEADER_LINE_BYTES"
+    )
+    """Largest single header line; 431 beyond."""
+    client_header_timeout: float = Field(
+        default=10.0, gt=0, validation_alias="AYGOLOG_CLIENT_HEADER_TIMEOUT"
+    )
+    """Seconds a request's head may take to arrive whole, from its first byte; 408 beyond."""
+    client_body_timeout: float = Field(
+        default=60.0, gt=0, validation_alias="AYGOLOG_CLIENT_BODY_TIMEOUT"
+    )
+    """Seconds a request's body may take to arrive whole, from the end of its head; 408 beyond."""
+    keepalive_timeout: float = Field(
+        default=75.0, gt=0, validation_alias="AYGOLOG_KEEPALIVE_TIMEOUT"
+    )
+    """Seconds an idle client connection (between requests) is kept open."""
+    # -- end of the client limits --
+
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: RedisSettings) -> RedisSettings:

@@ -247,6 +247,12 @@ def proxy_config_from(settings: LoadBalancerSettings, *, grace: float = 4.0) -> 
         shutdown_timeout=grace,
         api_keys=dict(settings.api_keys),
         cors_origins=tuple(settings.cors_origins),
+        max_header_size=settings.max_header_bytes,
+        max_request_line=settings.max_request_line_bytes,
+        max_header_line=settings.max_header_line_bytes,
+        request_head_timeout=settings.client_header_timeout,
+        request_body_timeout=settings.client_body_timeout,
+        keep_alive_timeout=settings.keepalive_timeout,
     )
 
 

@@ -8,7 +8,13 @@ handed, in-process, to an ASGI app (the LB's Litestar control plane: registratio
 project's calibration (ARCHITECTURE.md) a Litestar route in front of the same pooled sockets
 reached 0.48x nginx's throughput, this design 0.66x.
 
-Per client connection, requests are answered one at a time, in order (pipelining-safe). Request
+Per client connection, requests are answered one at a time, in order (pipelining-safe). What a
+client sends is bounded before httptools sees it (`aygolog.lb.framing`): the request line, each
+header line and the whole head are limited on the bytes received (414/431 at once, however much
+more the client sends), and each head goes to the parser whole. A request must arrive whole within
+its deadlines, the head within `request_head_timeout` of its first byte and the body within
+`request_body_timeout` of the end of the head (408 and close; no byte resets them); an idle
+connection between requests is closed after `keep_alive_timeout`. Request
 bodies are buffered up to `ProxyConfig.max_body_size` (413 beyond), which makes every request
 replayable for a retry; responses are streamed as they arrive (SSE included), with back-pressure
 from a slow client to the instance's connection.
@@ -22,8 +28,11 @@ once on a fresh connection to the same instance, under the same rule. Once respo
 gone to the client nothing is retried: the client connection is cut instead.
 
 Answers of the proxy itself: 502 (the instances failed), 503 with `Retry-After` (no instance to
-send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/431 for bad
-requests, 401/403 for a missing or insufficient API key. Their JSON body is
+send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/414/431 for
+bad requests, 408 for slow ones, 417 for an `Expect` other than `100-continue`, 505 for an HTTP
+version other than 1.0/1.1 (HTTP/1.1 needs exactly one Host; HTTP/1.0 may not use
+Transfer-Encoding; headers the proxy relies on, such as Host, are never stripped by being named in
+`Connection`), 401/403 for a missing or insufficient API key. Their JSON body is
 `{"error": "...", "detail": []}`.
 
 Optional, both off by default and then costing one attribute test per request:
@@ -60,6 +69,7 @@ import httptools
 import msgspec
 
 from aygolog.errors import NoHealthyInstance
+from aygolog.lb.framing import ChunkedScanner, FramingError, HeadScanner
 from aygolog.lb.upstream import (
     UpstreamConnection,
     UpstreamError,
@@ -147,7 +157,10 @@ class ProxyConfig:
 
     Args:
         max_body_size: largest request body accepted (buffered), in bytes; 413 beyond.
-        max_header_size: largest request line plus headers, in bytes; 431 beyond.
+        max_header_size: largest request head (request line plus headers), in bytes; 431
+            beyond. Checked on the bytes received, before parsing (`aygolog.lb.framing`).
+        max_request_line: largest request line, in bytes; 414 beyond.
+        max_header_line: largest single header line, in bytes; 431 beyond.
         connect_timeout: seconds to open a connection to an instance.
         response_timeout: seconds to wait for the response headers, and at most between two
             body chunks; 504 when the headers do not come. Not applied to SSE.
@@ -157,8 +170,12 @@ class ProxyConfig:
         retry_window: ...a sliding window of this many seconds.
         max_idle_per_upstream: idle keep-alive connections kept per instance.
         upstream_idle_timeout: an idle upstream connection older than this is closed.
-        keep_alive_timeout: an idle client connection is closed after this many seconds.
-        request_read_timeout: a client must send a whole request within this many seconds.
+        keep_alive_timeout: an idle client connection (no request begun) is closed after this
+            many seconds.
+        request_head_timeout: a request's head must arrive whole within this many seconds of its
+            first byte (a total deadline, not reset by each byte); else 408 and close.
+        request_body_timeout: its body must arrive whole within this many seconds of the end of
+            the head (or of the `100 Continue`); else 408 and close.
         max_pipelined: requests queued on one client connection before it is read no further.
         scheme: the scheme clients used, sent as `X-Forwarded-Proto`.
         trust_forwarded: keep the `X-Forwarded-Proto/-Host` a client sent (behind a trusted
@@ -172,6 +189,8 @@ class ProxyConfig:
 
     max_body_size: int = 10 * 1024 * 1024
     max_header_size: int = 64 * 1024
+    max_request_line: int = 16 * 1024
+    max_header_line: int = 16 * 1024
     connect_timeout: float = 1.0
     response_timeout: float = 30.0
     max_retries: int = 2
@@ -181,7 +200,8 @@ class ProxyConfig:
     max_idle_per_upstream: int = 64
     upstream_idle_timeout: float = 4.0
     keep_alive_timeout: float = 75.0
-    request_read_timeout: float = 60.0
+    request_head_timeout: float = 10.0
+    request_body_timeout: float = 60.0
     max_pipelined: int = 16
     scheme: str = "http"
     trust_forwarded: bool = False
@@ -295,6 +315,12 @@ _FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-ho
 # Response headers the proxy drops or sets itself.
 _RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
+# Request headers the proxy acts on or relies on: naming one in `Connection` does not strip it
+# (`Connection: host` must not send a request upstream without its Host).
+_END_TO_END: Final = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"idempotency-key", b"authorization",
+     b"x-api-key"}
+)  # fmt: skip
 _READ: Final = 1
 _WRITE: Final = 2
 _SCOPE_BITS: Final = {"read": _READ, "write": _WRITE, "read+write": _READ | _WRITE}
@@ -314,6 +340,7 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _SSE: Final = b"text/event-stream"
 _LINGER: Final = 2.0  # seconds to drain a rejected client's input before closing (as nginx)
+_LINGER_BYTES: Final = 1024 * 1024  # ...reading at most this much of it
 
 # Response framing towards the client.
 _FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
@@ -329,6 +356,25 @@ def _status_line(status: int) -> bytes:
 
 def _tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",")} - {b""}
+
+
+def _refusal(
+    version: str, version11: bool, hosts: int, chunked: bool, expect: bytes | None
+) -> tuple[int, str] | None:
+    """Why a parsed request head is refused (status, message), or None (RFC 9110/9112)."""
+    if not version11 and version != "1.0":
+        if version == "0.9":
+            return 400, "the request line has no HTTP version (HTTP/0.9 is not supported)"
+        return 505, f"HTTP/{version} is not supported: send HTTP/1.1"
+    if hosts > 1:
+        return 400, "Host: more than one Host header"
+    if not hosts and version11:
+        return 400, "Host: an HTTP/1.1 request needs a Host header"
+    if chunked and not version11:
+        return 400, "Transfer-Encoding: not allowed in an HTTP/1.0 request"
+    if expect is not None and expect.strip().lower() != b"100-continue":
+        return 417, "Expect: only 100-continue is supported"
+    return None
 
 
 class _Stop(Exception):
@@ -579,8 +625,9 @@ class ProxyServer:
         """Close idle and too-slow client connections (one timer for all, once a second)."""
         while True:
             await asyncio.sleep(1.0)
+            now = asyncio.get_running_loop().time()
             for conn in list(self._connections):
-                conn.tick(1.0)
+                conn.tick(now)
 
 
 class _Client(asyncio.Protocol):
@@ -592,14 +639,29 @@ class _Client(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        config = self.config
+        self.scanner = HeadScanner(
+            max_head=config.max_header_size,
+            max_request_line=config.max_request_line,
+            max_header_line=config.max_header_line,
+        )
+        self.chunked: ChunkedScanner | None = None
+        self.body_left = 0
+        """Body bytes still to come: 0 while reading a head, -1 while reading a chunked body."""
+        self.head_began = -1.0
+        """When the first byte of the head being read arrived (-1: no head being read)."""
+        self.body_began = 0.0
+        """When the body being read was asked for (end of its head, or `100 Continue`)."""
+        self.idle_since = loop.time()
+        self.streaming_sse = False
+        """An event stream is being relayed: the client's EOF means it left (close at once)."""
+        self.linger_budget = _LINGER_BYTES
         self.client_ip = b""
         self.client_addr: tuple[str, int] | None = None
         self.server_addr: tuple[str, int] | None = None
         self.queue: collections.deque[_Request] = collections.deque()
         self.parsing: _Request | None = None
         self.task: asyncio.Task[None] | None = None
-        self.header_bytes = 0
-        self.idle_for = 0.0
         self.lost = False
         self.eof = False
         self.ignore_input = False
@@ -621,22 +683,34 @@ class _Client(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _stopped(self) -> bool:
+        """Whether input is ignored now (a parser callback may have just decided so)."""
+        return self.ignore_input
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
-    def tick(self, seconds: float) -> None:
-        """Called once a second: close the connection if it has been idle or slow too long."""
-        if self.task is not None or self.queue or self.lost:
+    def tick(self, now: float) -> None:
+        """Called once a second: close the connection if it has been idle too long, or answer
+        408 and close it if a request has not arrived whole within its deadline."""
+        if self.task is not None or self.queue or self.lost or self.ignore_input:
             return
-        self.idle_for += seconds
-        limit = (
-            self.config.keep_alive_timeout
-            if self.parsing is None
-            else self.config.request_read_timeout
-        )
-        if self.idle_for >= limit:
+        config = self.config
+        if self.body_left:
+            timeout = config.request_body_timeout
+            if now - self.body_began >= timeout:
+                self._timed_out(f"the request body did not arrive within {timeout:g} s")
+        elif self.head_began >= 0:
+            timeout = config.request_head_timeout
+            if now - self.head_began >= timeout:
+                self._timed_out(f"the request headers did not arrive within {timeout:g} s")
+        elif now - self.idle_since >= config.keep_alive_timeout:
             self.close()
+
+    def _timed_out(self, message: str) -> None:
+        req = self.parsing or _Request()
+        self._reject(req, 408, message)
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -656,6 +730,7 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.scanner.reset()
         self.server._closed(self)
         if self._linger is not None:
             self._linger.cancel()
@@ -668,6 +743,11 @@ class _Client(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.streaming_sse:
+            # A client leaving an event stream only closes its side (no write of ours fails
+            # until the next event, which may be many seconds away): close now, which cancels
+            # the exchange and closes the instance's connection too.
+            return False
         # Keep the write side open to answer what was asked before the client half-closed.
         return self.task is not None or bool(self.queue)
 
@@ -684,10 +764,48 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.ignore_input:
+            if self._linger is not None:
+                # Drain a rejected client's input for a while, but not at any rate: past a
+                # budget, stop reading (the client can still read our answer) until the close.
+                self.linger_budget -= len(data)
+                if self.linger_budget < 0 and self.transport is not None and not self.lost:
+                    self.transport.pause_reading()
             return
-        self.idle_for = 0.0
+        parser = self.parser
         try:
-            self.parser.feed_data(data)
+            # Heads go to the parser whole, after the scanner checked their size; bodies go
+            # as they come, cut where they end so the next head is scanned again.
+            while data:
+                left = self.body_left
+                if not left:
+                    if self.head_began < 0:
+                        self.head_began = self.loop.time()
+                    got = self.scanner.feed(data)
+                    if got is None:
+                        return
+                    head, data = got
+                    parser.feed_data(head)
+                elif left > 0:
+                    if len(data) <= left:
+                        self.body_left = left - len(data)
+                        parser.feed_data(data)
+                        return
+                    self.body_left = 0
+                    parser.feed_data(data[:left])
+                    data = data[left:]
+                else:
+                    assert self.chunked is not None
+                    end = self.chunked.feed(data)
+                    if end < 0:
+                        parser.feed_data(data)
+                        return
+                    self.body_left = 0
+                    parser.feed_data(data[:end])
+                    data = data[end:]
+                if self._stopped():
+                    return
+        except FramingError as exc:
+            self._reject(self.parsing or _Request(), exc.status, exc.message)
         except httptools.HttpParserUpgrade:
             # Protocol upgrades (WebSocket, h2c) are not supported: the request was served as
             # a plain one (Upgrade is hop-by-hop) and the connection closes after it.
@@ -707,40 +825,39 @@ class _Client(asyncio.Protocol):
         if self.ignore_input:
             raise _Stop
         self.parsing = _Request()
-        self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
         if req is not None:
             req.url += url
-            self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
-        if req is not None:
+        if req is not None and not req.method:  # not after the head: trailers are dropped
             req.headers.append((name.lower(), value))
-            self._count_header_bytes(len(name) + len(value) + 4)
-
-    def _count_header_bytes(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.config.max_header_size:
-            self.parse_error = (431, "request headers too large")
-            raise _Stop
 
     def on_headers_complete(self) -> None:
         req = self.parsing
         if req is None:
             return
+        self.head_began = -1.0
         parser = self.parser
         req.method = parser.get_method()
         req.head = req.method == b"HEAD"
-        req.version11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        req.version11 = version == "1.1"
         req.keep_alive = parser.should_keep_alive()
         length = -1
+        chunked = False
+        hosts = 0
+        expect: bytes | None = None
         for name, value in req.headers:
             if name == b"content-length":
                 length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
             elif name == b"host":
+                hosts += 1
                 if req.host is None:
                     req.host = value
             elif name == b"x-forwarded-for":
@@ -754,9 +871,9 @@ class _Client(asyncio.Protocol):
                 if _SSE in value:
                     req.event_stream = True
             elif name == b"expect":
-                req.expect_continue = value.lower() == b"100-continue"
+                expect = value
             elif name == b"connection":
-                extra = _tokens(value) - _CONNECTION_KEEPS
+                extra = _tokens(value) - _CONNECTION_KEEPS - _END_TO_END
                 if extra:
                     req.connection_tokens = (req.connection_tokens or set()) | extra
             elif name == b"x-forwarded-proto":
@@ -765,9 +882,26 @@ class _Client(asyncio.Protocol):
                 req.forwarded_host = True
         if not req.request_id:
             req.request_id = uuid.uuid4().hex.encode()
+        refused = _refusal(version, req.version11, hosts, chunked, expect)
+        if refused is not None:
+            self._reject(req, *refused)
+            return
+        if expect is not None and req.version11:
+            req.expect_continue = True
         if length > self.config.max_body_size:
             self._reject(req, 413, "request body too large")
             return
+        if chunked:
+            self.body_left = -1
+            if self.chunked is None:
+                self.chunked = ChunkedScanner(max_trailer=self.config.max_header_size)
+            else:
+                self.chunked.reset()
+        elif length > 0:
+            self.body_left = length
+        else:
+            return  # no body
+        self.body_began = self.loop.time()
         if req.expect_continue and self.task is None and not self.queue:
             self._send_continue(req)
 
@@ -786,6 +920,7 @@ class _Client(asyncio.Protocol):
         if req is None:
             return
         self.parsing = None
+        self.body_left = 0
         chunks = req.chunks
         if chunks:
             req.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -801,10 +936,12 @@ class _Client(asyncio.Protocol):
         self.parsing = None
         self.ignore_input = True
         self.parse_error = None
+        self.scanner.reset()
         self._enqueue(req)
 
     def _send_continue(self, req: _Request) -> None:
         req.continue_sent = True
+        self.body_began = self.loop.time()
         if self.transport is not None and not self.lost:
             self.transport.write(_CONTINUE)
 
@@ -832,9 +969,10 @@ class _Client(asyncio.Protocol):
                 if self.write_paused:
                     # Read no further request until the client has taken this answer.
                     await self._drain_writes()
-                self.idle_for = 0.0
+                self.idle_since = self.loop.time()
                 if not keep or self.lost or self.server.closing or self.eof:
-                    self._end(drain_input=req.reject is not None)
+                    # No lingering after a timeout: the client is too slow to be worth waiting.
+                    self._end(drain_input=req.reject is not None and req.reject[0] != 408)
                     return
                 waiting = self.parsing
                 if waiting is not None and waiting.expect_continue and not waiting.continue_sent:
@@ -1175,6 +1313,13 @@ class _Client(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._write(head)
+        if event_stream:
+            if self.eof:  # the client has already left
+                conn.close()
+                self.abort()
+                picker.finished(name, status, time.perf_counter() - began, None)
+                return None
+            self.streaming_sse = True
         timer: _IdleTimer | None = None
         timeout = self.config.response_timeout
         if not (req.event_stream or event_stream) and timeout > 0:
@@ -1208,6 +1353,7 @@ class _Client(asyncio.Protocol):
             picker.finished(name, status, time.perf_counter() - began, exc.failure)
             return None
         finally:
+            self.streaming_sse = False
             if timer is not None:
                 timer.cancel()
             self.on_resume = None
