@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import msgspec
 import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, delete, get, post, put
-from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import PermissionDeniedException
@@ -207,9 +206,9 @@ def create_load_balancer(
                 " proxied to a Log API instance."
             ),
         ),
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
-        if settings.cors_origins
-        else None,
+        # No CORS here: the registration API and the control plane are never exposed to
+        # browsers of other origins (the data plane answers CORS on the log routes only).
+        cors_config=None,
         request_max_body_size=_MAX_REGISTRATION_BYTES,
         debug=False,
     )

@@ -17,7 +17,9 @@ its deadlines, the head within `request_head_timeout` of its first byte and the 
 connection between requests is closed after `keep_alive_timeout`. Request
 bodies are buffered up to `ProxyConfig.max_body_size` (413 beyond), which makes every request
 replayable for a retry; responses are streamed as they arrive (SSE included), with back-pressure
-from a slow client to the instance's connection.
+from a slow client to the instance's connection. A client that closes its side of an event
+stream has left: the proxy closes its connection to the instance at once (a quiet stream would
+otherwise hold both until its next keep-alive comment).
 
 Retries: a request is sent again to another instance (at most `max_retries` times, and only while
 the `RetryBudget` allows) when the instance cannot have acted on it: no connection could be made,
@@ -42,11 +44,16 @@ Optional, both off by default and then costing one attribute test per request:
   not allow the method (GET, HEAD and OPTIONS read; every other method writes). The key is
   passed on: instances given the same keys check them too (so going around the load balancer
   does not go around the keys).
-- CORS (`ProxyConfig.cors_origins`): a preflight (`OPTIONS` with `Origin` and
-  `Access-Control-Request-Method`) is answered by the proxy itself (204, or 403 for an origin not
-  allowed); proxied responses and the proxy's own errors to an allowed origin carry
-  `Access-Control-Allow-Origin` (the origin), `Vary: Origin` and
-  `Access-Control-Expose-Headers`; the instances' own `Access-Control-*` headers are dropped.
+
+CORS is on by default (`ProxyConfig.cors_origins`, `("*",)`: any origin, without credentials), on
+the paths of `ProxyConfig.cors_paths` only (the log routes): a preflight (`OPTIONS` with `Origin`
+and `Access-Control-Request-Method`) is answered by the proxy itself (204, or 403 for an origin not
+allowed); proxied responses and the proxy's own errors to an allowed origin carry
+`Access-Control-Allow-Origin` (`*`, or the origin when a list restricts them, then with
+`Vary: Origin` merged into the instance's one `Vary`) and `Access-Control-Expose-Headers`; the
+instances' own `Access-Control-*` headers are dropped. A preflight for any other path (the
+registration API, the control plane) is refused with 403 and no CORS header. An empty
+`cors_origins` turns CORS handling off (preflights are then proxied like any request).
 """
 
 from __future__ import annotations
@@ -183,8 +190,9 @@ class ProxyConfig:
         shutdown_timeout: default seconds `aclose` lets in-flight requests finish.
         api_keys: key -> scope (`read`, `write`, `read+write`) for proxied requests; None or
             empty: no key needed.
-        cors_origins: browser origins allowed (`https://host[:port]`, or `*` for any); empty:
-            no CORS handling (the instances' own CORS headers pass through).
+        cors_origins: browser origins allowed (`https://host[:port]`, or `*` for any, the
+            default); empty: no CORS handling (the instances' own CORS headers pass through).
+        cors_paths: the paths CORS applies to; an entry ending in `/` is a prefix.
     """
 
     max_body_size: int = 10 * 1024 * 1024
@@ -207,7 +215,8 @@ class ProxyConfig:
     trust_forwarded: bool = False
     shutdown_timeout: float = 10.0
     api_keys: Mapping[str, str] | None = None
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
+    cors_paths: tuple[str, ...] = ("/api/log", "/api/logs", "/api/logs/")
 
 
 @dataclass(slots=True)
@@ -325,9 +334,8 @@ _READ: Final = 1
 _WRITE: Final = 2
 _SCOPE_BITS: Final = {"read": _READ, "write": _WRITE, "read+write": _READ | _WRITE}
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-_CORS_EXPOSE: Final = (
-    b"vary: origin\r\naccess-control-expose-headers: x-served-by, x-request-id, retry-after\r\n"
-)
+_CORS_EXPOSE: Final = b"access-control-expose-headers: x-served-by, x-request-id, retry-after\r\n"
+_CORS_ANY: Final = b"*"
 _CORS_METHODS: Final = b"GET, HEAD, POST, OPTIONS"
 _CORS_MAX_AGE: Final = 600
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -352,6 +360,19 @@ _FRAME_CLOSE: Final = 3  # HTTP/1.0 client: body delimited by closing the connec
 def _status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def _merge_vary(values: list[bytes]) -> bytes:
+    """One `Vary` value: the instance's tokens (first spelling kept, no repeats) and `origin`."""
+    seen: set[bytes] = set()
+    tokens: list[bytes] = []
+    for value in [*values, b"origin"]:
+        for token in value.split(b","):
+            token = token.strip()
+            if token and token.lower() not in seen:
+                seen.add(token.lower())
+                tokens.append(token)
+    return b"*" if b"*" in seen else b", ".join(tokens)
 
 
 def _tokens(value: bytes) -> set[bytes]:
@@ -390,6 +411,7 @@ class _Request:
         "connection_tokens",
         "continue_sent",
         "cors_origin",
+        "cors_vary",
         "event_stream",
         "expect_continue",
         "forwarded_host",
@@ -400,6 +422,7 @@ class _Request:
         "host",
         "keep_alive",
         "method",
+        "origin",
         "reject",
         "request_id",
         "size",
@@ -429,8 +452,13 @@ class _Request:
         self.forwarded_proto = False
         self.forwarded_host = False
         self.head = False
+        self.origin: bytes | None = None
+        """The request's `Origin` header."""
         self.cors_origin: bytes | None = None
-        """The request's `Origin`, when CORS is on and it is allowed."""
+        """What `Access-Control-Allow-Origin` says (`*` or the origin), when CORS applies to the
+        request and its origin is allowed."""
+        self.cors_vary = False
+        """The answer depends on `Origin` (CORS restricted to a list): say so in `Vary`."""
 
 
 class _IdleTimer:
@@ -517,6 +545,8 @@ class ProxyServer:
         self._cors = bool(config.cors_origins)
         self._cors_any = "*" in config.cors_origins
         self._cors_origins = frozenset(o.rstrip("/").encode() for o in config.cors_origins)
+        self._cors_exact = frozenset(p for p in config.cors_paths if not p.endswith("/"))
+        self._cors_prefixes = tuple(p for p in config.cors_paths if p.endswith("/"))
         self._gated = self._api_keys is not None or self._cors
         """Whether proxied requests need the API-key or CORS step (off: no work at all)."""
         self._server: asyncio.Server | None = None
@@ -601,6 +631,9 @@ class ProxyServer:
         await self.aclose()
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _cors_path(self, path: str) -> bool:
+        return path in self._cors_exact or path.startswith(self._cors_prefixes)
 
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)
@@ -876,6 +909,8 @@ class _Client(asyncio.Protocol):
                 extra = _tokens(value) - _CONNECTION_KEEPS - _END_TO_END
                 if extra:
                     req.connection_tokens = (req.connection_tokens or set()) | extra
+            elif name == b"origin":
+                req.origin = value
             elif name == b"x-forwarded-proto":
                 req.forwarded_proto = True
             elif name == b"x-forwarded-host":
@@ -1027,10 +1062,14 @@ class _Client(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         server = self.server
+        if method == "OPTIONS" and server._cors and not server._cors_path(path):
+            refused = self._refuse_preflight(req, path)
+            if refused is not None:
+                return refused
         if server.route(method, path):
             server.stats.proxied += 1
             if server._gated:
-                answered = self._gate(req, method)
+                answered = self._gate(req, method, path)
                 if answered is not None:
                     return answered
             return await self._proxy(req, method, url)
@@ -1041,23 +1080,32 @@ class _Client(asyncio.Protocol):
 
     # -- API keys and CORS (only when configured) ------------------------------------------------
 
-    def _gate(self, req: _Request, method: str) -> bool | None:
+    def _refuse_preflight(self, req: _Request, path: str) -> bool | None:
+        """403 for a CORS preflight to a path without CORS (registration, control plane)."""
+        if req.origin is None or not any(
+            name == b"access-control-request-method" for name, _ in req.headers
+        ):
+            return None  # not a preflight
+        return self._error(req, 403, f"CORS is not allowed on {path}")
+
+    def _gate(self, req: _Request, method: str, path: str) -> bool | None:
         """CORS and API-key checks of a proxied request: an answer (keep-alive), or None to
         proxy it."""
         server = self.server
-        if server._cors:
-            origin = wanted_method = wanted_headers = None
-            for name, value in req.headers:
-                if name == b"origin":
-                    origin = value
-                elif name == b"access-control-request-method":
-                    wanted_method = value
-                elif name == b"access-control-request-headers":
-                    wanted_headers = value
+        origin = req.origin
+        if server._cors and server._cors_path(path):
+            req.cors_vary = not server._cors_any
             if origin is not None and (server._cors_any or origin in server._cors_origins):
-                req.cors_origin = origin
-            if method == "OPTIONS" and origin is not None and wanted_method is not None:
-                return self._preflight(req, origin, wanted_headers)
+                req.cors_origin = _CORS_ANY if server._cors_any else origin
+            if method == "OPTIONS" and origin is not None:
+                wanted_method = wanted_headers = None
+                for name, value in req.headers:
+                    if name == b"access-control-request-method":
+                        wanted_method = value
+                    elif name == b"access-control-request-headers":
+                        wanted_headers = value
+                if wanted_method is not None:
+                    return self._preflight(req, origin, wanted_headers)
         keys = server._api_keys
         if keys is not None:
             key: bytes | None = None
@@ -1098,7 +1146,7 @@ class _Client(asyncio.Protocol):
         parts = [
             _status_line(204),
             b"access-control-allow-origin: ",
-            origin,
+            req.cors_origin,
             b"\r\naccess-control-allow-methods: ",
             _CORS_METHODS,
             b"\r\naccess-control-max-age: %d\r\n" % _CORS_MAX_AGE,
@@ -1137,6 +1185,8 @@ class _Client(asyncio.Protocol):
         ]
         if req.cors_origin is not None:
             parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
+        if req.cors_vary:
+            parts.append(b"vary: origin\r\n")
         if retry_after is not None:
             content["retry_after"] = retry_after
             parts.append(b"retry-after: %d\r\n" % max(1, math.ceil(retry_after)))
@@ -1404,6 +1454,7 @@ class _Client(asyncio.Protocol):
         length: bytes | None = None
         event_stream = False
         strip_cors = self.server._cors  # the proxy answers for CORS, not the instances
+        vary: list[bytes] | None = [] if req.cors_vary else None
         for header, value in headers:
             lower = header.lower()
             if (
@@ -1415,6 +1466,9 @@ class _Client(asyncio.Protocol):
                     length = value
                 continue
             if drop is not None and lower in drop:
+                continue
+            if vary is not None and lower == b"vary":
+                vary.append(value)  # merged with ours below: one Vary header
                 continue
             if lower == b"content-type" and value[:17].lower() == _SSE:
                 event_stream = True
@@ -1442,6 +1496,8 @@ class _Client(asyncio.Protocol):
         )
         if req.cors_origin is not None:
             parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
+        if vary is not None:
+            parts += (b"vary: ", _merge_vary(vary), b"\r\n")
         if not keep:
             parts.append(b"connection: close\r\n")
         elif not req.version11:
