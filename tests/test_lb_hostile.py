@@ -181,6 +181,16 @@ async def test_many_slow_clients_hold_no_connection_beyond_the_deadline() -> Non
         assert (await h.client.get("/api/log")).status_code == 200
 
 
+async def test_a_silent_new_connection_is_held_to_the_head_deadline() -> None:
+    config = ProxyConfig(request_head_timeout=1.0, keep_alive_timeout=60)
+    async with harness(Upstream("a"), config=config) as h:
+        reader, writer = await asyncio.open_connection(HOST, h.proxy.port)
+        began = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, without an answer
+        assert time.monotonic() - began < 2.6
+        writer.close()
+
+
 async def test_idle_keep_alive_has_its_own_timeout() -> None:
     config = ProxyConfig(request_head_timeout=0.5, keep_alive_timeout=2.5)
     async with harness(Upstream("a"), config=config) as h:
@@ -211,6 +221,8 @@ async def test_idle_keep_alive_has_its_own_timeout() -> None:
         (b"GET /api/log HTTP/1.1\r\n\r\n", 400, "Host: an HTTP/1.1 request needs a Host header"),
         (b"GET /api/log HTTP/2.0\r\nHost: a\r\n\r\n", 505, "HTTP/2.0 is not supported"),
         (b"GET /api/log\r\n\r\n", 400, "the request line has no HTTP version"),
+        # A real HTTP/0.9 request is one line: answered at once, not at the head deadline.
+        (b"GET /api/log\r\n", 400, "the request line has no HTTP version"),
         (
             b"POST /api/log HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             400,

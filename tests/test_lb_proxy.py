@@ -956,7 +956,13 @@ async def test_cors_on_the_proxys_own_errors() -> None:
         assert failed.status_code == 502
         assert failed.headers["access-control-allow-origin"] == "*"
         assert "www-authenticate" not in failed.headers
-        # Errors that come before routing (a malformed request) carry no CORS header.
+        # A refused request to a log route can be read by the browser too.
+        too_large = await h.client.post(
+            "/api/log", content=b"x" * (11 * 1024 * 1024), headers={"Origin": "http://a.example"}
+        )
+        assert too_large.status_code == 413
+        assert too_large.headers["access-control-allow-origin"] == "*"
+        # Errors before the request is known (a malformed head) carry no CORS header.
         reader, writer = await raw_exchange(
             h.proxy.port,
             b"GET /api/log HTTP/1.1\r\nHost: lb\r\nOrigin: http://x.example\r\nBad\r\n\r\n",

@@ -122,12 +122,17 @@ class HeadScanner:
                     return head, rest
                 # An empty line before the request line is skipped (RFC 9112, 2.2); it counts.
             else:
-                self._check_line(buf, start, length)
+                self._check_line(buf, start, length, whole=True)
                 self._seen_line = True
             start = search = newline + 1
 
-    def _check_line(self, buf: bytearray, start: int, length: int) -> None:
+    def _check_line(self, buf: bytearray, start: int, length: int, *, whole: bool = False) -> None:
         if not self._seen_line:
+            if whole and buf.find(b" HTTP/", start, start + length) < 0:
+                # HTTP/0.9 (`GET /` and nothing more) would otherwise wait for an empty line.
+                raise FramingError(
+                    400, "the request line has no HTTP version (HTTP/0.9 is not supported)"
+                )
             if length > self.max_request_line:
                 raise FramingError(
                     414, f"request line too long (over {self.max_request_line} bytes)"

@@ -348,7 +348,7 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _SSE: Final = b"text/event-stream"
 _LINGER: Final = 2.0  # seconds to drain a rejected client's input before closing (as nginx)
-_LINGER_BYTES: Final = 1024 * 1024  # ...reading at most this much of it
+_LINGER_BYTES: Final = 1024 * 1024  # ...reading at most this much of it (413: a largest body)
 
 # Response framing towards the client.
 _FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
@@ -686,6 +686,9 @@ class _Client(asyncio.Protocol):
         self.body_began = 0.0
         """When the body being read was asked for (end of its head, or `100 Continue`)."""
         self.idle_since = loop.time()
+        self.answered = False
+        """Whether a request has been answered (until then, silence is held to the head
+        deadline, not the keep-alive timeout)."""
         self.streaming_sse = False
         """An event stream is being relayed: the client's EOF means it left (close at once)."""
         self.linger_budget = _LINGER_BYTES
@@ -738,7 +741,10 @@ class _Client(asyncio.Protocol):
             timeout = config.request_head_timeout
             if now - self.head_began >= timeout:
                 self._timed_out(f"the request headers did not arrive within {timeout:g} s")
-        elif now - self.idle_since >= config.keep_alive_timeout:
+        elif now - self.idle_since >= (
+            config.keep_alive_timeout if self.answered else config.request_head_timeout
+        ):
+            # Between requests, or (with the head deadline) before a first byte: no answer.
             self.close()
 
     def _timed_out(self, message: str) -> None:
@@ -968,6 +974,10 @@ class _Client(asyncio.Protocol):
         """Answer `req` (in its turn) with an error and read nothing more from this client."""
         req.reject = (status, message)
         req.keep_alive = False
+        if status == 413:
+            # Enough to swallow the too-large body of an ordinary client, which then reads its
+            # 413; a client refused for its head gets less (it may be sending without end).
+            self.linger_budget = self.config.max_body_size + self.config.max_header_size
         self.parsing = None
         self.ignore_input = True
         self.parse_error = None
@@ -1005,6 +1015,7 @@ class _Client(asyncio.Protocol):
                     # Read no further request until the client has taken this answer.
                     await self._drain_writes()
                 self.idle_since = self.loop.time()
+                self.answered = True
                 if not keep or self.lost or self.server.closing or self.eof:
                     # No lingering after a timeout: the client is too slow to be worth waiting.
                     self._end(drain_input=req.reject is not None and req.reject[0] != 408)
@@ -1045,6 +1056,8 @@ class _Client(asyncio.Protocol):
         """Answer one request; True to keep the connection for the next."""
         if req.reject is not None:
             status, message = req.reject
+            if req.origin is not None and self.server._cors:
+                self._allow_origin(req, req.url.partition(b"?")[0].decode("latin-1"))
             return self._error(req, status, message)
         method = _METHODS.get(req.method) or req.method.decode("latin-1")
         url = req.url
@@ -1080,6 +1093,17 @@ class _Client(asyncio.Protocol):
 
     # -- API keys and CORS (only when configured) ------------------------------------------------
 
+    def _allow_origin(self, req: _Request, path: str) -> bool:
+        """Whether CORS applies to `path`; if so, set what the answer says about the origin."""
+        server = self.server
+        if not server._cors_path(path):
+            return False
+        req.cors_vary = not server._cors_any
+        origin = req.origin
+        if origin is not None and (server._cors_any or origin in server._cors_origins):
+            req.cors_origin = _CORS_ANY if server._cors_any else origin
+        return True
+
     def _refuse_preflight(self, req: _Request, path: str) -> bool | None:
         """403 for a CORS preflight to a path without CORS (registration, control plane)."""
         if req.origin is None or not any(
@@ -1093,19 +1117,21 @@ class _Client(asyncio.Protocol):
         proxy it."""
         server = self.server
         origin = req.origin
-        if server._cors and server._cors_path(path):
-            req.cors_vary = not server._cors_any
-            if origin is not None and (server._cors_any or origin in server._cors_origins):
-                req.cors_origin = _CORS_ANY if server._cors_any else origin
-            if method == "OPTIONS" and origin is not None:
-                wanted_method = wanted_headers = None
-                for name, value in req.headers:
-                    if name == b"access-control-request-method":
-                        wanted_method = value
-                    elif name == b"access-control-request-headers":
-                        wanted_headers = value
-                if wanted_method is not None:
-                    return self._preflight(req, origin, wanted_headers)
+        # (`_allow_origin` first: it also sets the CORS headers of the answer.)
+        if (
+            server._cors
+            and self._allow_origin(req, path)
+            and method == "OPTIONS"
+            and origin is not None
+        ):
+            wanted_method = wanted_headers = None
+            for name, value in req.headers:
+                if name == b"access-control-request-method":
+                    wanted_method = value
+                elif name == b"access-control-request-headers":
+                    wanted_headers = value
+            if wanted_method is not None:
+                return self._preflight(req, origin, wanted_headers)
         keys = server._api_keys
         if keys is not None:
             key: bytes | None = None
