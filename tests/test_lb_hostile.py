@@ -229,6 +229,12 @@ async def test_idle_keep_alive_has_its_own_timeout() -> None:
             "Transfer-Encoding: not allowed in an HTTP/1.0 request",
         ),
         (
+            b"POST /api/log HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"0\r\n\r\n",
+            501,
+            "Transfer-Encoding: only chunked is supported",
+        ),
+        (
             b"POST /api/log HTTP/1.1\r\nHost: a\r\nExpect: foo\r\nContent-Length: 2\r\n\r\n{}",
             417,
             "Expect: only 100-continue is supported",

@@ -32,7 +32,8 @@ gone to the client nothing is retried: the client connection is cut instead.
 Answers of the proxy itself: 502 (the instances failed), 503 with `Retry-After` (no instance to
 send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/414/431 for
 bad requests, 408 for slow ones, 417 for an `Expect` other than `100-continue`, 505 for an HTTP
-version other than 1.0/1.1 (HTTP/1.1 needs exactly one Host; HTTP/1.0 may not use
+version other than 1.0/1.1, 501 for a Transfer-Encoding other than chunked (HTTP/1.1 needs
+exactly one Host; HTTP/1.0 may not use
 Transfer-Encoding; headers the proxy relies on, such as Host, are never stripped by being named in
 `Connection`), 401/403 for a missing or insufficient API key. Their JSON body is
 `{"error": "...", "detail": []}`.
@@ -888,12 +889,15 @@ class _Client(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         length = -1
         chunked = False
+        coding: bytes | None = None
         hosts = 0
         expect: bytes | None = None
         for name, value in req.headers:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    coding = value  # a coding the proxy cannot pass on (it re-frames bodies)
                 chunked = True
             elif name == b"host":
                 hosts += 1
@@ -924,6 +928,8 @@ class _Client(asyncio.Protocol):
         if not req.request_id:
             req.request_id = uuid.uuid4().hex.encode()
         refused = _refusal(version, req.version11, hosts, chunked, expect)
+        if refused is None and coding is not None and req.version11:
+            refused = (501, "Transfer-Encoding: only chunked is supported")
         if refused is not None:
             self._reject(req, *refused)
             return
