@@ -98,6 +98,67 @@ async def test_pipelined_request_after_a_chunked_body_is_scanned_too() -> None:
         assert second[0] == 431
 
 
+@pytest.mark.parametrize(
+    "reads",
+    [
+        # A body, then the start of a pipelined head, in one read; the head ends in the next.
+        [
+            b"POST /api/log HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n\r\n{}"
+            b"GET /api/log?n=2 HTTP/1.1\r\nHost: lb\r\n",
+            b"\r\n",
+        ],
+        [
+            b"POST /api/log HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n\r\n{}GET /api/l",
+            b"og?n=2 HTTP/1.1\r\nHost: lb\r\n\r\n",
+        ],
+        # A body over three reads, then the next request.
+        [
+            b"POST /api/log HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n\r\n",
+            b"{",
+            b"}GET /api/log?n=2 HTTP/1.1\r\nHost: lb\r\n\r\n",
+        ],
+        # A chunked body begun in the head's read.
+        [
+            b"POST /api/log HTTP/1.1\r\nHost: lb\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{",
+            b"\r\n1\r\n}\r\n0\r\n\r\nGET /api/log?n=2 HTTP/1.1\r\nHost: lb\r\n\r\n",
+        ],
+    ],
+)
+async def test_requests_split_anywhere_across_reads(reads: list[bytes]) -> None:
+    async with harness(Upstream("a")) as h:
+        reader, writer = await asyncio.open_connection(HOST, h.proxy.port)
+        for data in reads:
+            writer.write(data)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # one read each
+        first = await asyncio.wait_for(read_response(reader), 5)
+        second = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert (first[0], json.loads(first[2])["body"]) == (201, "{}")
+        assert (second[0], json.loads(second[2])["target"]) == (200, "/api/log?n=2")
+
+
+async def test_a_pipelined_head_begun_in_a_read_is_still_limited() -> None:
+    config = ProxyConfig(max_header_line=1000)
+    async with harness(Upstream("a"), config=config) as h:
+        reader, writer = await asyncio.open_connection(HOST, h.proxy.port)
+        writer.write(
+            b"POST /api/log HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n\r\n{}"
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"X-Big: " + b"b" * 2000)
+        first = await asyncio.wait_for(read_response(reader), 5)
+        second = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert first[0] == 201
+        assert (second[0], json.loads(second[2])["error"]) == (
+            431,
+            "request header X-Big too large (over 1000 bytes)",
+        )
+
+
 async def test_request_trailers_are_not_forwarded_as_headers() -> None:
     async with harness(Upstream("a")) as h:
         reader, writer = await raw_exchange(

@@ -324,6 +324,8 @@ _REQUEST_OWN: Final = _HOP_BY_HOP | {
 _FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 # Response headers the proxy drops or sets itself.
 _RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
+_HEAD_END: Final = b"\r\n\r\n"
+_CRLF: Final = b"\r\n"
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
 # Request headers the proxy acts on or relies on: naming one in `Connection` does not strip it
 # (`Connection: host` must not send a request upstream without its Host).
@@ -684,6 +686,8 @@ class _Client(asyncio.Protocol):
         """Body bytes still to come: 0 while reading a head, -1 while reading a chunked body."""
         self.head_began = -1.0
         """When the first byte of the head being read arrived (-1: no head being read)."""
+        self.in_head = False
+        """The parser has begun a head it has not finished (a pipelined head's start)."""
         self.body_began = 0.0
         """When the body being read was asked for (end of its head, or `100 Continue`)."""
         self.idle_since = loop.time()
@@ -812,7 +816,19 @@ class _Client(asyncio.Protocol):
                     self.transport.pause_reading()
             return
         parser = self.parser
+        scanner = self.scanner
         try:
+            if not self.body_left and not self.in_head and not scanner.pending:
+                end = data.find(_HEAD_END) + 4
+                if (
+                    4 < end <= scanner.fast_limit
+                    and data[0] not in _CRLF
+                    and data.find(_HEAD_END, end) < 0
+                ):
+                    # The plain case, in one call: one whole head, too small to break a
+                    # limit, then its body or part of it, and no other whole head.
+                    self._feed_whole(data, end)
+                    return
             # Heads go to the parser whole, after the scanner checked their size; bodies go
             # as they come, cut where they end so the next head is scanned again.
             while data:
@@ -820,7 +836,9 @@ class _Client(asyncio.Protocol):
                 if not left:
                     if self.head_began < 0:
                         self.head_began = self.loop.time()
-                    got = self.scanner.feed(data)
+                    if self.in_head and not scanner.pending:
+                        scanner.resume()  # the parser holds this head's start (see below)
+                    got = scanner.feed(data)
                     if got is None:
                         return
                     head, data = got
@@ -861,10 +879,24 @@ class _Client(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
 
+    def _feed_whole(self, data: bytes, end: int) -> None:
+        """Feed a read holding one whole head (ending at `end`) and what follows it."""
+        self.parser.feed_data(data)
+        left = self.body_left
+        if left > 0:  # the body goes on in the next reads
+            self.body_left = left - (len(data) - end)
+        elif left < 0 and self.chunked is not None:
+            self.chunked.feed(data[end:])
+        elif self.in_head:
+            # Pipelined: the start of the next head came along (it has no end in this read, so
+            # it is shorter than the read). The scanner takes over from its next bytes.
+            self.head_began = self.loop.time()
+
     def on_message_begin(self) -> None:
         if self.ignore_input:
             raise _Stop
         self.parsing = _Request()
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
@@ -881,6 +913,7 @@ class _Client(asyncio.Protocol):
         if req is None:
             return
         self.head_began = -1.0
+        self.in_head = False
         parser = self.parser
         req.method = parser.get_method()
         req.head = req.method == b"HEAD"
