@@ -178,8 +178,8 @@ class ProxyConfig:
         retry_window: ...a sliding window of this many seconds.
         max_idle_per_upstream: idle keep-alive connections kept per instance.
         upstream_idle_timeout: an idle upstream connection older than this is closed.
-        keep_alive_timeout: an idle client connection (no request begun) is closed after this
-            many seconds.
+        keep_alive_timeout: an idle client connection (between requests) is closed after this
+            many seconds; a new one that sends nothing, after `request_head_timeout`.
         request_head_timeout: a request's head must arrive whole within this many seconds of its
             first byte (a total deadline, not reset by each byte); else 408 and close.
         request_body_timeout: its body must arrive whole within this many seconds of the end of
