@@ -61,6 +61,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_response(sock: socket.socket, buffer: bytearray) -> int:
     """Read one Content-Length response off `sock`; its status."""
     while b"\r\n\r\n" not in buffer:
@@ -183,7 +189,9 @@ def main() -> None:
         child("_proxy", "uvloop", str(port), *map(str, upstream_ports), ports=[port]) as proxy,
     ):
         good_clients(port, args.clients, 1.0)  # warm-up
+        cpu_start = cpu_seconds(proxy.pid)
         base_latencies, base_errors = good_clients(port, args.clients, args.seconds)
+        cpu_base = cpu_seconds(proxy.pid) - cpu_start
         rss_before = rss_mib(proxy.pid)
         report: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         attack = multiprocessing.Process(
@@ -200,8 +208,10 @@ def main() -> None:
         sampler = threading.Thread(target=sample)
         sampler.start()
         attack.start()
+        cpu_start = cpu_seconds(proxy.pid)
         try:
             latencies, errors = good_clients(port, args.clients, args.seconds)
+            cpu_attack = cpu_seconds(proxy.pid) - cpu_start
         finally:
             attack.join(args.seconds + 5)
             if attack.is_alive():
@@ -217,14 +227,18 @@ def main() -> None:
         f"\n{args.clients} good clients (keep-alive POST /api/log), {args.seconds:g} s per phase; "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared 2-core machine)\n"
     )
-    print(f"{'':26} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for label, values, errs in (
-        ("without the attacker", base_latencies, base_errors),
-        ("during the attack", latencies, errors),
+    print(
+        f"{'':26} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'LB CPU µs/request':>18}"
+    )
+    for label, values, errs, cpu in (
+        ("without the attacker", base_latencies, base_errors, cpu_base),
+        ("during the attack", latencies, errors, cpu_attack),
     ):
         print(
             f"{label:26} {len(values):9d} {statistics.median(values) * 1000:8.2f} "
-            f"{percentile(values, 0.99):8.2f} {len(errs):7d}"
+            f"{percentile(values, 0.99):8.2f} {len(errs):7d} "
+            f"{cpu / max(1, len(values)) * 1e6:18.1f}"
         )
     ratio = percentile(latencies, 0.99) / percentile(base_latencies, 0.99)
     print(f"\np99 during / without: {ratio:.2f}x")
