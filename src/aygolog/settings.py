@@ -542,6 +542,13 @@ class RedisSettings(_Settings):
         default=5.0, gt=0, validation_alias="AYGOLOG_REDIS_SOCKET_TIMEOUT"
     )
     """Longest wait for a reply; blocking reads (XREAD BLOCK) must block for less."""
+    # -- connection pool (a request waits for a free connection instead of failing at once) --
+    max_connections: int = Field(
+        default=100, ge=1, validation_alias="AYGOLOG_REDIS_MAX_CONNECTIONS"
+    )
+    """Most connections one process opens to Redis; more requests wait for a free one."""
+    pool_timeout: float = Field(default=2.0, gt=0, validation_alias="AYGOLOG_REDIS_POOL_TIMEOUT")
+    """Longest wait for a free pooled connection before the request fails (a 503)."""
 
     @field_validator("url")
     @classmethod
@@ -796,7 +803,6 @@ class LogApiSettings(_ServerSettings):
         default=10 * 1024 * 1024, ge=1, validation_alias="AYGOLOG_MAX_BODY_BYTES"
     )
     """At most this many bytes in one request body."""
-
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: RedisSettings) -> RedisSettings:
