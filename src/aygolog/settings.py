@@ -803,6 +803,14 @@ class LogApiSettings(_ServerSettings):
         default=10 * 1024 * 1024, ge=1, validation_alias="AYGOLOG_MAX_BODY_BYTES"
     )
     """At most this many bytes in one request body."""
+    # -- the server process (`aygolog api`) --
+    workers: int = Field(default=1, ge=1, le=256, validation_alias="AYGOLOG_WORKERS")
+    """granian worker processes; each runs the whole app (its own tail reader, registration
+    heartbeat and metrics)."""
+    backpressure: int = Field(default=10_000, ge=1, validation_alias="AYGOLOG_BACKPRESSURE")
+    """Most requests one worker serves at once, live tails included (granian's backpressure):
+    above it new requests, `/health` too, wait. Keep it above the live tails you expect."""
+
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: RedisSettings) -> RedisSettings:
