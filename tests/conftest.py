@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -11,6 +12,18 @@ import redis.asyncio as aioredis
 from aygolog.embedded import EmbeddedRedis
 from aygolog.store import InMemoryLogStore, LogStore, RedisStreamLogStore
 from support import LiveStack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An `aygolog up` started by a test never writes into the user's real data directory."""
+    before = os.environ.get("AYGOLOG_DATA_DIR")
+    os.environ["AYGOLOG_DATA_DIR"] = str(tmp_path_factory.mktemp("aygolog-data"))
+    yield
+    if before is None:
+        os.environ.pop("AYGOLOG_DATA_DIR", None)
+    else:
+        os.environ["AYGOLOG_DATA_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The `aygolog` command.
 
-    aygolog up [--instances N]                                    run the whole system here
+    aygolog up [--instances N] [--data-dir DIR | --ephemeral]     run the whole system here
     aygolog api [--host H] [--port P] [--workers N] [--backpressure N]  run a Log API instance
     aygolog lb [--host H] [--port P] [--insecure-open-registration] run the load balancer
     aygolog ui [--host H] [--port P] [--lb-url URL]                run the web page
@@ -249,6 +249,18 @@ def _up(args: argparse.Namespace) -> int:
     redis = _settings("up", RedisSettings, {})
     if redis is None:
         return EXIT_USER_ERROR
+    if redis.url is not None and (args.data_dir is not None or args.ephemeral):
+        print(
+            "aygolog up: --data-dir and --ephemeral are for the private Redis, but a Redis URL is"
+            " set (AYGOLOG_REDIS_URL or ConnectionStrings__Redis): it keeps its own data",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    from pathlib import Path
+
+    from aygolog.up import default_data_dir
+
+    data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir()).expanduser()
     options = UpOptions(
         instances=args.instances,
         host=args.host,
@@ -256,6 +268,7 @@ def _up(args: argparse.Namespace) -> int:
         ui_port=args.ui_port,
         ui=not args.no_ui,
         redis_url=redis.url,
+        data_dir=None if redis.url is not None else data_dir,
     )
     try:
         return asyncio.run(run_up(options))
@@ -380,6 +393,19 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--lb-port", type=int, default=8080, help="load balancer port (default 8080)")
     up.add_argument("--ui-port", type=int, default=8000, help="web page port (default 8000)")
     up.add_argument("--no-ui", action="store_true", help="do not start the web page")
+    keep = up.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the private Redis keeps the logs (default $AYGOLOG_DATA_DIR, else"
+        " $XDG_DATA_HOME/aygolog or ~/.local/share/aygolog)",
+    )
+    keep.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep nothing: the private Redis runs in a temporary directory",
+    )
     up.set_defaults(handler=_up)
     api = commands.add_parser("api", help="run a Log API instance (default port 8080)")
     api.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
