@@ -324,6 +324,17 @@ def test_data_dir_flags_are_for_the_private_redis_only() -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "--data-dir and --ephemeral are for the private Redis" in result.stderr
+    a_file = Path(__file__)
+    unusable = subprocess.run(
+        [sys.executable, "-m", "aygolog", "up", "--no-ui", "--data-dir", str(a_file),
+         "--lb-port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unusable.returncode == 1
+    assert unusable.stderr.startswith(f"aygolog up: cannot keep data in {a_file}: "), (
+        unusable.stderr
+    )
+    assert "Traceback" not in unusable.stderr
     both = subprocess.run(
         [sys.executable, "-m", "aygolog", "up", "--ephemeral", "--data-dir", "/tmp/x"],
         capture_output=True, text=True, timeout=60,

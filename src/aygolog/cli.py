@@ -181,13 +181,13 @@ def _api(args: argparse.Namespace) -> int:
     settings = _settings("api", LogApiSettings, flags)
     if settings is None:
         return EXIT_USER_ERROR
-    limit = raise_open_files_limit()
-    needed = settings.backpressure * settings.workers + 256
+    limit = raise_open_files_limit()  # the workers inherit it; each process has its own files
+    needed = settings.backpressure + 256
     if limit < needed:
         print(
             f"aygolog api: warning: the open-files limit is {limit}, below what --backpressure"
-            f" {settings.backpressure} x {settings.workers} worker(s) needs ({needed});"
-            " raise it (ulimit -n, or LimitNOFILE= in systemd)",
+            f" {settings.backpressure} needs per worker ({needed}); raise it (ulimit -n, or"
+            " LimitNOFILE= in systemd)",
             file=sys.stderr,
         )
     _serve(

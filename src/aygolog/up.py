@@ -327,6 +327,17 @@ async def _announce_when_ready(
     )
 
 
+def _unusable(directory: Path) -> str | None:
+    """Why `directory` cannot hold the data (after creating it if need be), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "it is not writable"
+    return None
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         # As the servers do: a closed connection's TIME-WAIT does not make the port taken.
@@ -361,6 +372,13 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
     redis: EmbeddedRedis | None = None
     redis_url = options.redis_url
     if redis_url is None:
+        if options.data_dir is not None and (problem := _unusable(options.data_dir / "redis")):
+            print(
+                f"aygolog up: cannot keep data in {options.data_dir}: {problem}; choose another"
+                " with --data-dir (or --ephemeral)",
+                file=sys.stderr,
+            )
+            return 1
         if options.data_dir is None:
             redis = EmbeddedRedis()
         else:
