@@ -258,6 +258,7 @@ def test_a_taken_port_is_a_user_error() -> None:
     )
 
 
+@pytest.mark.timeout(420)  # two `up`s, each up to 60 s to be healthy, and a refused third
 def test_logs_survive_a_kill_9_of_every_process_and_the_data_dir_is_locked(
     tmp_path: Path,
 ) -> None:
