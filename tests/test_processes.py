@@ -70,8 +70,13 @@ def api(redis_server: EmbeddedRedis, prefix: str) -> Iterator[ServiceProcess]:
 def test_a_worker_dies_with_its_killed_master_and_frees_the_port(api: ServiceProcess) -> None:
     assert api.process is not None
     master = api.process.pid
-    assert wait_until(lambda: len(children(master)) >= 2, 10), children(master)
+    # Both workers have built the app (and so set up their lifeline): each says it is ready. A
+    # worker still loading when its master dies ends as soon as it gets there instead.
+    assert wait_until(lambda: api.output().count("Log API api-lifeline ready") >= 2, 60), (
+        api.output()
+    )
     workers = children(master)
+    assert len(workers) == 2, workers
     try:
         # A live stream is open: without the drain it would hold a graceful stop open.
         with httpx.Client(timeout=5) as client, client.stream("GET", api.url + "/api/logs/stream"):
@@ -104,3 +109,23 @@ def test_api_flags_are_checked() -> None:
         assert result.stderr.startswith("aygolog api: "), result.stderr
         assert "greater than or equal to 1" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_worker_whose_master_died_while_it_was_loading_ends_at_once() -> None:
+    """The master died before the worker built its app (and could ask to be told): the worker
+    sees that its parent is not the one that started it, and ends instead of serving."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time; from aygolog._lifeline import die_with_parent\n"
+        "die_with_parent(expected_parent=-1)\n"
+        "time.sleep(30); print('still here')"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert time.monotonic() - started < 20  # the interpreter's start-up, then at once
+    assert "still here" not in result.stdout
+    assert result.returncode in (-signal.SIGUSR1, -signal.SIGTERM, 70), result
