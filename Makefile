@@ -34,8 +34,9 @@ pytest: venv
 test: lint typecheck pytest
 
 # The whole system on this machine: Redis, the load balancer on :8080, 3 Log API instances and
-# the web page on :8000 (`aygolog up`); Ctrl-C stops it all. Options go in ARGS, e.g.
-# make run ARGS="--instances 5 --lb-port 9080 --ui-port 9000".
+# the web page on :8000 (`aygolog up`); Ctrl-C stops it all. The logs are kept in
+# ~/.local/share/aygolog (or $AYGOLOG_DATA_DIR; see the README). Options go in ARGS, e.g.
+# make run ARGS="--instances 5 --lb-port 9080 --ui-port 9000", or ARGS="--ephemeral".
 run: venv
 	exec $(BIN)/aygolog up $(ARGS)
 

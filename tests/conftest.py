@@ -17,6 +17,18 @@ from aygolog.store import InMemoryLogStore, LogStore, RedisStreamLogStore
 from support import LiveStack
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An `aygolog up` started by a test never writes into the user's real data directory."""
+    before = os.environ.get("AYGOLOG_DATA_DIR")
+    os.environ["AYGOLOG_DATA_DIR"] = str(tmp_path_factory.mktemp("aygolog-data"))
+    yield
+    if before is None:
+        os.environ.pop("AYGOLOG_DATA_DIR", None)
+    else:
+        os.environ["AYGOLOG_DATA_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """A private redis-server/valkey-server for the whole session (no mocks of Redis)."""

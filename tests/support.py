@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,6 +57,12 @@ class ServiceProcess:
 
     def start(self, timeout: float = 20.0) -> ServiceProcess:
         """Start the child and wait until its health endpoint answers 200."""
+        return self.spawn().wait_ready(timeout)
+
+    def spawn(self) -> ServiceProcess:
+        """Start the child. Started from the main thread, on Linux it is told to stop when the
+        test run ends, even by SIGKILL (from another thread it is not: it would be told when
+        that thread ends)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aygolog", self.command, "--host", "127.0.0.1",
              "--port", str(self.port), *self.args],
@@ -63,7 +70,17 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Dies with the test run even when pytest is killed (a timeout, Ctrl-C twice). Only
+            # from the main thread: the kernel signals when the starting *thread* ends.
+            preexec_fn=_die_with_parent
+            if _PDEATHSIG and threading.current_thread() is threading.main_thread()
+            else None,
         )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> ServiceProcess:
+        """Wait until the started child's health endpoint answers 200."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -103,6 +120,15 @@ class ServiceProcess:
         self.terminate()
         self._log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+_PDEATHSIG = sys.platform == "linux"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
@@ -166,8 +192,10 @@ class LiveStack:
         return self
 
     def _start_instances(self, instances: list[ServiceProcess]) -> None:
+        for process in instances:  # from this thread: see `ServiceProcess.spawn`
+            process.spawn()
         with concurrent.futures.ThreadPoolExecutor(len(instances)) as pool:
-            list(pool.map(lambda p: p.start(timeout=30), instances))
+            list(pool.map(lambda p: p.wait_ready(timeout=30), instances))
         self.wait_registered()
 
     def wait_registered(self, timeout: float = 20) -> None:

@@ -20,7 +20,9 @@ from aygolog.client import LogClient
 from aygolog.embedded import free_port
 from support import LiveStack
 
-pytestmark = pytest.mark.timeout(120)
+# Each `aygolog` run may take its own 60 s (`aygolog()`), and a test makes up to 7 of them: on a
+# busy machine (2 CPUs, load 12) one run takes 15-20 s, so 120 s was too little for a passing test.
+pytestmark = pytest.mark.timeout(420)
 
 COMMANDS = ("up", "api", "lb", "ui", "send", "tail", "query", "services", "version")
 
@@ -266,39 +268,53 @@ def test_tail_prints_a_log_sent_meanwhile_then_stops_on_ctrl_c(stack: LiveStack)
                 stream.close()
 
 
+def _tail_process(*args: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aygolog", "tail", *args],
+        stdout=subprocess.PIPE, stderr=stderr, text=True,
+    )  # fmt: skip
+
+
+def _until_it_prints(tail: subprocess.Popen[str], url: str, service: str) -> str:
+    """Send logs of `service` until `tail` prints one: then it has started, installed its signal
+    handlers and subscribed. (A fixed sleep is a race: on a busy machine the interpreter may
+    still be importing when the signal arrives, and the default action kills it.)"""
+    with LogClient(url, service=service) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and tail.poll() is None:
+            client.log("tick")
+            line = _read_line(tail, 0.3)
+            if line:
+                return line
+    raise AssertionError(f"the tail printed nothing (exit code {tail.poll()})")
+
+
 def test_tail_count_and_sigterm(stack: LiveStack) -> None:
     service = unique("tailn")
-    tail = subprocess.Popen(
-        [sys.executable, "-m", "aygolog", "tail", "--url", stack.url, "-s", service,
-         "--format", "ndjson", "-n", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        with LogClient(stack.url, service=service) as client:
-            deadline = time.monotonic() + 30
-            while tail.poll() is None and time.monotonic() < deadline:
+    with _tail_process("--url", stack.url, "-s", service, "--format", "ndjson", "-n", "2") as tail:
+        try:
+            first = _until_it_prints(tail, stack.url, service)
+            with LogClient(stack.url, service=service) as client:
                 client.log("tick")
-                time.sleep(0.2)
-        assert tail.wait(10) == 0  # stopped by itself after two entries
-        assert tail.stdout is not None
-        entries = [json.loads(line) for line in tail.stdout.read().splitlines()]
-        assert [e["message"] for e in entries] == ["tick", "tick"]
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.wait()
-        if tail.stdout is not None:
-            tail.stdout.close()
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "aygolog", "tail", "--url", stack.url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(1.5)
-    follower.terminate()
-    assert follower.wait(10) == 0
-    assert follower.stderr is not None
-    assert follower.stderr.read() == ""
-    follower.stderr.close()
+            assert tail.wait(30) == 0  # stopped by itself after two entries
+            assert tail.stdout is not None
+            entries = [json.loads(line) for line in [first, *tail.stdout.read().splitlines()]]
+            assert [e["message"] for e in entries] == ["tick", "tick"]
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+    # SIGTERM ends a running tail with exit 0 and nothing on stderr.
+    service = unique("tailterm")
+    with _tail_process("--url", stack.url, "-s", service, stderr=subprocess.PIPE) as follower:
+        try:
+            _until_it_prints(follower, stack.url, service)
+            follower.terminate()
+            assert follower.wait(30) == 0
+            assert follower.stderr is not None
+            assert follower.stderr.read() == ""
+        finally:
+            if follower.poll() is None:
+                follower.kill()
 
 
 def test_services_lists_the_three_instances(stack: LiveStack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -381,3 +382,47 @@ async def test_sentinel_address_makes_a_master_client() -> None:
     sync_client = create_sync_redis(f"127.0.0.1:{_free_port()},serviceName=mymaster")
     assert isinstance(sync_client, redis.Redis)
     sync_client.close()
+
+
+# --- the services' pool: bounded, and it waits ---------------------------------------------------
+
+
+async def test_a_burst_above_the_pool_size_waits_for_connections(servers: Servers) -> None:
+    """150 commands at once through the services' client (100 connections by default): they
+    queue for a connection; redis-py's default pool answered "Too many connections" (a 503)."""
+    from aygolog.redis import redis_from_settings
+    from aygolog.settings import RedisSettings
+
+    client = redis_from_settings(RedisSettings(url=f"127.0.0.1:{servers.port}"))
+    try:
+        # BLPOP on an empty list holds its connection for its timeout, as a slow command would.
+        replies = await asyncio.gather(
+            *(client.blpop([f"rf:empty:{n}"], timeout=0.3) for n in range(150))
+        )
+        assert replies == [None] * 150
+        assert client.connection_pool.max_connections == 100
+    finally:
+        await client.aclose()
+
+
+async def test_the_pool_wait_is_bounded(servers: Servers) -> None:
+    from aygolog.redis import redis_from_settings
+    from aygolog.settings import RedisSettings
+
+    settings = RedisSettings(url=f"127.0.0.1:{servers.port}", max_connections=1, pool_timeout=0.2)
+    client = redis_from_settings(settings)
+    try:
+
+        async def hold() -> object:
+            return await client.blpop(["rf:empty:hold"], timeout=1)
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.1)  # the only connection is taken
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):
+            await client.ping()
+        assert 0.15 < time.monotonic() - started < 0.9
+        assert await holder is None
+        assert await client.ping() is True  # free again
+    finally:
+        await client.aclose()

@@ -38,6 +38,8 @@ class Up:
             for k, v in os.environ.items()
             if k not in ("AYGOLOG_REDIS_URL", "ConnectionStrings__Redis", "AYGOLOG_URL")
         }
+        if "--data-dir" not in args:  # never the user's real data directory
+            args = ("--ephemeral", *args)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aygolog", "up", "--lb-port", str(self.lb_port),
              "--ui-port", str(self.ui_port), *args],
@@ -254,6 +256,92 @@ def test_a_taken_port_is_a_user_error() -> None:
         f"aygolog up: port {port} (load balancer) is in use on 127.0.0.1;"
         " choose another with --lb-port"
     )
+
+
+@pytest.mark.timeout(420)  # two `up`s, each up to 60 s to be healthy, and a refused third
+def test_logs_survive_a_kill_9_of_every_process_and_the_data_dir_is_locked(
+    tmp_path: Path,
+) -> None:
+    """Item 15.11's acceptance: write 1,000 logs, SIGKILL `up` and every process it started
+    (Redis too) right after the last answer, start again on the same data directory: all there."""
+    from aygolog.client import LogClient
+
+    data = tmp_path / "data"
+    service = f"durable-{os.getpid()}"
+    with running_up("--instances", "1", "--no-ui", "--data-dir", str(data)) as up:
+        up.wait_for(rf"^up +\| data directory {re.escape(str(data))} \(append-only file", 60)
+        up.wait_for(r"aygolog is up in", timeout=60)
+        # A second `up` on the same directory refuses, saying why; the first is unharmed.
+        second = subprocess.run(
+            [sys.executable, "-m", "aygolog", "up", "--no-ui", "--data-dir", str(data),
+             "--lb-port", str(free_port())],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1, second.stderr
+        assert f"the data directory {data} is in use by aygolog (pid {up.process.pid})" in (
+            second.stderr
+        )
+        assert "Traceback" not in second.stderr
+        with LogClient(up.lb_url, service=service) as client:
+            for start in range(0, 1000, 50):
+                client.log_many([f"log {n}" for n in range(start, start + 50)])
+        tree = up.tree()
+        assert any("redis-server" in c or "valkey-server" in c for c in tree.values()), tree
+        for pid in [up.process.pid, *tree]:  # everything at once, Redis included
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        up.process.wait()
+        deadline = time.monotonic() + 10
+        while up.left_behind() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert up.left_behind() == []
+    with running_up("--instances", "1", "--no-ui", "--data-dir", str(data)) as again:
+        again.wait_for(r"aygolog is up in", timeout=60)
+        with LogClient(again.lb_url) as client:
+            stored = [e.message for e in client.iter_logs(service=service, limit=1000)]
+    assert len(stored) == 1000
+    assert set(stored) == {f"log {n}" for n in range(1000)}
+
+
+def test_the_default_data_dir_is_the_users_data_dir() -> None:
+    from aygolog.up import default_data_dir
+
+    if sys.platform in ("darwin", "win32"):
+        pytest.skip("the XDG rules are for Linux and other Unixes")
+    home = {"HOME": "/home/ada"}
+    assert default_data_dir(home) == Path("/home/ada/.local/share/aygolog")
+    assert default_data_dir({**home, "XDG_DATA_HOME": "/data"}) == Path("/data/aygolog")
+    assert default_data_dir({**home, "XDG_DATA_HOME": "relative"}) == Path(
+        "/home/ada/.local/share/aygolog"
+    )  # the XDG spec: a relative path is ignored
+    assert default_data_dir({**home, "AYGOLOG_DATA_DIR": "~/logs"}) == Path.home() / "logs"
+
+
+def test_data_dir_flags_are_for_the_private_redis_only() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aygolog", "up", "--no-ui", "--ephemeral"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "AYGOLOG_REDIS_URL": "redis://127.0.0.1:9/0"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--data-dir and --ephemeral are for the private Redis" in result.stderr
+    a_file = Path(__file__)
+    unusable = subprocess.run(
+        [sys.executable, "-m", "aygolog", "up", "--no-ui", "--data-dir", str(a_file),
+         "--lb-port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unusable.returncode == 1
+    assert unusable.stderr.startswith(f"aygolog up: cannot keep data in {a_file}: "), (
+        unusable.stderr
+    )
+    assert "Traceback" not in unusable.stderr
+    both = subprocess.run(
+        [sys.executable, "-m", "aygolog", "up", "--ephemeral", "--data-dir", "/tmp/x"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert both.returncode == 1
+    assert "not allowed with argument" in both.stderr
 
 
 def _parent(pid: int) -> int:

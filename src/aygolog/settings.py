@@ -542,6 +542,13 @@ class RedisSettings(_Settings):
         default=5.0, gt=0, validation_alias="AYGOLOG_REDIS_SOCKET_TIMEOUT"
     )
     """Longest wait for a reply; blocking reads (XREAD BLOCK) must block for less."""
+    # -- connection pool (a request waits for a free connection instead of failing at once) --
+    max_connections: int = Field(
+        default=100, ge=1, validation_alias="AYGOLOG_REDIS_MAX_CONNECTIONS"
+    )
+    """Most connections one process opens to Redis; more requests wait for a free one."""
+    pool_timeout: float = Field(default=2.0, gt=0, validation_alias="AYGOLOG_REDIS_POOL_TIMEOUT")
+    """Longest wait for a free pooled connection before the request fails (a 503)."""
 
     @field_validator("url")
     @classmethod
@@ -799,6 +806,13 @@ class LogApiSettings(_ServerSettings):
         default=10 * 1024 * 1024, ge=1, validation_alias="AYGOLOG_MAX_BODY_BYTES"
     )
     """At most this many bytes in one request body."""
+    # -- the server process (`aygolog api`) --
+    workers: int = Field(default=1, ge=1, le=256, validation_alias="AYGOLOG_WORKERS")
+    """granian worker processes; each runs the whole app (its own tail reader, registration
+    heartbeat and metrics)."""
+    backpressure: int = Field(default=10_000, ge=1, validation_alias="AYGOLOG_BACKPRESSURE")
+    """Most requests one worker serves at once, live tails included (granian's backpressure):
+    above it new requests, `/health` too, wait. Keep it above the live tails you expect."""
 
     # -- reads: what one page and one instance may take out of Redis at once --
     max_page_bytes: int = Field(

@@ -9,6 +9,11 @@ the instances (which deregister while the load balancer still answers), then to 
 balancer, SIGKILL to any child still running at the end of the grace period, then the private
 Redis. On Linux every child also gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so not even
 `kill -9` of `up` leaves a process behind.
+
+The private Redis keeps its data in a data directory (`UpOptions.data_dir`; `aygolog up` defaults
+to `default_data_dir()`) in an append-only file fsynced every second, so the logs are there after
+Ctrl-C, a crash or a reboot. The directory is locked while its Redis runs: a second `up` on it
+refuses to start. `data_dir=None` (`--ephemeral`) keeps nothing, as a temporary directory.
 """
 
 from __future__ import annotations
@@ -25,13 +30,38 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import httpx
 
-from aygolog.embedded import EmbeddedRedis, free_port
+from aygolog.embedded import DataDirInUse, EmbeddedRedis, free_port
 
-__all__ = ["Child", "UpOptions", "run_up"]
+__all__ = ["Child", "UpOptions", "default_data_dir", "run_up"]
+
+DATA_DIR_VARIABLE = "AYGOLOG_DATA_DIR"
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where `aygolog up` keeps its data: `$AYGOLOG_DATA_DIR`, else the user's data directory.
+
+    That is `$XDG_DATA_HOME/aygolog` (default `~/.local/share/aygolog`) on Linux and other
+    Unixes, `~/Library/Application Support/aygolog` on macOS, `%LOCALAPPDATA%\\aygolog` on
+    Windows. A per-user directory rather than `./.aygolog`: the logs do not depend on the
+    directory `up` was started from, and cleaning a checkout (`git clean -fdx`) keeps them.
+    """
+    env = os.environ if env is None else env
+    if env.get(DATA_DIR_VARIABLE):
+        return Path(env[DATA_DIR_VARIABLE]).expanduser()
+    home = Path(env.get("HOME") or Path.home())
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "aygolog"
+    if sys.platform == "win32":
+        return Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "aygolog"
+    xdg = env.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".local" / "share"
+    return base / "aygolog"
+
 
 _COLOURS = ("36", "32", "33", "35", "34", "96", "92", "93", "95", "94")
 _RESET = "\033[0m"
@@ -57,6 +87,8 @@ class UpOptions:
     ui_port: int = 8000
     ui: bool = True
     redis_url: str | None = None
+    data_dir: Path | None = None
+    """Where the private Redis keeps its data (in `redis/`); None: nowhere (ephemeral)."""
     grace_seconds: float = 4.0
     """The whole stop (before the private Redis) takes at most this long."""
     ready_timeout: float = 60.0
@@ -295,6 +327,17 @@ async def _announce_when_ready(
     )
 
 
+def _unusable(directory: Path) -> str | None:
+    """Why `directory` cannot hold the data (after creating it if need be), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "it is not writable"
+    return None
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         # As the servers do: a closed connection's TIME-WAIT does not make the port taken.
@@ -329,10 +372,41 @@ async def run_up(options: UpOptions, out: TextIO = sys.stdout) -> int:
     redis: EmbeddedRedis | None = None
     redis_url = options.redis_url
     if redis_url is None:
-        redis = EmbeddedRedis()
-        await redis.astart()
+        if options.data_dir is not None and (problem := _unusable(options.data_dir / "redis")):
+            print(
+                f"aygolog up: cannot keep data in {options.data_dir}: {problem}; choose another"
+                " with --data-dir (or --ephemeral)",
+                file=sys.stderr,
+            )
+            return 1
+        if options.data_dir is None:
+            redis = EmbeddedRedis()
+        else:
+            redis = EmbeddedRedis(
+                appendonly=True,
+                appendfsync="everysec",
+                data_dir=options.data_dir / "redis",
+                startup_timeout=300.0,  # loading a big append-only file takes a while
+            )
+        try:
+            await redis.astart()
+        except DataDirInUse as exc:
+            print(
+                f"aygolog up: the data directory {options.data_dir} is in use by {exc.holder};"
+                " stop that one first, or choose another with --data-dir (or --ephemeral)",
+                file=sys.stderr,
+            )
+            return 1
         redis_url = redis.url
         supervisor.say("up", f"started a private Redis-compatible server at {redis_url}")
+        if options.data_dir is None:
+            supervisor.say("up", "ephemeral: no data is kept after it stops")
+        else:
+            supervisor.say(
+                "up",
+                f"data directory {options.data_dir} (append-only file, fsynced every second;"
+                " --data-dir to choose another, --ephemeral to keep nothing)",
+            )
     else:
         supervisor.say("up", "using the configured Redis")
     token = secrets.token_urlsafe(24)
