@@ -51,7 +51,7 @@ FIGURES: Final[list[str]] = []
 
 T = TypeVar("T")
 
-BASELINE_SECONDS: Final = 2.5
+BASELINE_SECONDS: Final = 2.0
 """How long the good clients run alone before each attack."""
 
 
@@ -154,7 +154,7 @@ class GoodClients:
             raise RuntimeError("the good clients crashed") from self._error
         return self._phase
 
-    async def run(self, seconds: float = BASELINE_SECONDS, *, warmup: float = 0.5) -> Phase:
+    async def run(self, seconds: float = BASELINE_SECONDS, *, warmup: float = 0.3) -> Phase:
         """A phase of `seconds` with nothing else going on (the baseline), after `warmup`
         seconds not counted (new connections, first requests)."""
         self.start()
@@ -546,7 +546,7 @@ def close_all(conns: Iterable[RawConnection]) -> None:
 
 
 async def under_attack(
-    good: GoodClients, attack: Awaitable[T], *, min_seconds: float = 3.0
+    good: GoodClients, attack: Awaitable[T], *, min_seconds: float = 2.5
 ) -> tuple[Phase, T]:
     """Run `attack` while the good clients run (at least `min_seconds`); their phase and its
     result."""

@@ -30,7 +30,7 @@ from .harness import (
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(90)]
 
-SLACK = 2.5
+SLACK = 2.0
 """Seconds past the deadline a slow connection may still be open (timer granularity, load)."""
 
 
