@@ -216,7 +216,7 @@ async def test_bad_request_flood(live: LiveStack) -> None:
     )
     assert ejected == 0, f"{ejected} ejections caused by bad requests"
     assert not watch.seen, f"instances left rotation: {dict(watch.seen)}"
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     server_faults = {s: n for s, n in statuses.items() if s in {"500", "502", "504"}}
     assert not server_faults, f"bad requests answered as server faults: {server_faults}"
     assert not await stored_messages(live.url, EVIL), "entries of bad requests were stored"

@@ -114,7 +114,7 @@ async def test_clients_that_never_read(live: LiveStack) -> None:
         lb_rss_growth=f"{rss.growth_mib:.1f} MiB",
         in_flight_after=f"{left} after {waited:.1f} s",
     )
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     # 30 unread answers of 1.3 MiB each would be 39 MiB; socket buffers take some of each.
     assert rss.growth_mib < 32, f"the LB buffered unread answers: RSS +{rss.growth_mib:.1f} MiB"
     assert left == 0, f"{left} requests still in flight {waited:.1f} s after the clients left"
@@ -160,7 +160,7 @@ async def test_many_idle_keepalive_connections(live: LiveStack) -> None:
         lb_client_connections=open_now,
         fresh_connections=f"{fresh_ok}/20 ok, slowest {fresh_slowest * 1000:.0f} ms",
     )
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     assert answered == count // 2, "idle connections' first requests failed"
     assert fresh_ok == 20, f"new clients failed beside the idle connections: {fresh_ok}/20"
     assert fresh_slowest <= max(1.0, 3 * baseline.p99), "new clients waited too long"
@@ -251,7 +251,7 @@ async def test_many_live_tail_streams(live: LiveStack) -> None:
         lb_in_flight_during=held,
         in_flight_after=f"{left} after {waited:.1f} s",
     )
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     assert opened == count, f"only {opened} of {count} streams opened"
     assert fed > 0
     assert reached == count, f"only {reached} of {count} streams got the fed entries"

@@ -325,7 +325,7 @@ async def test_bad_framing_flood(live: LiveStack) -> None:
         ejections=ejected,
         not_healthy_seen=dict(watch.seen),
     )
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     assert ejected == 0, f"{ejected} ejections during the flood"
     assert not watch.seen, f"instances left rotation during the flood: {dict(watch.seen)}"
     assert not await stored_messages(live.url, evil), "a badly framed request was stored"

@@ -82,7 +82,7 @@ async def _oversize(live: LiveStack, attack: str, head: bytes, total: int, expec
         lb_rss_growth=f"{rss.growth_mib:.1f} MiB",
     )
     _check_attempts(attempts, {expected})
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     assert rss.growth_mib < RSS_GROWTH_MIB, f"LB RSS grew {rss.growth_mib:.1f} MiB"
     await check_stored_once(live.url, good)
 
@@ -117,7 +117,7 @@ async def test_many_small_headers(live: LiveStack) -> None:
     )
     report("oversize-head-many-headers-8MiB", baseline, attacked, attacker=_summary(attempts))
     _check_attempts(attempts, {431})
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     await check_stored_once(live.url, good)
 
 
@@ -175,6 +175,6 @@ async def test_oversize_bodies(live: LiveStack) -> None:
     )
     bad = [(name, a) for name, done in by_kind.items() for a in done if a.status != 413]
     assert not bad, f"expected 413: {bad[:3]}"
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     assert not await stored_messages(live.url, evil), "an oversize body was stored"
     await check_stored_once(live.url, good)

@@ -74,7 +74,7 @@ async def _slow_attack(
         still_open_after=f"{still_open} at {give_up:g} s",
         closed_after=f"{times[0]:.1f}-{times[-1]:.1f} s" if times else "-",
     )
-    check_good(baseline, attacked)
+    await check_good(good, baseline, attacked)
     assert still_open == 0, (
         f"{still_open} of {count} slow connections still open {give_up:g} s after they started "
         f"(deadline {deadline:g} s)"
