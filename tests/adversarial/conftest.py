@@ -39,15 +39,15 @@ from support import LiveStack, wait_until
 from .harness import FIGURES
 
 LB_ENV: dict[str, str] = {
-    # A request's head and body must each arrive whole within this many seconds (the defaults
-    # are longer; short deadlines keep the slow-client tests short).
-    "AYGOLOG_REQUEST_HEAD_TIMEOUT": "2",
-    "AYGOLOG_REQUEST_BODY_TIMEOUT": "2",
+    # A request's head and body must each arrive whole within this many seconds (the defaults,
+    # 10 s and 60 s, are longer; short deadlines keep the slow-client tests short).
+    "AYGOLOG_CLIENT_HEADER_TIMEOUT": "2",
+    "AYGOLOG_CLIENT_BODY_TIMEOUT": "2",
 }
 """Extra environment of the suite's processes (the LB reads these; the instances ignore them)."""
 
-HEAD_DEADLINE = float(LB_ENV["AYGOLOG_REQUEST_HEAD_TIMEOUT"])
-BODY_DEADLINE = float(LB_ENV["AYGOLOG_REQUEST_BODY_TIMEOUT"])
+HEAD_DEADLINE = float(LB_ENV["AYGOLOG_CLIENT_HEADER_TIMEOUT"])
+BODY_DEADLINE = float(LB_ENV["AYGOLOG_CLIENT_BODY_TIMEOUT"])
 
 
 class StackHolder:
