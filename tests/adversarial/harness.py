@@ -1,8 +1,9 @@
 """The adversarial suite's tools: good clients that measure, raw-socket attackers, and checks.
 
-- `GoodClients`: paced httpx clients in their own thread and event loop (so an attacker's work in
-  the test's loop does not delay them), half writing unique messages with an `Idempotency-Key`,
-  half reading. `run()`/`stop()` give one `Phase` of figures: requests, successes, p99.
+- `GoodClients`: paced httpx clients in a process of their own (`goodload.py`, so an attacker's
+  work in the test's interpreter does not delay them), half writing unique messages with an
+  `Idempotency-Key`, half reading. `run()`/`stop()` give one `Phase` of figures: requests,
+  successes, p99.
 - `RawConnection`: an asyncio socket to the LB with every operation bounded by a timeout, and a
   response reader built on httptools.
 - `RssSampler`: the peak resident memory of a process while an attack runs.
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import math
-import threading
+import subprocess
+import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -101,12 +101,14 @@ class Phase:
 
 
 class GoodClients:
-    """Paced good clients against `url`, in a thread with its own event loop.
+    """Paced good clients against `url`, in a process of their own (`goodload.py`).
 
-    Each of `workers` clients sends `rate` requests a second at most (one at a time, on one
-    keep-alive connection), so the offered load is the same with and without an attack. Even
-    workers write (`POST /api/log`, a unique message, `service=tag`, an `Idempotency-Key`), odd
-    workers read (`GET /api/logs?service=tag&limit=10`). No retries: a failure counts.
+    A separate process, so that what an attacker does in the test's interpreter (parsing
+    thousands of answers, holding the GIL) is not measured as good-client latency. Each of
+    `workers` clients sends `rate` requests a second at most (one at a time, on one keep-alive
+    connection), so the offered load is the same with and without an attack. Even workers write
+    (`POST /api/log`, a unique message, `service=tag`, an `Idempotency-Key`), odd workers read
+    (`GET /api/logs?service=tag&limit=10`). No retries: a failure counts.
 
     Attributes:
         attempted: every message sent.
@@ -125,95 +127,71 @@ class GoodClients:
         self.url = url
         self.tag = tag
         self.workers = workers
-        self.interval = 1.0 / rate
+        self.rate = rate
         self.timeout = timeout
         self.attempted: set[str] = set()
         self.acked: set[str] = set()
-        self._counter = itertools.count()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._phase = Phase()
-        self._error: BaseException | None = None
+        self._phases = 0
+        self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        """Start the clients (a new phase)."""
-        assert self._thread is None, "already running"
-        self._phase = Phase()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="good-clients", daemon=True)
-        self._thread.start()
+        """Start the clients (a new phase); returns once they are ready to send."""
+        assert self._process is None, "already running"
+        self._phases += 1
+        args = [self.url, self.tag, self._phases, self.workers, self.rate, self.timeout]
+        self._process = process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("goodload.py")), *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        ready = process.stdout.readline()  # bounded: the child gives up after MAX_SECONDS
+        if ready.strip() != "ready":
+            self._kill()
+            raise AssertionError(f"the good clients did not start: {ready!r}")
 
-    def stop(self) -> Phase:
-        """Stop the clients (waiting for their requests in flight) and return the phase."""
-        assert self._thread is not None, "not running"
-        self._stop.set()
-        self._thread.join(self.timeout + 5)
-        assert not self._thread.is_alive(), "the good clients did not stop"
-        self._thread = None
-        if self._error is not None:
-            raise RuntimeError("the good clients crashed") from self._error
-        return self._phase
+    def stop(self, since: float = -math.inf) -> Phase:
+        """Stop the clients (they finish their requests in flight) and return the phase: the
+        requests started at or after `since` (time.monotonic())."""
+        process = self._process
+        assert process is not None, "not running"
+        try:
+            output, _ = process.communicate(input="", timeout=self.timeout + 10)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            raise AssertionError("the good clients did not stop") from None
+        finally:
+            self._process = None
+        assert process.returncode == 0, f"the good clients failed ({process.returncode})"
+        phase = Phase()
+        for op, started, seconds, ok, outcome, message in json.loads(output)["samples"]:
+            if message is not None:
+                self.attempted.add(message)
+                if ok:
+                    self.acked.add(message)
+            if started >= since:
+                phase.samples.append(Sample(op, seconds, ok, outcome))
+        return phase
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.communicate()
+            self._process = None
 
     async def run(self, seconds: float = BASELINE_SECONDS, *, warmup: float = 0.3) -> Phase:
         """A phase of `seconds` with nothing else going on (the baseline), after `warmup`
         seconds not counted (new connections, first requests)."""
         self.start()
-        await asyncio.sleep(warmup)
-        self._phase = Phase()  # the workers append to whichever phase is current
-        await asyncio.sleep(seconds)
-        return self.stop()
-
-    def _run(self) -> None:
         try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by stop()
-            self._error = exc
-
-    async def _main(self) -> None:
-        await asyncio.gather(*(self._worker(i) for i in range(self.workers)))
-
-    async def _worker(self, index: int) -> None:
-        timeout = httpx.Timeout(self.timeout)
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits) as client:
-            next_at = time.monotonic() + index * self.interval / self.workers
-            while not self._stop.is_set():
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                next_at = max(next_at + self.interval, time.monotonic())
-                if index % 2 == 0:
-                    sample = await self._write(client)
-                else:
-                    sample = await self._read(client)
-                self._phase.samples.append(sample)
-
-    async def _write(self, client: httpx.AsyncClient) -> Sample:
-        message = f"{self.tag} #{next(self._counter)}"
-        self.attempted.add(message)
-        body = {"message": message, "service": self.tag, "level": "info"}
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
-        started = time.perf_counter()
-        try:
-            response = await client.post("/api/log", json=body, headers=headers)
-            ok = response.status_code in (200, 201) and response.json()["message"] == message
-            outcome = str(response.status_code)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            ok, outcome = False, type(exc).__name__
-        seconds = time.perf_counter() - started
-        if ok:
-            self.acked.add(message)
-        return Sample("write", seconds, ok, outcome)
-
-    async def _read(self, client: httpx.AsyncClient) -> Sample:
-        started = time.perf_counter()
-        try:
-            response = await client.get("/api/logs", params={"service": self.tag, "limit": 10})
-            ok = response.status_code == 200 and isinstance(response.json()["items"], list)
-            outcome = str(response.status_code)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            ok, outcome = False, type(exc).__name__
-        return Sample("read", time.perf_counter() - started, ok, outcome)
+            await asyncio.sleep(warmup)
+            since = time.monotonic()
+            await asyncio.sleep(seconds)
+        except BaseException:
+            self._kill()
+            raise
+        return self.stop(since)
 
 
 def p99_bound(baseline: Phase) -> float:
