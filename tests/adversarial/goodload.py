@@ -2,9 +2,9 @@
 TIMEOUT`.
 
 Run by `harness.GoodClients`, so that an attacker's CPU use in the test's interpreter (the GIL)
-does not show up as good-client latency. Prints `ready` once its clients exist, runs until its
-stdin is closed (or `MAX_SECONDS`), then prints one JSON object: every request as
-`[op, started (time.monotonic()), seconds, ok, outcome, message]`.
+does not show up as good-client latency. Prints `ready` once its clients exist, then one JSON
+line per request as it ends, `[worker, op, started (time.monotonic()), seconds, ok, outcome,
+message]`, until its stdin is closed (or `MAX_SECONDS` passed).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ async def main(url: str, tag: str, phase: int, workers: int, rate: float, wait: 
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    samples: list[list[Any]] = []
     interval = 1.0 / rate
     counter = iter(range(10**9))
     ends = time.monotonic() + MAX_SECONDS
@@ -74,14 +73,14 @@ async def main(url: str, tag: str, phase: int, workers: int, rate: float, wait: 
             if delay > 0:
                 await asyncio.sleep(delay)
             next_at = max(next_at + interval, time.monotonic())
-            samples.append(await (write(client) if index % 2 == 0 else read(client)))
+            sample = await (write(client) if index % 2 == 0 else read(client))
+            print(json.dumps([index, *sample]), flush=True)
 
     try:
         await asyncio.gather(*(worker(i) for i in range(workers)))
     finally:
         for client in clients:
             await client.aclose()
-    print(json.dumps({"samples": samples}), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -104,11 +105,13 @@ class GoodClients:
     """Paced good clients against `url`, in a process of their own (`goodload.py`).
 
     A separate process, so that what an attacker does in the test's interpreter (parsing
-    thousands of answers, holding the GIL) is not measured as good-client latency. Each of
-    `workers` clients sends `rate` requests a second at most (one at a time, on one keep-alive
-    connection), so the offered load is the same with and without an attack. Even workers write
-    (`POST /api/log`, a unique message, `service=tag`, an `Idempotency-Key`), odd workers read
-    (`GET /api/logs?service=tag&limit=10`). No retries: a failure counts.
+    thousands of answers, holding the GIL) is not measured as good-client latency; one process
+    for the whole test (a Python start costs seconds on a busy machine), its requests sorted into
+    phases by when they started. Each of `workers` clients sends `rate` requests a second at
+    most (one at a time, on one keep-alive connection), so the offered load is the same with and
+    without an attack. Even workers write (`POST /api/log`, a unique message, `service=tag`, an
+    `Idempotency-Key`), odd workers read (`GET /api/logs?service=tag&limit=10`). No retries: a
+    failure counts.
 
     Attributes:
         attempted: every message sent.
@@ -131,14 +134,14 @@ class GoodClients:
         self.timeout = timeout
         self.attempted: set[str] = set()
         self.acked: set[str] = set()
-        self._phases = 0
+        self._samples: list[tuple[int, float, Sample]] = []
         self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the clients (a new phase); returns once they are ready to send."""
+        """Start the clients; returns once they are ready to send."""
         assert self._process is None, "already running"
-        self._phases += 1
-        args = [self.url, self.tag, self._phases, self.workers, self.rate, self.timeout]
+        args = [self.url, self.tag, 1, self.workers, self.rate, self.timeout]
         self._process = process = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("goodload.py")), *map(str, args)],
             stdin=subprocess.PIPE,
@@ -148,50 +151,66 @@ class GoodClients:
         assert process.stdout is not None
         ready = process.stdout.readline()  # bounded: the child gives up after MAX_SECONDS
         if ready.strip() != "ready":
-            self._kill()
+            self.close()
             raise AssertionError(f"the good clients did not start: {ready!r}")
+        self._reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._reader.start()
 
-    def stop(self, since: float = -math.inf) -> Phase:
-        """Stop the clients (they finish their requests in flight) and return the phase: the
-        requests started at or after `since` (time.monotonic())."""
-        process = self._process
-        assert process is not None, "not running"
-        try:
-            output, _ = process.communicate(input="", timeout=self.timeout + 10)
-        except subprocess.TimeoutExpired:
-            self._kill()
-            raise AssertionError("the good clients did not stop") from None
-        finally:
-            self._process = None
-        assert process.returncode == 0, f"the good clients failed ({process.returncode})"
-        phase = Phase()
-        for op, started, seconds, ok, outcome, message in json.loads(output)["samples"]:
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            worker, op, started, seconds, ok, outcome, message = json.loads(line)
             if message is not None:
                 self.attempted.add(message)
                 if ok:
                     self.acked.add(message)
-            if started >= since:
-                phase.samples.append(Sample(op, seconds, ok, outcome))
-        return phase
+            self._samples.append((worker, started, Sample(op, seconds, ok, outcome)))
 
-    def _kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.communicate()
-            self._process = None
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    async def phase(self, since: float, until: float) -> Phase:
+        """The requests started in [since, until) (time.monotonic()), once all have ended."""
+        deadline = time.monotonic() + self.timeout + 5
+        while time.monotonic() < deadline and self._process is not None:
+            # Each worker sends one request at a time: once every worker has one started at or
+            # after `until`, all those started before it have ended.
+            later = {worker for worker, started, _ in list(self._samples) if started >= until}
+            if len(later) == self.workers:
+                break
+            await asyncio.sleep(0.02)
+        return Phase([s for _, started, s in list(self._samples) if since <= started < until])
 
     async def run(self, seconds: float = BASELINE_SECONDS, *, warmup: float = 0.3) -> Phase:
-        """A phase of `seconds` with nothing else going on (the baseline), after `warmup`
-        seconds not counted (new connections, first requests)."""
-        self.start()
-        try:
+        """A phase of `seconds` with nothing else going on (a baseline); the clients are started
+        first if need be, and then `warmup` seconds are not counted (a new process's first
+        requests are slow)."""
+        if self._process is None:
+            self.start()
             await asyncio.sleep(warmup)
-            since = time.monotonic()
-            await asyncio.sleep(seconds)
-        except BaseException:
-            self._kill()
-            raise
-        return self.stop(since)
+        since = time.monotonic()
+        await asyncio.sleep(seconds)
+        return await self.phase(since, time.monotonic())
+
+    def close(self) -> None:
+        """Stop the clients (they finish their requests in flight); idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()  # the signal to stop; the reader thread reads to the end
+        try:
+            process.wait(timeout=self.timeout + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+            self._reader = None
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def p99_bound(baseline: Phase) -> float:
@@ -270,7 +289,9 @@ async def stored_messages(url: str, service: str) -> Counter[str]:
 
 
 async def check_stored_once(url: str, good: GoodClients) -> Counter[str]:
-    """Every acknowledged good message is stored exactly once; nothing stored twice or unsent."""
+    """Every acknowledged good message is stored exactly once; nothing stored twice or unsent
+    (the good clients are stopped first)."""
+    good.close()
     stored = await stored_messages(url, good.tag)
     doubled = {m: n for m, n in stored.items() if n > 1}
     lost = good.acked - stored.keys()
@@ -542,18 +563,16 @@ def close_all(conns: Iterable[RawConnection]) -> None:
 async def under_attack(
     good: GoodClients, attack: Awaitable[T], *, min_seconds: float = 2.5
 ) -> tuple[Phase, T]:
-    """Run `attack` while the good clients run (at least `min_seconds`); their phase and its
-    result."""
-    good.start()
+    """Run `attack` while the good clients run (at least `min_seconds`); their phase (the
+    requests started meanwhile) and the attack's result."""
+    if not good.running:
+        await good.run(0)
     started = time.monotonic()
-    try:
-        result = await attack
-        remaining = min_seconds - (time.monotonic() - started)
-        if remaining > 0:
-            await asyncio.sleep(remaining)
-    finally:
-        phase = good.stop()
-    return phase, result
+    result = await attack
+    remaining = min_seconds - (time.monotonic() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    return await good.phase(started, time.monotonic()), result
 
 
 @dataclass

@@ -165,10 +165,9 @@ async def test_bad_requests_get_4xx(live: LiveStack) -> None:
     assert not failures, f"{len(failures)} of {len(BAD)} wrong:\n" + "\n".join(failures)
 
 
-async def test_bad_request_flood(live: LiveStack) -> None:
+async def test_bad_request_flood(live: LiveStack, good: GoodClients) -> None:
     """1,000 bad requests on 20 keep-alive connections beside good clients: 0 instances
     ejected, 0 good requests failed."""
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     ejected_before = await ejections(live.url)
     flood = [bad for bad in BAD if not bad.stream]

@@ -78,7 +78,7 @@ async def fresh_connection_requests(url: str, count: int) -> tuple[int, float]:
     return ok, slowest
 
 
-async def test_clients_that_never_read(live: LiveStack) -> None:
+async def test_clients_that_never_read(live: LiveStack, good: GoodClients) -> None:
     """30 clients each pipelining 8 requests for ~1.3 MiB pages and never reading a byte."""
     assert live.lb is not None
     assert live.lb.process is not None
@@ -87,7 +87,6 @@ async def test_clients_that_never_read(live: LiveStack) -> None:
     async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
         seeded = await client.post("/api/logs", json=entries)
         assert seeded.status_code == 201, seeded.text
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     request = b"GET /api/logs?service=%s&limit=300 HTTP/1.1\r\nHost: adversary\r\n\r\n" % (
         big.encode()
@@ -121,10 +120,9 @@ async def test_clients_that_never_read(live: LiveStack) -> None:
     await check_stored_once(live.url, good)
 
 
-async def test_many_idle_keepalive_connections(live: LiveStack) -> None:
+async def test_many_idle_keepalive_connections(live: LiveStack, good: GoodClients) -> None:
     """500 idle connections (half after one request, half before any) while good clients run,
     and new clients still get through."""
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     count = 500
     health = b"GET /health HTTP/1.1\r\nHost: adversary\r\n\r\n"
@@ -211,14 +209,13 @@ async def _feed(url: str, feed: str, stop: asyncio.Event, every: float = 0.2) ->
     return stored
 
 
-async def test_many_live_tail_streams(live: LiveStack) -> None:
+async def test_many_live_tail_streams(live: LiveStack, good: GoodClients) -> None:
     """300 live-tail streams open and reading (fed 5 entries a second) while good clients run;
     closing them releases everything at the LB.
 
     The streams follow their own feed, not the good writers: 300 streams of every good write
     would be 9,000 events a second, a capacity test (issue 16), not a hostile-client one.
     """
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     count = 300
     feed = f"feed-{uuid.uuid4().hex[:8]}"

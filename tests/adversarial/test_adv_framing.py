@@ -286,9 +286,8 @@ async def test_bad_framing(live: LiveStack) -> None:
     assert not failures, f"{wrong} of {len(CASES)} cases wrong:\n" + "\n".join(failures)
 
 
-async def test_bad_framing_flood(live: LiveStack) -> None:
+async def test_bad_framing_flood(live: LiveStack, good: GoodClients) -> None:
     """Every bad-framing case, over and over on 30 connections at a time, beside good clients."""
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     evil = evil_tag()
     baseline = await good.run()
     ejected_before = await ejections(live.url)

@@ -58,10 +58,11 @@ def _check_attempts(attempts: list[Attempt], expected: set[int]) -> None:
     assert max(a.seconds for a in attempts) <= 2.0, "the answer took too long"
 
 
-async def _oversize(live: LiveStack, attack: str, head: bytes, total: int, expected: int) -> None:
+async def _oversize(
+    live: LiveStack, good: GoodClients, attack: str, head: bytes, total: int, expected: int
+) -> None:
     assert live.lb is not None
     assert live.lb.process is not None
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     filler = b"a" * MiB
 
@@ -87,23 +88,22 @@ async def _oversize(live: LiveStack, attack: str, head: bytes, total: int, expec
     await check_stored_once(live.url, good)
 
 
-async def test_oversize_header_sent_fast(live: LiveStack) -> None:
+async def test_oversize_header_sent_fast(live: LiveStack, good: GoodClients) -> None:
     """One 64 MiB header at full speed, again and again: 431 at once, LB memory flat."""
     head = b"GET /api/logs HTTP/1.1\r\nHost: adversary\r\nX-Big: "
-    await _oversize(live, "oversize-header-64MiB", head, 64 * MiB, 431)
+    await _oversize(live, good, "oversize-header-64MiB", head, 64 * MiB, 431)
 
 
-async def test_oversize_url_sent_fast(live: LiveStack) -> None:
+async def test_oversize_url_sent_fast(live: LiveStack, good: GoodClients) -> None:
     """A 64 MiB request target at full speed: 414 at once."""
     head = b"GET /api/logs?q="
-    await _oversize(live, "oversize-url-64MiB", head, 64 * MiB, 414)
+    await _oversize(live, good, "oversize-url-64MiB", head, 64 * MiB, 414)
 
 
-async def test_many_small_headers(live: LiveStack) -> None:
+async def test_many_small_headers(live: LiveStack, good: GoodClients) -> None:
     """A head of 8 MiB made of small headers (each well under any per-header limit): 431."""
     head = b"GET /api/logs HTTP/1.1\r\nHost: adversary\r\n"
     assert live.lb is not None
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     filler = b"X-A: b\r\n" * (MiB // 8)
 
@@ -121,12 +121,11 @@ async def test_many_small_headers(live: LiveStack) -> None:
     await check_stored_once(live.url, good)
 
 
-async def test_oversize_bodies(live: LiveStack) -> None:
+async def test_oversize_bodies(live: LiveStack, good: GoodClients) -> None:
     """Bodies over the limit, declared (Content-Length: 1 GiB, or 1 byte over) or chunked
     (64 MiB sent at full speed): 413, and nothing of them stored."""
     assert live.lb is not None
     assert live.lb.process is not None
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     evil = f"evil-{uuid.uuid4().hex[:8]}"
     baseline = await good.run()
     start = b'{"service": "%s", "message": "' % evil.encode()

@@ -52,9 +52,14 @@ async def _trickle(conn: RawConnection, head: bytes, drip: bytes, give_up: float
 
 
 async def _slow_attack(
-    live: LiveStack, attack: str, head: bytes, drip: bytes, count: int, deadline: float
+    live: LiveStack,
+    good: GoodClients,
+    attack: str,
+    head: bytes,
+    drip: bytes,
+    count: int,
+    deadline: float,
 ) -> None:
-    good = GoodClients(live.url, tag=f"good-{uuid.uuid4().hex[:8]}")
     baseline = await good.run()
     give_up = deadline + SLACK
 
@@ -84,13 +89,13 @@ async def _slow_attack(
     await check_stored_once(live.url, good)
 
 
-async def test_slow_head(live: LiveStack) -> None:
+async def test_slow_head(live: LiveStack, good: GoodClients) -> None:
     """150 connections each sending their head one byte a second (slowloris)."""
     head = b"GET /api/logs HTTP/1.1\r\nHost: adversary\r\nX-Slow: "
-    await _slow_attack(live, "slow-head-150", head, b"a" * 60, 150, HEAD_DEADLINE)
+    await _slow_attack(live, good, "slow-head-150", head, b"a" * 60, 150, HEAD_DEADLINE)
 
 
-async def test_slow_body(live: LiveStack) -> None:
+async def test_slow_body(live: LiveStack, good: GoodClients) -> None:
     """100 connections each sending a whole head, then their body one byte a second."""
     evil = f"evil-{uuid.uuid4().hex[:8]}"
     body = b'{"service": "%s", "message": "slow body"}' % evil.encode()
@@ -98,5 +103,5 @@ async def test_slow_body(live: LiveStack) -> None:
         b"POST /api/log HTTP/1.1\r\nHost: adversary\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     )
-    await _slow_attack(live, "slow-body-100", head, body, 100, BODY_DEADLINE)
+    await _slow_attack(live, good, "slow-body-100", head, body, 100, BODY_DEADLINE)
     assert not await stored_messages(live.url, evil), "a body that missed its deadline was stored"
