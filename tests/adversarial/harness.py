@@ -42,6 +42,7 @@ __all__ = [
     "check_stored_once",
     "ejections",
     "p99_bound",
+    "plain_client",
     "report",
     "services",
     "stored_messages",
@@ -269,6 +270,15 @@ async def check_good(good: GoodClients, baseline: Phase, attacked: Phase) -> Non
     )
 
 
+def plain_client(url: str, timeout: float = 10.0, **options: Any) -> httpx.AsyncClient:
+    """An httpx client for plain HTTP on loopback that skips what costs time on a busy machine
+    and is of no use here: loading CA certificates (`verify=False`; no TLS is spoken) and
+    reading proxy settings from the environment."""
+    return httpx.AsyncClient(
+        base_url=url, timeout=timeout, verify=False, trust_env=False, **options
+    )
+
+
 # -- what is stored --------------------------------------------------------------------------
 
 
@@ -276,7 +286,7 @@ async def stored_messages(url: str, service: str) -> Counter[str]:
     """Every stored message of `service`, counted (read through `url`, all pages)."""
     found: Counter[str] = Counter()
     params: dict[str, Any] = {"service": service, "limit": 1000}
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+    async with plain_client(url, 10.0) as client:
         for _ in range(1000):
             response = await client.get("/api/logs", params=params)
             assert response.status_code == 200, f"reading back: {response.status_code}"
@@ -307,7 +317,7 @@ async def check_stored_once(url: str, good: GoodClients) -> Counter[str]:
 
 async def services(url: str) -> list[dict[str, Any]]:
     """The LB's `GET /api/registration/services`."""
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+    async with plain_client(url, 5.0) as client:
         response = await client.get("/api/registration/services")
         response.raise_for_status()
         listed: list[dict[str, Any]] = response.json()
@@ -339,7 +349,7 @@ class StatusWatch:
             await self._task
 
     async def _poll(self) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=2.0) as client:
+        async with plain_client(self.url, 2.0) as client:
             while True:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     listed = (await client.get("/api/registration/services")).json()

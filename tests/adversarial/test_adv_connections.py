@@ -25,6 +25,7 @@ from .harness import (
     RssSampler,
     check_good,
     check_stored_once,
+    plain_client,
     raw_connections,
     report,
     services,
@@ -56,7 +57,7 @@ async def wait_released(url: str, within: float = RELEASE_SECONDS) -> tuple[int,
 
 async def lb_client_connections(url: str) -> int:
     """The LB's gauge of client connections open now."""
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+    async with plain_client(url, 5.0) as client:
         text = (await client.get("/metrics")).text
     for line in text.splitlines():
         if line.startswith("aygolog_lb_client_connections "):
@@ -68,7 +69,7 @@ async def fresh_connection_requests(url: str, count: int) -> tuple[int, float]:
     """`count` requests, each on a new connection: (how many succeeded, the slowest)."""
     ok, slowest = 0, 0.0
     no_reuse = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=no_reuse) as client:
+    async with plain_client(url, 10.0, limits=no_reuse) as client:
         for _ in range(count):
             started = time.perf_counter()
             with contextlib.suppress(httpx.HTTPError):
@@ -84,7 +85,7 @@ async def test_clients_that_never_read(live: LiveStack, good: GoodClients) -> No
     assert live.lb.process is not None
     big = f"big-{uuid.uuid4().hex[:8]}"
     entries = [{"service": big, "message": f"{i} " + "x" * 4096} for i in range(300)]
-    async with httpx.AsyncClient(base_url=live.url, timeout=30.0) as client:
+    async with plain_client(live.url, 30.0) as client:
         seeded = await client.post("/api/logs", json=entries)
         assert seeded.status_code == 201, seeded.text
     baseline = await good.run()
@@ -197,7 +198,7 @@ async def _follow(conn: RawConnection, feed: str, stop: asyncio.Event) -> tuple[
 async def _feed(url: str, feed: str, stop: asyncio.Event, every: float = 0.2) -> int:
     """Write an entry to `feed` every `every` seconds until `stop`; how many were stored."""
     stored = 0
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+    async with plain_client(url, 10.0) as client:
         while not stop.is_set():
             response = await client.post(
                 "/api/log", json={"service": feed, "message": f"{feed} {stored}"}
