@@ -249,7 +249,7 @@ def test_settings_reach_the_pool_the_health_checks_and_the_proxy() -> None:
     assert (defaults.max_retries, defaults.retry_ratio, defaults.retry_window) == (2, 0.2, 10.0)
     assert defaults.max_body_size == 10 * 1024 * 1024
     assert not defaults.api_keys
-    assert defaults.cors_origins == ()
+    assert defaults.cors_origins == ("*",)
 
 
 async def test_the_app_takes_its_pool_and_health_options_from_settings(

@@ -116,7 +116,7 @@ class Upstream:
                 if self.mode == "slow":
                     await asyncio.sleep(5)
                 served += 1
-                if not await self._respond(seen, writer):
+                if not await self._respond(seen, writer, reader):
                     return
                 if self.mode == "idle-close":
                     await asyncio.sleep(0.05)
@@ -128,9 +128,11 @@ class Upstream:
             writer.close()
             self._tasks.discard(task)
 
-    async def _respond(self, seen: Seen, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(
+        self, seen: Seen, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    ) -> bool:
         path = seen.target.split("?", 1)[0]
-        if path == "/api/chunked":
+        if path in ("/api/chunked", "/api/logs/chunked"):
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n"
                 b"\r\n5\r\npart1\r\n5\r\npart2\r\n5\r\npart3\r\n0\r\n\r\n"
@@ -150,6 +152,16 @@ class Upstream:
                 await writer.drain()
             writer.write(b"0\r\n\r\n")
             return True
+        if path == "/api/quiet-sse":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n8\r\ndata: 1\n\r\n"
+            )
+            await writer.drain()
+            # Quiet: the proxy has nothing to write to its client; wait for it to close.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(), 30)
+            return False
         if path == "/api/big":
             writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
             chunk = b"%x\r\n%s\r\n" % (BIG_CHUNK, b"b" * BIG_CHUNK)
@@ -158,6 +170,13 @@ class Upstream:
                 await writer.drain()
                 self.big_written += BIG_CHUNK
             writer.write(b"0\r\n\r\n")
+            return True
+        if path == "/api/logs/vary":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nvary: Origin\r\nVary: accept-encoding, origin\r\n"
+                b"access-control-allow-origin: *\r\ncontent-length: 2\r\n\r\n{}"
+            )
+            await writer.drain()
             return True
         if path == "/api/until-close":
             writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
@@ -461,6 +480,27 @@ async def test_client_leaving_an_sse_stream_closes_the_upstream_connection() -> 
         assert upstream.disconnects == 1
         # Not the instance's fault: reported with its status and no error.
         assert h.picker.outcomes == [("a", 200, None)]
+
+
+async def test_client_leaving_a_quiet_sse_stream_closes_the_upstream_within_a_second() -> None:
+    async with harness(Upstream("a")) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port, b"GET /api/quiet-sse HTTP/1.1\r\nHost: lb\r\n\r\n"
+        )
+        received = b""
+        while b"data: 1" not in received:
+            received += await reader.read(65536)
+        writer.close()  # only a FIN: no write of the proxy fails while the stream is quiet
+        left = time.monotonic()
+        upstream = h.upstreams["a"]
+        for _ in range(150):
+            if upstream.disconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert upstream.disconnects == 1
+        assert time.monotonic() - left < 1.0
+        assert h.picker.outcomes == [("a", 200, None)]
+        assert h.proxy.stats.connections == 0
 
 
 async def test_connect_refused_post_is_retried_on_another_instance() -> None:
@@ -780,12 +820,12 @@ KEYS = {"reader": "read", "writer": "write", "both": "read+write"}
 
 
 async def test_api_keys_are_off_by_default() -> None:
-    async with harness(Upstream("a")) as h:
+    async with harness(Upstream("a"), config=ProxyConfig(cors_origins=())) as h:
         assert not h.proxy._gated  # no per-request work for keys or CORS
         assert (await h.client.get("/api/log")).status_code == 200
         response = await h.client.post("/api/log", json={}, headers={"X-Api-Key": "anything"})
         assert response.status_code == 201
-        # Without CORS on the LB, the instance's own CORS headers pass through.
+        # With CORS turned off on the LB, the instance's own CORS headers pass through.
         assert response.headers["access-control-allow-origin"] == "http://instance.example"
 
 
@@ -894,7 +934,9 @@ async def test_cors_headers_on_proxied_responses_for_allowed_origins_only() -> N
         plain = await h.client.get("/api/log")
         assert "access-control-allow-origin" not in plain.headers
         # A streamed response gets it too.
-        streamed = await h.client.get("/api/chunked", headers={"Origin": "https://other.example"})
+        streamed = await h.client.get(
+            "/api/logs/chunked", headers={"Origin": "https://other.example"}
+        )
         assert streamed.headers["access-control-allow-origin"] == "https://other.example"
         # A plain OPTIONS (no Access-Control-Request-Method) is not a preflight: proxied.
         await h.client.options("/api/log", headers={"Origin": ORIGIN})
@@ -907,13 +949,76 @@ async def test_cors_on_the_proxys_own_errors() -> None:
         # The browser must be able to read a 401 or a 502.
         unauthorized = await h.client.get("/api/log", headers={"Origin": "http://any.example"})
         assert unauthorized.status_code == 401
-        assert unauthorized.headers["access-control-allow-origin"] == "http://any.example"
+        assert unauthorized.headers["access-control-allow-origin"] == "*"
         failed = await h.client.get(
             "/api/log", headers={"Origin": "http://any.example", "X-Api-Key": "reader"}
         )
         assert failed.status_code == 502
-        assert failed.headers["access-control-allow-origin"] == "http://any.example"
+        assert failed.headers["access-control-allow-origin"] == "*"
         assert "www-authenticate" not in failed.headers
+        # A refused request to a log route can be read by the browser too.
+        too_large = await h.client.post(
+            "/api/log", content=b"x" * (11 * 1024 * 1024), headers={"Origin": "http://a.example"}
+        )
+        assert too_large.status_code == 413
+        assert too_large.headers["access-control-allow-origin"] == "*"
+        # Errors before the request is known (a malformed head) carry no CORS header.
+        reader, writer = await raw_exchange(
+            h.proxy.port,
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\nOrigin: http://x.example\r\nBad\r\n\r\n",
+        )
+        status, headers, _ = await read_response(reader)
+        writer.close()
+        assert status == 400
+        assert "access-control-allow-origin" not in headers
+
+
+SDK_HEADERS = "content-type, authorization, x-api-key, idempotency-key, last-event-id"
+
+
+async def test_cors_is_on_by_default_for_any_origin_on_the_log_routes_only() -> None:
+    async with harness(Upstream("a")) as h:
+        for path in ("/api/log", "/api/logs", "/api/logs/stream"):
+            preflight = await h.client.options(
+                path,
+                headers={
+                    "Origin": "http://localhost:5173",
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": SDK_HEADERS,
+                },
+            )
+            assert preflight.status_code == 204, (path, preflight.text)
+            assert preflight.headers["access-control-allow-origin"] == "*"
+            assert preflight.headers["access-control-allow-headers"] == SDK_HEADERS
+            assert "access-control-allow-credentials" not in preflight.headers
+        actual = await h.client.get("/api/log", headers={"Origin": "http://localhost:5173"})
+        assert actual.headers.get_list("access-control-allow-origin") == ["*"]
+        assert "x-request-id" in actual.headers["access-control-expose-headers"]
+        assert "vary" not in actual.headers  # the answer does not depend on the origin
+        # Other paths (the registration API and the control plane, or anything else proxied)
+        # are not exposed: preflights refused, no CORS header on answers.
+        for path in ("/api/registration", "/api/registration/services", "/health", "/api/x"):
+            refused = await h.client.options(
+                path,
+                headers={"Origin": "http://localhost:5173", "Access-Control-Request-Method": "GET"},
+            )
+            assert refused.status_code == 403, path
+            assert refused.json()["error"] == f"CORS is not allowed on {path}"
+            assert "access-control-allow-origin" not in refused.headers
+        other = await h.client.get("/api/x", headers={"Origin": "http://localhost:5173"})
+        assert other.status_code == 200
+        assert "access-control-allow-origin" not in other.headers  # the instance's is dropped
+        assert h.upstreams["a"].seen[-1].target == "/api/x"
+
+
+async def test_one_vary_header_merged_with_the_instances() -> None:
+    config = ProxyConfig(cors_origins=(ORIGIN,))
+    async with harness(Upstream("a"), config=config) as h:
+        response = await h.client.get("/api/logs/vary", headers={"Origin": ORIGIN})
+        assert response.headers.get_list("vary") == ["Origin, accept-encoding"]
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        # Without an Origin the answer still varies by it (for caches).
+        assert (await h.client.get("/api/log")).headers.get_list("vary") == ["origin"]
 
 
 def test_runs_on_uvloop() -> None:

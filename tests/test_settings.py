@@ -331,7 +331,7 @@ def test_load_balancer_defaults() -> None:
     lb = LoadBalancerSettings(registration_token=SecretStr("x"))
     assert lb.strategy == "p2c"
     assert (lb.heartbeat_ttl, lb.connect_timeout, lb.response_timeout) == (6.0, 1.0, 30.0)
-    assert lb.cors_origins == []
+    assert lb.cors_origins == ["*"]  # as the seed's LB: its React page is on another origin
     assert lb.insecure_open_registration is False
 
 

@@ -686,7 +686,8 @@ class _ServerSettings(_Settings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="AYGOLOG_CORS_ORIGINS"
     )
-    """Browser origins allowed to call the service: comma-separated or a JSON list; `*`: any."""
+    """Browser origins allowed to call the service: comma-separated or a JSON list; `*`: any;
+    `none`: CORS off (the default of a Log API instance; the load balancer's default is `*`)."""
     api_keys: Annotated[dict[str, ApiScope], NoDecode] = Field(
         default_factory=dict, repr=False, validation_alias="AYGOLOG_API_KEYS"
     )
@@ -744,10 +745,12 @@ class _ServerSettings(_Settings):
     @field_validator("cors_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
+        if [origin.strip().lower() for origin in value] == ["none"]:
+            return []
         origins = []
         for origin in value:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
-                raise ValueError(f"{origin!r} is not an origin (https://host[:port]) or *")
+                raise ValueError(f"{origin!r} is not an origin (https://host[:port]), * or none")
             origins.append(origin.rstrip("/"))
         return origins
 
@@ -899,6 +902,39 @@ class LoadBalancerSettings(_ServerSettings):
         default=1.0, gt=0, validation_alias="AYGOLOG_REGISTRY_POLL_INTERVAL"
     )
     """Seconds between full reloads of the registry (the safety net under its change events)."""
+
+    # -- the data plane: CORS and client limits (issue 15) --
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], validation_alias="AYGOLOG_CORS_ORIGINS"
+    )
+    """Browser origins allowed on the log routes (`/api/log`, `/api/logs`, `/api/logs/...`):
+    `*` (the default, as the seed's LB: its React page is served from another origin), a list
+    (comma-separated or JSON), or `none` to turn CORS off. Never the registration API."""
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, validation_alias="AYGOLOG_MAX_HEADER_BYTES"
+    )
+    """Largest request head (request line and headers), checked on the bytes received; 431."""
+    max_request_line_bytes: int = Field(
+        default=16 * 1024, ge=256, validation_alias="AYGOLOG_MAX_REQUEST_LINE_BYTES"
+    )
+    """Largest request line (method, URL, version); 414 beyond."""
+    max_header_line_bytes: int = Field(
+        default=16 * 1024, ge=256, validation_alias="AYGOLOG_MAX_HEADER_LINE_BYTES"
+    )
+    """Largest single header line; 431 beyond."""
+    client_header_timeout: float = Field(
+        default=10.0, gt=0, validation_alias="AYGOLOG_CLIENT_HEADER_TIMEOUT"
+    )
+    """Seconds a request's head may take to arrive whole, from its first byte; 408 beyond."""
+    client_body_timeout: float = Field(
+        default=60.0, gt=0, validation_alias="AYGOLOG_CLIENT_BODY_TIMEOUT"
+    )
+    """Seconds a request's body may take to arrive whole, from the end of its head; 408 beyond."""
+    keepalive_timeout: float = Field(
+        default=75.0, gt=0, validation_alias="AYGOLOG_KEEPALIVE_TIMEOUT"
+    )
+    """Seconds an idle client connection (between requests) is kept open."""
+    # -- end of the client limits --
 
     @field_validator("redis")
     @classmethod

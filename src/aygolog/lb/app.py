@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import msgspec
 import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, delete, get, post, put
-from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import PermissionDeniedException
@@ -207,9 +206,9 @@ def create_load_balancer(
                 " proxied to a Log API instance."
             ),
         ),
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
-        if settings.cors_origins
-        else None,
+        # No CORS here: the registration API and the control plane are never exposed to
+        # browsers of other origins (the data plane answers CORS on the log routes only).
+        cors_config=None,
         request_max_body_size=_MAX_REGISTRATION_BYTES,
         debug=False,
     )
@@ -247,6 +246,12 @@ def proxy_config_from(settings: LoadBalancerSettings, *, grace: float = 4.0) -> 
         shutdown_timeout=grace,
         api_keys=dict(settings.api_keys),
         cors_origins=tuple(settings.cors_origins),
+        max_header_size=settings.max_header_bytes,
+        max_request_line=settings.max_request_line_bytes,
+        max_header_line=settings.max_header_line_bytes,
+        request_head_timeout=settings.client_header_timeout,
+        request_body_timeout=settings.client_body_timeout,
+        keep_alive_timeout=settings.keepalive_timeout,
     )
 
 

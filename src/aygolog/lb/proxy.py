@@ -8,10 +8,18 @@ handed, in-process, to an ASGI app (the LB's Litestar control plane: registratio
 project's calibration (ARCHITECTURE.md) a Litestar route in front of the same pooled sockets
 reached 0.48x nginx's throughput, this design 0.66x.
 
-Per client connection, requests are answered one at a time, in order (pipelining-safe). Request
+Per client connection, requests are answered one at a time, in order (pipelining-safe). What a
+client sends is bounded before httptools sees it (`aygolog.lb.framing`): the request line, each
+header line and the whole head are limited on the bytes received (414/431 at once, however much
+more the client sends), and each head goes to the parser whole. A request must arrive whole within
+its deadlines, the head within `request_head_timeout` of its first byte and the body within
+`request_body_timeout` of the end of the head (408 and close; no byte resets them); an idle
+connection between requests is closed after `keep_alive_timeout`. Request
 bodies are buffered up to `ProxyConfig.max_body_size` (413 beyond), which makes every request
 replayable for a retry; responses are streamed as they arrive (SSE included), with back-pressure
-from a slow client to the instance's connection.
+from a slow client to the instance's connection. A client that closes its side of an event
+stream has left: the proxy closes its connection to the instance at once (a quiet stream would
+otherwise hold both until its next keep-alive comment).
 
 Retries: a request is sent again to another instance (at most `max_retries` times, and only while
 the `RetryBudget` allows) when the instance cannot have acted on it: no connection could be made,
@@ -22,8 +30,12 @@ once on a fresh connection to the same instance, under the same rule. Once respo
 gone to the client nothing is retried: the client connection is cut instead.
 
 Answers of the proxy itself: 502 (the instances failed), 503 with `Retry-After` (no instance to
-send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/431 for bad
-requests, 401/403 for a missing or insufficient API key. Their JSON body is
+send to), 504 (no response within `response_timeout`; never applied to SSE), 400/413/414/431 for
+bad requests, 408 for slow ones, 417 for an `Expect` other than `100-continue`, 505 for an HTTP
+version other than 1.0/1.1, 501 for a Transfer-Encoding other than chunked (HTTP/1.1 needs
+exactly one Host; HTTP/1.0 may not use
+Transfer-Encoding; headers the proxy relies on, such as Host, are never stripped by being named in
+`Connection`), 401/403 for a missing or insufficient API key. Their JSON body is
 `{"error": "...", "detail": []}`.
 
 Optional, both off by default and then costing one attribute test per request:
@@ -33,11 +45,16 @@ Optional, both off by default and then costing one attribute test per request:
   not allow the method (GET, HEAD and OPTIONS read; every other method writes). The key is
   passed on: instances given the same keys check them too (so going around the load balancer
   does not go around the keys).
-- CORS (`ProxyConfig.cors_origins`): a preflight (`OPTIONS` with `Origin` and
-  `Access-Control-Request-Method`) is answered by the proxy itself (204, or 403 for an origin not
-  allowed); proxied responses and the proxy's own errors to an allowed origin carry
-  `Access-Control-Allow-Origin` (the origin), `Vary: Origin` and
-  `Access-Control-Expose-Headers`; the instances' own `Access-Control-*` headers are dropped.
+
+CORS is on by default (`ProxyConfig.cors_origins`, `("*",)`: any origin, without credentials), on
+the paths of `ProxyConfig.cors_paths` only (the log routes): a preflight (`OPTIONS` with `Origin`
+and `Access-Control-Request-Method`) is answered by the proxy itself (204, or 403 for an origin not
+allowed); proxied responses and the proxy's own errors to an allowed origin carry
+`Access-Control-Allow-Origin` (`*`, or the origin when a list restricts them, then with
+`Vary: Origin` merged into the instance's one `Vary`) and `Access-Control-Expose-Headers`; the
+instances' own `Access-Control-*` headers are dropped. A preflight for any other path (the
+registration API, the control plane) is refused with 403 and no CORS header. An empty
+`cors_origins` turns CORS handling off (preflights are then proxied like any request).
 """
 
 from __future__ import annotations
@@ -60,6 +77,7 @@ import httptools
 import msgspec
 
 from aygolog.errors import NoHealthyInstance
+from aygolog.lb.framing import ChunkedScanner, FramingError, HeadScanner
 from aygolog.lb.upstream import (
     UpstreamConnection,
     UpstreamError,
@@ -147,7 +165,10 @@ class ProxyConfig:
 
     Args:
         max_body_size: largest request body accepted (buffered), in bytes; 413 beyond.
-        max_header_size: largest request line plus headers, in bytes; 431 beyond.
+        max_header_size: largest request head (request line plus headers), in bytes; 431
+            beyond. Checked on the bytes received, before parsing (`aygolog.lb.framing`).
+        max_request_line: largest request line, in bytes; 414 beyond.
+        max_header_line: largest single header line, in bytes; 431 beyond.
         connect_timeout: seconds to open a connection to an instance.
         response_timeout: seconds to wait for the response headers, and at most between two
             body chunks; 504 when the headers do not come. Not applied to SSE.
@@ -157,8 +178,12 @@ class ProxyConfig:
         retry_window: ...a sliding window of this many seconds.
         max_idle_per_upstream: idle keep-alive connections kept per instance.
         upstream_idle_timeout: an idle upstream connection older than this is closed.
-        keep_alive_timeout: an idle client connection is closed after this many seconds.
-        request_read_timeout: a client must send a whole request within this many seconds.
+        keep_alive_timeout: an idle client connection (between requests) is closed after this
+            many seconds; a new one that sends nothing, after `request_head_timeout`.
+        request_head_timeout: a request's head must arrive whole within this many seconds of its
+            first byte (a total deadline, not reset by each byte); else 408 and close.
+        request_body_timeout: its body must arrive whole within this many seconds of the end of
+            the head (or of the `100 Continue`); else 408 and close.
         max_pipelined: requests queued on one client connection before it is read no further.
         scheme: the scheme clients used, sent as `X-Forwarded-Proto`.
         trust_forwarded: keep the `X-Forwarded-Proto/-Host` a client sent (behind a trusted
@@ -166,12 +191,15 @@ class ProxyConfig:
         shutdown_timeout: default seconds `aclose` lets in-flight requests finish.
         api_keys: key -> scope (`read`, `write`, `read+write`) for proxied requests; None or
             empty: no key needed.
-        cors_origins: browser origins allowed (`https://host[:port]`, or `*` for any); empty:
-            no CORS handling (the instances' own CORS headers pass through).
+        cors_origins: browser origins allowed (`https://host[:port]`, or `*` for any, the
+            default); empty: no CORS handling (the instances' own CORS headers pass through).
+        cors_paths: the paths CORS applies to; an entry ending in `/` is a prefix.
     """
 
     max_body_size: int = 10 * 1024 * 1024
     max_header_size: int = 64 * 1024
+    max_request_line: int = 16 * 1024
+    max_header_line: int = 16 * 1024
     connect_timeout: float = 1.0
     response_timeout: float = 30.0
     max_retries: int = 2
@@ -181,13 +209,15 @@ class ProxyConfig:
     max_idle_per_upstream: int = 64
     upstream_idle_timeout: float = 4.0
     keep_alive_timeout: float = 75.0
-    request_read_timeout: float = 60.0
+    request_head_timeout: float = 10.0
+    request_body_timeout: float = 60.0
     max_pipelined: int = 16
     scheme: str = "http"
     trust_forwarded: bool = False
     shutdown_timeout: float = 10.0
     api_keys: Mapping[str, str] | None = None
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
+    cors_paths: tuple[str, ...] = ("/api/log", "/api/logs", "/api/logs/")
 
 
 @dataclass(slots=True)
@@ -294,14 +324,21 @@ _REQUEST_OWN: Final = _HOP_BY_HOP | {
 _FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 # Response headers the proxy drops or sets itself.
 _RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
+_HEAD_END: Final = b"\r\n\r\n"
+_CRLF: Final = b"\r\n"
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
+# Request headers the proxy acts on or relies on: naming one in `Connection` does not strip it
+# (`Connection: host` must not send a request upstream without its Host).
+_END_TO_END: Final = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"idempotency-key", b"authorization",
+     b"x-api-key"}
+)  # fmt: skip
 _READ: Final = 1
 _WRITE: Final = 2
 _SCOPE_BITS: Final = {"read": _READ, "write": _WRITE, "read+write": _READ | _WRITE}
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-_CORS_EXPOSE: Final = (
-    b"vary: origin\r\naccess-control-expose-headers: x-served-by, x-request-id, retry-after\r\n"
-)
+_CORS_EXPOSE: Final = b"access-control-expose-headers: x-served-by, x-request-id, retry-after\r\n"
+_CORS_ANY: Final = b"*"
 _CORS_METHODS: Final = b"GET, HEAD, POST, OPTIONS"
 _CORS_MAX_AGE: Final = 600
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -314,6 +351,7 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _SSE: Final = b"text/event-stream"
 _LINGER: Final = 2.0  # seconds to drain a rejected client's input before closing (as nginx)
+_LINGER_BYTES: Final = 1024 * 1024  # ...reading at most this much of it (413: a largest body)
 
 # Response framing towards the client.
 _FRAME_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
@@ -327,8 +365,40 @@ def _status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
+def _merge_vary(values: list[bytes]) -> bytes:
+    """One `Vary` value: the instance's tokens (first spelling kept, no repeats) and `origin`."""
+    seen: set[bytes] = set()
+    tokens: list[bytes] = []
+    for value in [*values, b"origin"]:
+        for token in value.split(b","):
+            token = token.strip()
+            if token and token.lower() not in seen:
+                seen.add(token.lower())
+                tokens.append(token)
+    return b"*" if b"*" in seen else b", ".join(tokens)
+
+
 def _tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",")} - {b""}
+
+
+def _refusal(
+    version: str, version11: bool, hosts: int, chunked: bool, expect: bytes | None
+) -> tuple[int, str] | None:
+    """Why a parsed request head is refused (status, message), or None (RFC 9110/9112)."""
+    if not version11 and version != "1.0":
+        if version == "0.9":
+            return 400, "the request line has no HTTP version (HTTP/0.9 is not supported)"
+        return 505, f"HTTP/{version} is not supported: send HTTP/1.1"
+    if hosts > 1:
+        return 400, "Host: more than one Host header"
+    if not hosts and version11:
+        return 400, "Host: an HTTP/1.1 request needs a Host header"
+    if chunked and not version11:
+        return 400, "Transfer-Encoding: not allowed in an HTTP/1.0 request"
+    if expect is not None and expect.strip().lower() != b"100-continue":
+        return 417, "Expect: only 100-continue is supported"
+    return None
 
 
 class _Stop(Exception):
@@ -344,6 +414,7 @@ class _Request:
         "connection_tokens",
         "continue_sent",
         "cors_origin",
+        "cors_vary",
         "event_stream",
         "expect_continue",
         "forwarded_host",
@@ -354,6 +425,7 @@ class _Request:
         "host",
         "keep_alive",
         "method",
+        "origin",
         "reject",
         "request_id",
         "size",
@@ -383,8 +455,13 @@ class _Request:
         self.forwarded_proto = False
         self.forwarded_host = False
         self.head = False
+        self.origin: bytes | None = None
+        """The request's `Origin` header."""
         self.cors_origin: bytes | None = None
-        """The request's `Origin`, when CORS is on and it is allowed."""
+        """What `Access-Control-Allow-Origin` says (`*` or the origin), when CORS applies to the
+        request and its origin is allowed."""
+        self.cors_vary = False
+        """The answer depends on `Origin` (CORS restricted to a list): say so in `Vary`."""
 
 
 class _IdleTimer:
@@ -471,6 +548,8 @@ class ProxyServer:
         self._cors = bool(config.cors_origins)
         self._cors_any = "*" in config.cors_origins
         self._cors_origins = frozenset(o.rstrip("/").encode() for o in config.cors_origins)
+        self._cors_exact = frozenset(p for p in config.cors_paths if not p.endswith("/"))
+        self._cors_prefixes = tuple(p for p in config.cors_paths if p.endswith("/"))
         self._gated = self._api_keys is not None or self._cors
         """Whether proxied requests need the API-key or CORS step (off: no work at all)."""
         self._server: asyncio.Server | None = None
@@ -556,6 +635,9 @@ class ProxyServer:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _cors_path(self, path: str) -> bool:
+        return path in self._cors_exact or path.startswith(self._cors_prefixes)
+
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)
         if encoded is None:
@@ -579,8 +661,9 @@ class ProxyServer:
         """Close idle and too-slow client connections (one timer for all, once a second)."""
         while True:
             await asyncio.sleep(1.0)
+            now = asyncio.get_running_loop().time()
             for conn in list(self._connections):
-                conn.tick(1.0)
+                conn.tick(now)
 
 
 class _Client(asyncio.Protocol):
@@ -592,14 +675,34 @@ class _Client(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        config = self.config
+        self.scanner = HeadScanner(
+            max_head=config.max_header_size,
+            max_request_line=config.max_request_line,
+            max_header_line=config.max_header_line,
+        )
+        self.chunked: ChunkedScanner | None = None
+        self.body_left = 0
+        """Body bytes still to come: 0 while reading a head, -1 while reading a chunked body."""
+        self.head_began = -1.0
+        """When the first byte of the head being read arrived (-1: no head being read)."""
+        self.in_head = False
+        """The parser has begun a head it has not finished (a pipelined head's start)."""
+        self.body_began = 0.0
+        """When the body being read was asked for (end of its head, or `100 Continue`)."""
+        self.idle_since = loop.time()
+        self.answered = False
+        """Whether a request has been answered (until then, silence is held to the head
+        deadline, not the keep-alive timeout)."""
+        self.streaming_sse = False
+        """An event stream is being relayed: the client's EOF means it left (close at once)."""
+        self.linger_budget = _LINGER_BYTES
         self.client_ip = b""
         self.client_addr: tuple[str, int] | None = None
         self.server_addr: tuple[str, int] | None = None
         self.queue: collections.deque[_Request] = collections.deque()
         self.parsing: _Request | None = None
         self.task: asyncio.Task[None] | None = None
-        self.header_bytes = 0
-        self.idle_for = 0.0
         self.lost = False
         self.eof = False
         self.ignore_input = False
@@ -621,22 +724,37 @@ class _Client(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _stopped(self) -> bool:
+        """Whether input is ignored now (a parser callback may have just decided so)."""
+        return self.ignore_input
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
-    def tick(self, seconds: float) -> None:
-        """Called once a second: close the connection if it has been idle or slow too long."""
-        if self.task is not None or self.queue or self.lost:
+    def tick(self, now: float) -> None:
+        """Called once a second: close the connection if it has been idle too long, or answer
+        408 and close it if a request has not arrived whole within its deadline."""
+        if self.task is not None or self.queue or self.lost or self.ignore_input:
             return
-        self.idle_for += seconds
-        limit = (
-            self.config.keep_alive_timeout
-            if self.parsing is None
-            else self.config.request_read_timeout
-        )
-        if self.idle_for >= limit:
+        config = self.config
+        if self.body_left:
+            timeout = config.request_body_timeout
+            if now - self.body_began >= timeout:
+                self._timed_out(f"the request body did not arrive within {timeout:g} s")
+        elif self.head_began >= 0:
+            timeout = config.request_head_timeout
+            if now - self.head_began >= timeout:
+                self._timed_out(f"the request headers did not arrive within {timeout:g} s")
+        elif now - self.idle_since >= (
+            config.keep_alive_timeout if self.answered else config.request_head_timeout
+        ):
+            # Between requests, or (with the head deadline) before a first byte: no answer.
             self.close()
+
+    def _timed_out(self, message: str) -> None:
+        req = self.parsing or _Request()
+        self._reject(req, 408, message)
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -656,6 +774,7 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.scanner.reset()
         self.server._closed(self)
         if self._linger is not None:
             self._linger.cancel()
@@ -668,6 +787,11 @@ class _Client(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.streaming_sse:
+            # A client leaving an event stream only closes its side (no write of ours fails
+            # until the next event, which may be many seconds away): close now, which cancels
+            # the exchange and closes the instance's connection too.
+            return False
         # Keep the write side open to answer what was asked before the client half-closed.
         return self.task is not None or bool(self.queue)
 
@@ -684,10 +808,62 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.ignore_input:
+            if self._linger is not None:
+                # Drain a rejected client's input for a while, but not at any rate: past a
+                # budget, stop reading (the client can still read our answer) until the close.
+                self.linger_budget -= len(data)
+                if self.linger_budget < 0 and self.transport is not None and not self.lost:
+                    self.transport.pause_reading()
             return
-        self.idle_for = 0.0
+        parser = self.parser
+        scanner = self.scanner
         try:
-            self.parser.feed_data(data)
+            if not self.body_left and not self.in_head and not scanner.pending:
+                end = data.find(_HEAD_END) + 4
+                if (
+                    4 < end <= scanner.fast_limit
+                    and data[0] not in _CRLF
+                    and data.find(_HEAD_END, end) < 0
+                ):
+                    # The plain case, in one call: one whole head, too small to break a
+                    # limit, then its body or part of it, and no other whole head.
+                    self._feed_whole(data, end)
+                    return
+            # Heads go to the parser whole, after the scanner checked their size; bodies go
+            # as they come, cut where they end so the next head is scanned again.
+            while data:
+                left = self.body_left
+                if not left:
+                    if self.head_began < 0:
+                        self.head_began = self.loop.time()
+                    if self.in_head and not scanner.pending:
+                        scanner.resume()  # the parser holds this head's start (see below)
+                    got = scanner.feed(data)
+                    if got is None:
+                        return
+                    head, data = got
+                    parser.feed_data(head)
+                elif left > 0:
+                    if len(data) <= left:
+                        self.body_left = left - len(data)
+                        parser.feed_data(data)
+                        return
+                    self.body_left = 0
+                    parser.feed_data(data[:left])
+                    data = data[left:]
+                else:
+                    assert self.chunked is not None
+                    end = self.chunked.feed(data)
+                    if end < 0:
+                        parser.feed_data(data)
+                        return
+                    self.body_left = 0
+                    parser.feed_data(data[:end])
+                    data = data[end:]
+                if self._stopped():
+                    return
+        except FramingError as exc:
+            self._reject(self.parsing or _Request(), exc.status, exc.message)
         except httptools.HttpParserUpgrade:
             # Protocol upgrades (WebSocket, h2c) are not supported: the request was served as
             # a plain one (Upgrade is hop-by-hop) and the connection closes after it.
@@ -703,44 +879,61 @@ class _Client(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
 
+    def _feed_whole(self, data: bytes, end: int) -> None:
+        """Feed a read holding one whole head (ending at `end`) and what follows it."""
+        self.parser.feed_data(data)
+        left = self.body_left
+        if left > 0:  # the body goes on in the next reads
+            self.body_left = left - (len(data) - end)
+        elif left < 0 and self.chunked is not None:
+            self.chunked.feed(data[end:])
+        elif self.in_head:
+            # Pipelined: the start of the next head came along (it has no end in this read, so
+            # it is shorter than the read). The scanner takes over from its next bytes.
+            self.head_began = self.loop.time()
+
     def on_message_begin(self) -> None:
         if self.ignore_input:
             raise _Stop
         self.parsing = _Request()
-        self.header_bytes = 0
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
         if req is not None:
             req.url += url
-            self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
-        if req is not None:
+        if req is not None and not req.method:  # not after the head: trailers are dropped
             req.headers.append((name.lower(), value))
-            self._count_header_bytes(len(name) + len(value) + 4)
-
-    def _count_header_bytes(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.config.max_header_size:
-            self.parse_error = (431, "request headers too large")
-            raise _Stop
 
     def on_headers_complete(self) -> None:
         req = self.parsing
         if req is None:
             return
+        self.head_began = -1.0
+        self.in_head = False
         parser = self.parser
         req.method = parser.get_method()
         req.head = req.method == b"HEAD"
-        req.version11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        req.version11 = version == "1.1"
         req.keep_alive = parser.should_keep_alive()
         length = -1
+        chunked = False
+        coding: bytes | None = None
+        hosts = 0
+        expect: bytes | None = None
         for name, value in req.headers:
             if name == b"content-length":
                 length = int(value)
+            elif name == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    coding = value  # a coding the proxy cannot pass on (it re-frames bodies)
+                chunked = True
             elif name == b"host":
+                hosts += 1
                 if req.host is None:
                     req.host = value
             elif name == b"x-forwarded-for":
@@ -754,20 +947,41 @@ class _Client(asyncio.Protocol):
                 if _SSE in value:
                     req.event_stream = True
             elif name == b"expect":
-                req.expect_continue = value.lower() == b"100-continue"
+                expect = value
             elif name == b"connection":
-                extra = _tokens(value) - _CONNECTION_KEEPS
+                extra = _tokens(value) - _CONNECTION_KEEPS - _END_TO_END
                 if extra:
                     req.connection_tokens = (req.connection_tokens or set()) | extra
+            elif name == b"origin":
+                req.origin = value
             elif name == b"x-forwarded-proto":
                 req.forwarded_proto = True
             elif name == b"x-forwarded-host":
                 req.forwarded_host = True
         if not req.request_id:
             req.request_id = uuid.uuid4().hex.encode()
+        refused = _refusal(version, req.version11, hosts, chunked, expect)
+        if refused is None and coding is not None and req.version11:
+            refused = (501, "Transfer-Encoding: only chunked is supported")
+        if refused is not None:
+            self._reject(req, *refused)
+            return
+        if expect is not None and req.version11:
+            req.expect_continue = True
         if length > self.config.max_body_size:
             self._reject(req, 413, "request body too large")
             return
+        if chunked:
+            self.body_left = -1
+            if self.chunked is None:
+                self.chunked = ChunkedScanner(max_trailer=self.config.max_header_size)
+            else:
+                self.chunked.reset()
+        elif length > 0:
+            self.body_left = length
+        else:
+            return  # no body
+        self.body_began = self.loop.time()
         if req.expect_continue and self.task is None and not self.queue:
             self._send_continue(req)
 
@@ -786,6 +1000,7 @@ class _Client(asyncio.Protocol):
         if req is None:
             return
         self.parsing = None
+        self.body_left = 0
         chunks = req.chunks
         if chunks:
             req.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -798,13 +1013,19 @@ class _Client(asyncio.Protocol):
         """Answer `req` (in its turn) with an error and read nothing more from this client."""
         req.reject = (status, message)
         req.keep_alive = False
+        if status == 413:
+            # Enough to swallow the too-large body of an ordinary client, which then reads its
+            # 413; a client refused for its head gets less (it may be sending without end).
+            self.linger_budget = self.config.max_body_size + self.config.max_header_size
         self.parsing = None
         self.ignore_input = True
         self.parse_error = None
+        self.scanner.reset()
         self._enqueue(req)
 
     def _send_continue(self, req: _Request) -> None:
         req.continue_sent = True
+        self.body_began = self.loop.time()
         if self.transport is not None and not self.lost:
             self.transport.write(_CONTINUE)
 
@@ -832,9 +1053,11 @@ class _Client(asyncio.Protocol):
                 if self.write_paused:
                     # Read no further request until the client has taken this answer.
                     await self._drain_writes()
-                self.idle_for = 0.0
+                self.idle_since = self.loop.time()
+                self.answered = True
                 if not keep or self.lost or self.server.closing or self.eof:
-                    self._end(drain_input=req.reject is not None)
+                    # No lingering after a timeout: the client is too slow to be worth waiting.
+                    self._end(drain_input=req.reject is not None and req.reject[0] != 408)
                     return
                 waiting = self.parsing
                 if waiting is not None and waiting.expect_continue and not waiting.continue_sent:
@@ -872,6 +1095,8 @@ class _Client(asyncio.Protocol):
         """Answer one request; True to keep the connection for the next."""
         if req.reject is not None:
             status, message = req.reject
+            if req.origin is not None and self.server._cors:
+                self._allow_origin(req, req.url.partition(b"?")[0].decode("latin-1"))
             return self._error(req, status, message)
         method = _METHODS.get(req.method) or req.method.decode("latin-1")
         url = req.url
@@ -889,10 +1114,14 @@ class _Client(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         server = self.server
+        if method == "OPTIONS" and server._cors and not server._cors_path(path):
+            refused = self._refuse_preflight(req, path)
+            if refused is not None:
+                return refused
         if server.route(method, path):
             server.stats.proxied += 1
             if server._gated:
-                answered = self._gate(req, method)
+                answered = self._gate(req, method, path)
                 if answered is not None:
                     return answered
             return await self._proxy(req, method, url)
@@ -903,22 +1132,44 @@ class _Client(asyncio.Protocol):
 
     # -- API keys and CORS (only when configured) ------------------------------------------------
 
-    def _gate(self, req: _Request, method: str) -> bool | None:
+    def _allow_origin(self, req: _Request, path: str) -> bool:
+        """Whether CORS applies to `path`; if so, set what the answer says about the origin."""
+        server = self.server
+        if not server._cors_path(path):
+            return False
+        req.cors_vary = not server._cors_any
+        origin = req.origin
+        if origin is not None and (server._cors_any or origin in server._cors_origins):
+            req.cors_origin = _CORS_ANY if server._cors_any else origin
+        return True
+
+    def _refuse_preflight(self, req: _Request, path: str) -> bool | None:
+        """403 for a CORS preflight to a path without CORS (registration, control plane)."""
+        if req.origin is None or not any(
+            name == b"access-control-request-method" for name, _ in req.headers
+        ):
+            return None  # not a preflight
+        return self._error(req, 403, f"CORS is not allowed on {path}")
+
+    def _gate(self, req: _Request, method: str, path: str) -> bool | None:
         """CORS and API-key checks of a proxied request: an answer (keep-alive), or None to
         proxy it."""
         server = self.server
-        if server._cors:
-            origin = wanted_method = wanted_headers = None
+        origin = req.origin
+        # (`_allow_origin` first: it also sets the CORS headers of the answer.)
+        if (
+            server._cors
+            and self._allow_origin(req, path)
+            and method == "OPTIONS"
+            and origin is not None
+        ):
+            wanted_method = wanted_headers = None
             for name, value in req.headers:
-                if name == b"origin":
-                    origin = value
-                elif name == b"access-control-request-method":
+                if name == b"access-control-request-method":
                     wanted_method = value
                 elif name == b"access-control-request-headers":
                     wanted_headers = value
-            if origin is not None and (server._cors_any or origin in server._cors_origins):
-                req.cors_origin = origin
-            if method == "OPTIONS" and origin is not None and wanted_method is not None:
+            if wanted_method is not None:
                 return self._preflight(req, origin, wanted_headers)
         keys = server._api_keys
         if keys is not None:
@@ -960,7 +1211,7 @@ class _Client(asyncio.Protocol):
         parts = [
             _status_line(204),
             b"access-control-allow-origin: ",
-            origin,
+            req.cors_origin,
             b"\r\naccess-control-allow-methods: ",
             _CORS_METHODS,
             b"\r\naccess-control-max-age: %d\r\n" % _CORS_MAX_AGE,
@@ -999,6 +1250,8 @@ class _Client(asyncio.Protocol):
         ]
         if req.cors_origin is not None:
             parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
+        if req.cors_vary:
+            parts.append(b"vary: origin\r\n")
         if retry_after is not None:
             content["retry_after"] = retry_after
             parts.append(b"retry-after: %d\r\n" % max(1, math.ceil(retry_after)))
@@ -1175,6 +1428,13 @@ class _Client(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._write(head)
+        if event_stream:
+            if self.eof:  # the client has already left
+                conn.close()
+                self.abort()
+                picker.finished(name, status, time.perf_counter() - began, None)
+                return None
+            self.streaming_sse = True
         timer: _IdleTimer | None = None
         timeout = self.config.response_timeout
         if not (req.event_stream or event_stream) and timeout > 0:
@@ -1208,6 +1468,7 @@ class _Client(asyncio.Protocol):
             picker.finished(name, status, time.perf_counter() - began, exc.failure)
             return None
         finally:
+            self.streaming_sse = False
             if timer is not None:
                 timer.cancel()
             self.on_resume = None
@@ -1258,6 +1519,7 @@ class _Client(asyncio.Protocol):
         length: bytes | None = None
         event_stream = False
         strip_cors = self.server._cors  # the proxy answers for CORS, not the instances
+        vary: list[bytes] | None = [] if req.cors_vary else None
         for header, value in headers:
             lower = header.lower()
             if (
@@ -1269,6 +1531,9 @@ class _Client(asyncio.Protocol):
                     length = value
                 continue
             if drop is not None and lower in drop:
+                continue
+            if vary is not None and lower == b"vary":
+                vary.append(value)  # merged with ours below: one Vary header
                 continue
             if lower == b"content-type" and value[:17].lower() == _SSE:
                 event_stream = True
@@ -1296,6 +1561,8 @@ class _Client(asyncio.Protocol):
         )
         if req.cors_origin is not None:
             parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
+        if vary is not None:
+            parts += (b"vary: ", _merge_vary(vary), b"\r\n")
         if not keep:
             parts.append(b"connection: close\r\n")
         elif not req.version11:
