@@ -15,6 +15,7 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from litestar.testing import transport as litestar_transport
 
 from aygolog.balancing import RoundRobin, make_strategy
 from aygolog.errors import NoHealthyInstance, Unavailable
@@ -28,6 +29,7 @@ from aygolog.lb import (
     run_load_balancer,
 )
 from aygolog.lb.app import health_options_from, pool_options_from, proxy_config_from
+from aygolog.lb.upstream import UpstreamFailure
 from aygolog.models import InstanceStatus, Registration, RegistryEvent, ServiceInstance
 from aygolog.registry import InMemoryServiceRegistry
 from aygolog.settings import LoadBalancerSettings
@@ -58,6 +60,21 @@ async def client_for(
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=app) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _calls_from_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Litestar's in-process test client calls from "testclient", which is no address and so
+    outside every allowed network: make it 127.0.0.1, as a local instance's calls would be."""
+    transport = litestar_transport.TestClientTransport
+    parse = transport.parse_request
+
+    def parse_request(self: Any, request: httpx.Request) -> dict[str, Any]:
+        scope = parse(self, request)
+        scope["client"] = ("127.0.0.1", 50000)
+        return scope
+
+    monkeypatch.setattr(transport, "parse_request", parse_request)
 
 
 @pytest.fixture
@@ -219,6 +236,7 @@ def test_settings_reach_the_pool_the_health_checks_and_the_proxy() -> None:
         ejection_base=2,
         ejection_max=20,
         max_ejected_percent=30,
+        ejection_consecutive_failures=5,
         healthy_threshold=4,
         unhealthy_threshold=5,
         health_check_interval=3,
@@ -236,6 +254,7 @@ def test_settings_reach_the_pool_the_health_checks_and_the_proxy() -> None:
         ejection_base=2.0,
         ejection_max=20.0,
         max_ejected_fraction=0.3,
+        failures_to_eject=5,
         healthy_threshold=4,
         unhealthy_threshold=5,
     )
@@ -262,7 +281,7 @@ async def test_the_app_takes_its_pool_and_health_options_from_settings(
         assert lb.health.options.interval == 0
         await c.post("/api/registration", json=reg("a", 5001), headers=AUTH)
         await c.post("/api/registration", json=reg("b", 5002), headers=AUTH)
-        fail(lb.pool, "a")
+        refused(lb.pool, "a")
         (listed,) = [
             s for s in (await c.get("/api/registration/services")).json() if s["name"] == "a"
         ]
@@ -307,7 +326,7 @@ async def test_services_listing_fields(client: AsyncTestClient[Litestar]) -> Non
     pool = lb_state(client.app).pool
     target = pool.pick()
     pool.started(target.name)
-    pool.finished(target.name, 503, 0.01, None)
+    pool.finished(target.name, None, 0.01, UpstreamFailure.CONNECT_REFUSED)
 
     listed = (await client.get("/api/registration/services")).json()
     assert [s["name"] for s in listed] == ["api-1", "api-2"]
@@ -316,7 +335,7 @@ async def test_services_listing_fields(client: AsyncTestClient[Litestar]) -> Non
     assert one["weight"] == 2
     assert one["metadata"] == {"zone": "a"}
     assert 0 <= one["heartbeat_age"] < 5
-    assert one["status"] == "ejected"  # its 503 ejected it (1 of 2 is within the 50% cap)
+    assert one["status"] == "ejected"  # refused: ejected (1 of 2 is within the 50% cap)
     assert one["ejected_until"] is not None
     assert one["served"] == 1
     assert one["in_flight"] == 0
@@ -392,6 +411,11 @@ def fail(pool: InstancePool, name: str, status: int | None = 502, error: object 
     pool.finished(name, status, 0.001, error)
 
 
+def refused(pool: InstancePool, name: str) -> None:
+    """A connect failure: ejects at once."""
+    fail(pool, name, None, UpstreamFailure.CONNECT_REFUSED)
+
+
 def test_pick_uses_the_strategy_over_routable_instances() -> None:
     pool = make_pool(3)
     picks = [pool.pick().name for _ in range(30)]
@@ -425,7 +449,7 @@ def test_weight_zero_drains() -> None:
 def test_ejection_doubles_on_repeats_and_resets() -> None:
     clock = Clock()
     pool = make_pool(4, clock=clock)
-    fail(pool, "i0", error=ConnectionRefusedError())
+    refused(pool, "i0")
     assert "i0" not in pool.routable()
     view = {v.name: v for v in pool.views()}["i0"]
     assert view.status == "ejected"
@@ -433,33 +457,33 @@ def test_ejection_doubles_on_repeats_and_resets() -> None:
     assert "i0" not in [pool.pick().name for _ in range(8)]
     clock.now += 0.2  # 5 s: back
     assert "i0" in [pool.pick().name for _ in range(4)]
-    fail(pool, "i0", 500)  # again soon after: 10 s
+    refused(pool, "i0")  # again soon after: 10 s
     clock.now += 9.9
     assert "i0" not in pool.routable()
     clock.now += 0.2
     assert "i0" in pool.routable()
-    fail(pool, "i0", 503)  # 20 s
+    refused(pool, "i0")  # 20 s
     clock.now += 19.9
     assert "i0" not in pool.routable()
     clock.now += 0.2 + 61  # back, and well behaved for longer than ejection_reset
-    fail(pool, "i0", 500)  # the base again
+    refused(pool, "i0")  # the base again
     clock.now += 5.1
     assert "i0" in pool.routable()
     assert {v.name: v.ejections for v in pool.views()}["i0"] == 4
 
 
-def test_at_most_half_ejected_unless_all_fail() -> None:
+def test_at_most_half_ejected_even_when_all_fail() -> None:
     clock = Clock()
     pool = make_pool(4, clock=clock)
-    fail(pool, "i0")
-    fail(pool, "i1")
-    fail(pool, "i2")  # a third of four would be over 50%: stays in
+    refused(pool, "i0")
+    refused(pool, "i1")
+    refused(pool, "i2")  # a third of four would be over 50%: stays in
     assert sorted(pool.routable()) == ["i2", "i3"]
-    fail(pool, "i3")  # now every live instance is failing: all may go
-    fail(pool, "i2")
-    assert pool.routable() == []
-    with pytest.raises(NoHealthyInstance):
-        pool.pick()
+    for _ in range(5):  # every live instance failing: the cap still holds
+        refused(pool, "i3")
+        refused(pool, "i2")
+    assert sorted(pool.routable()) == ["i2", "i3"]
+    assert {pool.pick().name for _ in range(4)} == {"i2", "i3"}
     clock.now += 5.1
     assert sorted(pool.routable()) == ["i0", "i1", "i2", "i3"]
 
@@ -477,10 +501,13 @@ def test_one_success_clears_the_failure_streak() -> None:
     assert "i0" not in pool.routable()
 
 
-def test_single_instance_may_be_ejected() -> None:
+def test_single_instance_may_be_ejected_and_still_gets_requests_in_panic() -> None:
     pool = make_pool(1)
-    fail(pool, "i0", error=ConnectionResetError())
+    for _ in range(3):
+        fail(pool, "i0", None, UpstreamFailure.RESET)
     assert pool.routable() == []
+    assert pool.in_panic()
+    assert pool.pick().name == "i0"
 
 
 def test_deregistered_instance_gets_nothing_new_but_drains() -> None:

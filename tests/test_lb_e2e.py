@@ -174,6 +174,29 @@ def test_registration_is_refused(
     assert "x" not in cluster.services()
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254:80", "link-local address (cloud metadata services live there)"),
+        ("http://[::ffff:169.254.169.254]:80", "link-local address"),
+        ("http://0.0.0.0:8080", "unspecified address"),
+        ("http://8.8.8.8:8080", "outside the networks allowed to register"),
+    ],
+    ids=["metadata", "metadata-v6-mapped", "unspecified", "public"],
+)
+def test_registration_of_metadata_and_public_hosts_is_refused_by_default(
+    cluster: Cluster, url: str, reason: str
+) -> None:
+    response = httpx.post(
+        cluster.lb.url + "/api/registration", json={"name": "ssrf", "url": url}, headers=AUTH
+    )
+    assert response.status_code == 403, response.text
+    assert reason in response.json()["error"]
+    assert "ssrf" not in cluster.services()
+    # The instances registered with their URL; the LB connects to the address it checked.
+    assert {s["ip"] for s in cluster.services().values()} == {"127.0.0.1"}
+
+
 def test_lb_refuses_to_start_without_a_token(cluster: Cluster) -> None:
     env = {k: v for k, v in cluster.lb_env().items() if k != "AYGOLOG_REGISTRATION_TOKEN"}
     env = {**{k: v for k, v in os.environ.items() if k != "AYGOLOG_REGISTRATION_TOKEN"}, **env}

@@ -344,7 +344,9 @@ def test_load_balancer_health_retry_and_limit_defaults() -> None:
     assert (lb.max_retries, lb.retry_budget_percent, lb.retry_budget_window) == (2, 20.0, 10.0)
     assert lb.retry_budget_min_per_second == 3.0
     assert lb.max_body_bytes == 10 * 1024 * 1024
-    assert lb.registration_allowed_networks == []
+    assert [str(n) for n in lb.registration_allowed_networks] == [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7"
+    ]  # fmt: skip
     assert lb.api_keys == {}
 
 

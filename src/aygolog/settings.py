@@ -829,6 +829,21 @@ StrategyName = Literal["round_robin", "random", "least_outstanding", "p2c", "wei
 _STRATEGY_ALIASES: Final = {"power_of_two_choices": "p2c", "weighted_round_robin": "weighted"}
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# -- registration networks (SSRF defaults) --
+DEFAULT_REGISTRATION_NETWORKS: Final = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "::1/128",
+    "fc00::/7",
+)
+"""Private and loopback ranges: who may register, and where, unless configured otherwise."""
+
+
+def _default_registration_networks() -> list[IPNetwork]:
+    return [ipaddress.ip_network(n) for n in DEFAULT_REGISTRATION_NETWORKS]
+
 
 class LoadBalancerSettings(_ServerSettings):
     """Settings of the load balancer.
@@ -849,11 +864,15 @@ class LoadBalancerSettings(_ServerSettings):
     heartbeat_ttl: float = Field(default=6.0, gt=0, validation_alias="AYGOLOG_HEARTBEAT_TTL")
     """An instance is alive while its last heartbeat is younger than this."""
     registration_allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(
-        default_factory=list, validation_alias="AYGOLOG_REGISTRATION_ALLOWED_NETWORKS"
+        default_factory=_default_registration_networks,
+        validation_alias="AYGOLOG_REGISTRATION_ALLOWED_NETWORKS",
     )
-    """CIDR networks (comma-separated or a JSON list) allowed to register; empty: any. Both the
-    registration request's peer address and the registered URL's host (a name must resolve only
-    to addresses inside) must be in one of them, else 403."""
+    """CIDR networks (comma-separated or a JSON list) allowed to register; default (and when
+    empty): the private and loopback ranges (`DEFAULT_REGISTRATION_NETWORKS`); `0.0.0.0/0,::/0`
+    for any. Both the registration request's peer address and the registered URL's host (a name
+    must resolve only to addresses inside) must be in one of them, else 403. Link-local
+    (incl. the cloud metadata addresses), unspecified, broadcast and multicast hosts are refused
+    whatever this says."""
     connect_timeout: float = Field(default=1.0, gt=0, validation_alias="AYGOLOG_CONNECT_TIMEOUT")
     """Seconds to open a connection to an instance."""
     response_timeout: float = Field(default=30.0, gt=0, validation_alias="AYGOLOG_RESPONSE_TIMEOUT")
@@ -891,13 +910,21 @@ class LoadBalancerSettings(_ServerSettings):
     )
     """Failed probes in a row that make an instance unhealthy (no new requests)."""
     ejection_base: float = Field(default=5.0, gt=0, validation_alias="AYGOLOG_EJECTION_BASE")
-    """Seconds a failing instance (connect error or 5xx) is ejected the first time."""
+    """Seconds a failing instance (connect error, or gateway failures: reset, timeout, 502, 504)
+    is ejected the first time. 4xx, 500 and 503 answers never eject."""
     ejection_max: float = Field(default=300.0, gt=0, validation_alias="AYGOLOG_EJECTION_MAX")
     """The longest ejection; repeated ejections double up to it."""
     max_ejected_percent: float = Field(
         default=50.0, ge=0, le=100, validation_alias="AYGOLOG_MAX_EJECTED_PERCENT"
     )
-    """At most this percentage of the live instances ejected at once, unless all are failing."""
+    """At most this percentage of the live instances ejected at once (at least one, unless 0);
+    with none routable, requests go to every live instance (panic mode)."""
+    # -- passive health (issue 15) --
+    ejection_consecutive_failures: int = Field(
+        default=3, ge=1, validation_alias="AYGOLOG_EJECTION_CONSECUTIVE_FAILURES"
+    )
+    """Gateway failures in a row (reset, response timeout, invalid response, 502, 504) that eject
+    an instance; a connect failure ejects at once."""
     registry_poll_interval: float = Field(
         default=1.0, gt=0, validation_alias="AYGOLOG_REGISTRY_POLL_INTERVAL"
     )
@@ -958,7 +985,7 @@ class LoadBalancerSettings(_ServerSettings):
                     ) from None
             else:
                 networks.append(item)
-        return networks
+        return networks or _default_registration_networks()
 
     @field_validator("strategy", mode="before")
     @classmethod

@@ -5,11 +5,15 @@ Routes: the registration API (`POST /api/registration`, `PUT /api/registration/{
 `GET /metrics`. Every other `/api/*` request is proxied to an instance by the data plane
 (`aygolog.lb.proxy`), which hands this app whatever it does not proxy.
 
-Who may register: the token (`AYGOLOG_REGISTRATION_TOKEN`) on every change, and, when
-`AYGOLOG_REGISTRATION_ALLOWED_NETWORKS` is set, both the peer address of the request (register,
-heartbeat, deregister) and the host of the registered URL must be inside one of those networks
-(403 with a JSON body otherwise). The peer check stops callers elsewhere; the URL check stops a
-caller inside from pointing traffic at a host outside.
+Who may register: the token (`AYGOLOG_REGISTRATION_TOKEN`) on every change, and both the peer
+address of the request (register, heartbeat, deregister) and the host of the registered URL must
+be inside one of `AYGOLOG_REGISTRATION_ALLOWED_NETWORKS` (default: the private and loopback
+ranges) (403 with a JSON body otherwise). The peer check stops callers elsewhere; the URL check
+stops a caller inside from pointing traffic (and the health checks) at a host outside. A URL whose
+host is or resolves to a link-local (169.254.0.0/16, fe80::/10: cloud metadata services live
+there), unspecified, broadcast or multicast address, or to the EC2 metadata service's IPv6
+address, is refused whatever the setting says. The address checked is stored as the instance's
+`ip` and is where the pool connects, so the name cannot be re-pointed later (DNS rebinding).
 
 The lifespan opens Redis, builds the shared `RedisServiceRegistry`, loads and follows it in an
 `InstancePool`, starts the active `HealthChecker`, and closes them in reverse order on exit.
@@ -22,12 +26,10 @@ import contextlib
 import hmac
 import ipaddress
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -44,6 +46,7 @@ from aygolog import __version__
 from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
+from aygolog.lb.networks import Network, check_network, inside
 from aygolog.lb.pool import InstancePool, InstanceView, PoolOptions
 from aygolog.lb.proxy import ProxyConfig
 from aygolog.metrics import Counter, Metrics
@@ -52,7 +55,7 @@ from aygolog.redis import DEFAULT_URL as DEFAULT_REDIS_URL
 from aygolog.redis import redis_from_settings
 from aygolog.registry import ServiceRegistry, check_registration
 from aygolog.registry.redis import RedisServiceRegistry
-from aygolog.settings import LoadBalancerSettings
+from aygolog.settings import DEFAULT_REGISTRATION_NETWORKS, LoadBalancerSettings
 from aygolog.validation import _from_msgspec
 from aygolog.web import exception_handlers, json_response, request_body
 
@@ -73,7 +76,6 @@ __all__ = [
 log = logging.getLogger("aygolog.lb")
 _DECODE_REGISTRATION: Final = msgspec.json.Decoder(Registration)
 _MAX_REGISTRATION_BYTES: Final = 64 * 1024
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(kw_only=True)
@@ -122,9 +124,10 @@ def create_load_balancer(
         pool_options: polling, passive ejection and health thresholds (default: from settings).
         health_options: the active health check's interval, timeout and path (default: from
             settings).
-        allowed_networks: instead of `settings.registration_allowed_networks`: if not empty,
-            only requests from these networks may register, heartbeat or deregister, and only
-            URLs whose host is (or resolves only to) addresses inside, e.g. `["10.0.0.0/8"]`.
+        allowed_networks: instead of `settings.registration_allowed_networks`: only requests
+            from these networks may register, heartbeat or deregister, and only URLs whose host
+            is (or resolves only to) addresses inside, e.g. `["10.0.0.0/8"]`; empty: the
+            default private and loopback ranges (`["0.0.0.0/0", "::/0"]` allows any address).
 
     Raises:
         ValueError: an allowed network is not a valid CIDR.
@@ -132,7 +135,10 @@ def create_load_balancer(
     settings = settings or LoadBalancerSettings()
     if allowed_networks is None:
         allowed_networks = settings.registration_allowed_networks
-    networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+    networks = [
+        ipaddress.ip_network(n, strict=False)
+        for n in (allowed_networks or DEFAULT_REGISTRATION_NETWORKS)
+    ]
     pool_options = pool_options or pool_options_from(settings)
     health_options = health_options or health_options_from(settings)
     token = settings.registration_token
@@ -221,8 +227,10 @@ def pool_options_from(settings: LoadBalancerSettings) -> PoolOptions:
         ejection_base=settings.ejection_base,
         ejection_max=settings.ejection_max,
         max_ejected_fraction=settings.max_ejected_percent / 100,
+        failures_to_eject=settings.ejection_consecutive_failures,
         healthy_threshold=settings.healthy_threshold,
         unhealthy_threshold=settings.unhealthy_threshold,
+        heartbeat_ttl=settings.heartbeat_ttl,
     )
 
 
@@ -283,9 +291,9 @@ async def require_token(
     peer address must be inside one of them (403 otherwise), checked first.
     """
     lb = _state(connection.app.state)
-    if lb.allowed_networks:
+    if lb.allowed_networks:  # never empty from create_load_balancer
         peer = connection.client.host if connection.client is not None else ""
-        if not _inside(peer, lb.allowed_networks):
+        if not inside(peer, lb.allowed_networks):
             _count(lb, connection, "forbidden")
             raise PermissionDeniedException(
                 f"{peer or 'an unknown address'} is outside the networks allowed to register"
@@ -301,17 +309,6 @@ async def require_token(
     if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), lb.token):
         _count(lb, connection, "unauthorized")
         raise AuthError("wrong registration token")
-
-
-def _inside(host: str, networks: Sequence[Network]) -> bool:
-    """Whether `host` is an IP address inside one of `networks`."""
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 def _count(
@@ -357,33 +354,6 @@ def decode_registration(body: bytes) -> Registration:
     return registration
 
 
-async def check_network(url: str, networks: Sequence[Network]) -> None:
-    """Refuse a URL whose host is not (or does not resolve only to) an allowed address.
-
-    Raises:
-        PermissionDeniedException: the host is outside `networks`, or cannot be resolved.
-    """
-    if not networks:
-        return
-    host = urlsplit(url).hostname or ""
-    try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, None, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise PermissionDeniedException(f"url: cannot resolve {host!r}: {exc}") from None
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    outside = sorted(str(a) for a in addresses if not _inside(str(a), networks))
-    if outside or not addresses:
-        raise PermissionDeniedException(
-            f"url: {host!r} ({', '.join(outside)}) is outside the networks allowed to register"
-            " (AYGOLOG_REGISTRATION_ALLOWED_NETWORKS)"
-        )
-
-
 @post(
     "/api/registration",
     guards=[require_token],
@@ -396,7 +366,9 @@ async def register(request: Request[Any, Any, Any], state: State) -> Response[by
     """POST /api/registration: add an instance (201), or update it and refresh its heartbeat."""
     lb = _state(state)
     registration = decode_registration(await request.body())
-    await check_network(registration.url, lb.allowed_networks)
+    # Connect to the address checked now, not to whatever the name resolves to later.
+    address = await check_network(registration.url, lb.allowed_networks)
+    registration = msgspec.structs.replace(registration, ip=address)
     known = await lb.registry.get(registration.name)
     instance = await lb.registry.register(registration)
     new = known is None
@@ -416,6 +388,8 @@ async def heartbeat(
 ) -> ServiceInstance:
     """PUT /api/registration/{name}/heartbeat: 200, or 404 when unknown (register again)."""
     lb = _state(state)
+    # Alive even if the registry cannot record it (Redis full or down): see `InstancePool.heard`.
+    lb.pool.heard(name)
     instance = await lb.registry.heartbeat(name)
     lb.pool.observe(instance)
     _count(lb, request, "ok")
@@ -449,7 +423,10 @@ async def services(state: State) -> list[InstanceView]:
 
 @get("/health", summary="Load balancer health, with instance counts")
 async def health(state: State) -> Response[bytes]:
-    """GET /health: 200 while it can route (the registry has been read), else 503."""
+    """GET /health: 200 while it can route (the registry has been read), else 503.
+
+    `panic` is true while no instance is healthy and requests go to every live one.
+    """
     lb = _state(state)
     pool = lb.pool
     counts = pool.counts()
@@ -469,6 +446,7 @@ async def health(state: State) -> Response[bytes]:
         "status": status,
         "strategy": pool.strategy.name,
         "healthy_instances": routable,
+        "panic": pool.in_panic(),
         "instances": counts,
         "registry": {
             "ok": pool.registry_error is None,

@@ -3,19 +3,26 @@
 The verdict (healthy after `healthy_threshold` passes in a row, unhealthy after
 `unhealthy_threshold` failures in a row) is kept by `InstancePool.record_probe`; this module only
 probes. httpx is fine here: a probe every 2 s per instance is far off the proxy's hot path.
+
+A probe connects where the proxy does (`Upstream.host`: the address checked at registration),
+not to whatever the URL's host name resolves to now, and sends the URL's host as `Host` (and, for
+https, as the TLS server name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from aygolog.lb.pool import InstancePool
+from aygolog.lb.pool import InstancePool, Upstream
 
 __all__ = ["HealthCheckOptions", "HealthChecker"]
 
@@ -82,9 +89,11 @@ class HealthChecker:
         """Probe every live instance once, concurrently, and report the results."""
         targets = self.pool.probe_targets()
         if targets:
-            results = await asyncio.gather(*(self._probe(url) for _, url in targets))
-            for (name, url), ok in zip(targets, results, strict=True):
-                self.pool.record_probe(name, url, ok)
+            results = await asyncio.gather(
+                *(self._probe(url, target) for _, url, target in targets)
+            )
+            for (name, url, target), ok in zip(targets, results, strict=True):
+                self.pool.record_probe(name, url, ok, target=target)
 
     async def _run(self) -> None:
         # Start at a random point of the first interval, so that several load balancers started
@@ -94,10 +103,28 @@ class HealthChecker:
             await self.probe_all()
             await asyncio.sleep(self.options.interval)
 
-    async def _probe(self, url: str) -> bool:
+    async def _probe(self, url: str, target: Upstream) -> bool:
+        parts = urlsplit(url)
+        host = target.host
+        if ":" in host:
+            host = f"[{host}]"
+        probe_url = f"{parts.scheme}://{host}:{target.port}{self.options.path}"
+        extensions: dict[str, Any] = {}
+        if parts.scheme == "https" and parts.hostname and not _is_ip(parts.hostname):
+            extensions["sni_hostname"] = parts.hostname
         try:
-            response = await self._client.get(url.rstrip("/") + self.options.path)
+            response = await self._client.get(
+                probe_url, headers={"Host": parts.netloc}, extensions=extensions
+            )
         except httpx.HTTPError as exc:
             log.debug("health probe of %s failed: %s", url, exc)
             return False
         return response.is_success
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

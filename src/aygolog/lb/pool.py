@@ -11,18 +11,47 @@ active health check has not marked it unhealthy, it is not ejected, not deregist
 weight is above 0. The balancing strategy chooses among the routable instances; `started` and
 `finished` keep its outstanding/served counts.
 
-Passive outlier ejection: a connect error, any other upstream error, or a 5xx ejects the instance
-for `ejection_base` seconds (5 s); an instance ejected again within `ejection_reset` seconds of its
-last ejection ending stays out twice as long as last time (up to `ejection_max`). At most
-`max_ejected_fraction` (50%) of the live instances are ejected at once, unless every one of them
-is failing: then all may be, and the proxy answers 503 at once instead of waiting on dead sockets.
-The load balancer's settings set these (`aygolog.lb.app.pool_options_from`).
+Passive outlier ejection, after Envoy's `consecutive_gateway_failure`: only answers that say the
+instance itself is broken count against it (`aygolog.lb.outliers.classify`):
+
+- a connection that could not be made (refused, timed out, unreachable) ejects it at once;
+- a reset or cut connection, no response within the response timeout, an invalid response, or a
+  502/504 from it eject it after `failures_to_eject` (3) of them in a row;
+- any other answer clears the streak: a 4xx blames the request, a 503 (with Retry-After, from
+  the Log API) blames a dependency every instance shares (Redis down, full or overloaded), and
+  a 500 is a bug reached by one request, which every instance runs the same code for. Ejecting
+  for those turns one bad client or one Redis hiccup into a total outage. (An instance broken as
+  a whole is still caught by connect errors, timeouts and the active health check.)
+
+An ejection lasts `ejection_base` seconds (5 s); an instance ejected again within `ejection_reset`
+seconds of its last ejection ending stays out twice as long as last time (up to `ejection_max`).
+At most `max_ejected_fraction` (50%) of the live instances are ejected at once, and at least one
+may be (as Envoy); an ejection over the cap is skipped and counted
+(`aygolog_lb_ejections_overflow_total`). The load balancer's settings set these
+(`aygolog.lb.app.pool_options_from`).
+
+**Panic mode** (Envoy's healthy panic threshold at 0%): when no live instance is routable (all
+ejected or failing their health checks), the pool picks among every live instance anyway rather
+than refusing every request with 503: a wrong verdict (say, every instance failing its probes
+while Redis restarts) then costs some failed requests, not all of them. It is logged once when it
+begins and once when it ends, and shown as `aygolog_lb_panic` (1/0) and
+`aygolog_lb_panic_requests_total` in /metrics and `panic` in the load balancer's /health.
 
 An instance failing `unhealthy_threshold` active probes in a row is `unhealthy`: listed with that
 status and given no new request until it passes `healthy_threshold` in a row.
 
+An instance whose heartbeats reach this load balancer stays alive even when the registry cannot
+record them (Redis full, down or overloaded: `heard`), so that when Redis comes back the first
+sweep does not find every heartbeat too old and expire every instance at once.
+
 A deregistered instance leaves the candidates at once; it is listed as `draining` until its
 in-flight requests have finished, then forgotten.
+
+Where the pool connects: the registration's `ip` when it is an IP address (the load balancer sets
+it to the address it checked against the allowed networks when the instance registered, see
+`aygolog.lb.networks.check_network`), else the URL's host. So a name that resolves elsewhere later
+(DNS rebinding) cannot move the traffic or the health checks; the name stays in the listing and
+in the `Host` header of health probes.
 """
 
 from __future__ import annotations
@@ -30,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import math
 import random
@@ -42,6 +72,7 @@ from urllib.parse import urlsplit
 
 from aygolog.balancing import BalancerStrategy
 from aygolog.errors import NoHealthyInstance, Unavailable
+from aygolog.lb.outliers import Verdict, classify
 from aygolog.metrics import Metrics
 from aygolog.models import (
     EventKind,
@@ -63,7 +94,11 @@ _WATCH_BACKOFF_MAX: Final = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """One instance's name and address, as handed to the proxy (its `Target`)."""
+    """One instance's name and address, as handed to the proxy (its `Target`).
+
+    `host` is the address to connect to: the IP address checked at registration when there is
+    one, else the URL's host name.
+    """
 
     name: str
     host: str
@@ -81,13 +116,16 @@ class PoolOptions:
         ejection_max: the longest ejection.
         ejection_reset: an ejection starting within this many seconds of the previous one's end
             lasts twice as long as the previous one; later, it starts again from the base.
-        max_ejected_fraction: at most this share of the live instances ejected at once, unless
-            all of them are failing.
-        failures_to_eject: consecutive failed requests (5xx or error) that eject an instance.
+        max_ejected_fraction: at most this share of the live instances ejected at once (at
+            least one, unless 0).
+        failures_to_eject: gateway failures in a row (reset, timeout, invalid response,
+            502/504) that eject an instance; a connect failure ejects at once.
         failure_window: `recent_failures` in the listing counts failures this many seconds back.
         healthy_threshold: consecutive passed health probes that make an unhealthy instance
             healthy again.
         unhealthy_threshold: consecutive failed health probes that make an instance unhealthy.
+        heartbeat_ttl: an instance heard from (a heartbeat to this load balancer) within this
+            many seconds is alive whatever the registry's record says.
     """
 
     poll_interval: float = 1.0
@@ -95,10 +133,11 @@ class PoolOptions:
     ejection_max: float = 300.0
     ejection_reset: float = 60.0
     max_ejected_fraction: float = 0.5
-    failures_to_eject: int = 1
+    failures_to_eject: int = 3
     failure_window: float = 60.0
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
+    heartbeat_ttl: float = 6.0
 
 
 class _Member:
@@ -113,6 +152,7 @@ class _Member:
         "ejections",
         "failure_streak",
         "failures",
+        "heard_at",
         "instance",
         "name",
         "probe_fails",
@@ -138,10 +178,11 @@ class _Member:
         self.ejections = 0
         self.failure_streak = 0
         self.failures: collections.deque[float] = collections.deque(maxlen=1000)
+        self.heard_at = -math.inf  # monotonic: its last heartbeat to this load balancer
 
     def update(self, instance: ServiceInstance) -> None:
         """Take a fresher record of the instance (address, weight, heartbeat, status)."""
-        if instance.url != self.instance.url:
+        if instance.url != self.instance.url or instance.ip != self.instance.ip:
             self.target = _target(instance)
             self.probe_ok, self.probe_passes, self.probe_fails = True, 0, 0
         self.instance = instance
@@ -170,7 +211,18 @@ class _Member:
 def _target(instance: ServiceInstance) -> Upstream:
     parts = urlsplit(instance.url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return Upstream(name=instance.name, host=parts.hostname or "", port=port)
+    return Upstream(name=instance.name, host=connect_host(instance), port=port)
+
+
+def connect_host(instance: ServiceInstance) -> str:
+    """The address to connect to for an instance: its `ip` if that is an IP address (the one
+    checked at registration), else the host of its URL."""
+    if instance.ip:
+        try:
+            return str(ipaddress.ip_address(instance.ip))
+        except ValueError:
+            pass
+    return urlsplit(instance.url).hostname or ""
 
 
 class InstancePool:
@@ -200,6 +252,8 @@ class InstancePool:
         self._clock = clock
         self._members: dict[str, _Member] = {}
         self._candidates: list[_Member] = []
+        self.panic = False
+        """True while no instance is routable and the pool picks among every live one."""
         self._recheck_at = math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded = asyncio.Event()
@@ -230,6 +284,20 @@ class InstancePool:
         self._unavailable = metrics.counter(
             "aygolog_lb_no_healthy_instance_total", "Requests refused: no routable instance"
         )
+        self._overflow = metrics.counter(
+            "aygolog_lb_ejections_overflow_total",
+            "Ejections skipped because the max-ejected share was reached, by instance",
+            ("instance",),
+        )
+        self._panic_requests = metrics.counter(
+            "aygolog_lb_panic_requests_total",
+            "Requests sent while no instance was routable (panic mode: to any live instance)",
+        )
+        metrics.gauge(
+            "aygolog_lb_panic",
+            "1 while no instance is routable and requests go to every live instance",
+            read=lambda: {(): 1.0 if self._panic_now() else 0.0},
+        )
         metrics.gauge(
             "aygolog_lb_healthy_instances",
             "Instances that can receive requests now",
@@ -253,7 +321,8 @@ class InstancePool:
     # -- the proxy's picker (the hot path: no I/O, no awaits) --------------------------------
 
     def pick(self, exclude: Collection[str] = ()) -> Upstream:
-        """The instance for the next request, by the strategy, among the routable ones.
+        """The instance for the next request, by the strategy, among the routable ones (in
+        panic mode, when none is routable, among every live one).
 
         Args:
             exclude: names already tried for this request (a retry goes elsewhere).
@@ -265,6 +334,8 @@ class InstancePool:
         if now >= self._recheck_at:
             self._rebuild(now)
         candidates = self._candidates
+        if self.panic:
+            self._panic_requests.inc()
         if exclude:
             self._retries.inc()
             candidates = [m for m in candidates if m.name not in exclude]
@@ -299,21 +370,29 @@ class InstancePool:
         member = self._members.get(name)
         if member is None:
             return
-        if error is not None or code >= 500 or code == 0:
-            self._failed(member, self._clock())
-        elif member.failure_streak:
-            member.failure_streak = 0
+        verdict = classify(code, error)
+        if verdict is Verdict.ANSWERED:
+            if member.failure_streak:
+                member.failure_streak = 0
+        elif verdict is not Verdict.UNKNOWN:
+            self._failed(member, self._clock(), verdict, error or code)
         if member.deregistered and self.strategy.outstanding(name) == 0:
             self._forget(name)
 
     # -- state changes ------------------------------------------------------------------------
 
-    def _failed(self, member: _Member, now: float) -> None:
+    def _failed(self, member: _Member, now: float, verdict: Verdict, why: object) -> None:
         member.failures.append(now)
         member.failure_streak += 1
-        if member.failure_streak < self.options.failures_to_eject or member.ejected_until > now:
+        if member.ejected_until > now:
             return
-        if not self._may_eject(member, now):
+        if (
+            verdict is not Verdict.CONNECT_FAILURE
+            and member.failure_streak < self.options.failures_to_eject
+        ):
+            return
+        if not self._may_eject(now):
+            self._overflow.inc(member.name)
             return
         opts = self.options
         again = now - member.ejection_ended <= opts.ejection_reset
@@ -326,27 +405,36 @@ class InstancePool:
         member.failure_streak = 0
         self._ejections.inc(member.name)
         log.warning(
-            "ejected %s for %.0f s after a failed request (ejection #%d)",
+            "ejected %s for %.0f s after %s (%s; ejection #%d)",
             member.name,
             length,
+            "a connect failure" if verdict is Verdict.CONNECT_FAILURE else "gateway failures",
+            why,
             member.ejections,
         )
         self._rebuild(now)
 
-    def _may_eject(self, member: _Member, now: float) -> bool:
-        """At most `max_ejected_fraction` of the live instances, unless every one is failing."""
+    def _may_eject(self, now: float) -> bool:
+        """Whether one more instance may be ejected: at most `max_ejected_fraction` of the live
+        instances are out at once, and at least one may be (unless the fraction is 0)."""
+        fraction = self.options.max_ejected_fraction
+        if fraction <= 0:
+            return False
         live = [m for m in self._members.values() if m.alive and not m.deregistered]
         ejected = sum(1 for m in live if m.ejected_until > now)
-        if ejected + 1 <= math.floor(len(live) * self.options.max_ejected_fraction):
-            return True
-        others = [m for m in live if m is not member and m.ejected_until <= now]
-        return all(m.failure_streak > 0 or not m.probe_ok for m in others)
+        cap = max(1, math.floor(len(live) * fraction + 1e-9))
+        return ejected < cap
 
-    def record_probe(self, name: str, url: str, ok: bool) -> None:
-        """The result of one active health probe of the named instance at `url`."""
+    def record_probe(
+        self, name: str, url: str, ok: bool, *, target: Upstream | None = None
+    ) -> None:
+        """The result of one active health probe of the named instance at `url` (connected to
+        `target`, when given)."""
         member = self._members.get(name)
         if member is None or member.instance.url != url:
             return  # gone, or re-registered elsewhere while the probe ran
+        if target is not None and target != member.target:
+            return  # re-registered at another address while the probe ran
         opts = self.options
         if ok:
             member.probe_passes += 1
@@ -390,6 +478,7 @@ class InstancePool:
         else:
             was_alive = member.alive and not member.deregistered
             member.update(instance)
+            self._keep_if_heard(member)
             if came_back:
                 member.came_back()
                 if not was_alive:
@@ -413,17 +502,37 @@ class InstancePool:
             if member is None:
                 self._members[instance.name] = _Member(instance)
             else:
-                alive = instance.status is InstanceStatus.HEALTHY
+                alive = instance.status is InstanceStatus.HEALTHY or self._heard_lately(member)
                 if member.alive and not alive:
                     log.warning("instance %s expired (no heartbeat)", instance.name)
                 back = alive and not member.alive
                 member.update(instance)
+                member.alive = alive
                 if back:
                     member.came_back()
         for name in list(self._members):
             if name not in seen and name not in keep:
                 self._remove(name)
         self._rebuild(self._clock())
+
+    def heard(self, name: str) -> None:
+        """The named instance sent this load balancer a heartbeat (whether or not the registry
+        could record it): it is alive for `heartbeat_ttl` seconds whatever the registry says."""
+        member = self._members.get(name)
+        if member is None:
+            return
+        member.heard_at = self._clock()
+        if not member.alive:
+            member.alive = True
+            log.info("instance %s is heartbeating again", name)
+            self._rebuild(member.heard_at)
+
+    def _heard_lately(self, member: _Member) -> bool:
+        return self._clock() - member.heard_at < self.options.heartbeat_ttl
+
+    def _keep_if_heard(self, member: _Member) -> None:
+        if not member.alive and self._heard_lately(member):
+            member.alive = True
 
     def remove(self, name: str) -> None:
         """The instance left: no new requests from now on; forgotten once its requests end."""
@@ -447,11 +556,37 @@ class InstancePool:
         self._rebuild(self._clock())
 
     def _rebuild(self, now: float) -> None:
-        candidates = [m for m in self._members.values() if m.routable(now)]
+        members = self._members.values()
+        candidates = [m for m in members if m.routable(now)]
+        panic = False
+        if not candidates:
+            candidates = [m for m in members if _live(m)]
+            panic = bool(candidates)
         candidates.sort(key=lambda m: m.name)
         self._candidates = candidates
-        pending = [m.ejected_until for m in self._members.values() if m.ejected_until > now]
+        pending = [m.ejected_until for m in members if m.ejected_until > now]
         self._recheck_at = min(pending, default=math.inf)
+        if panic != self.panic:
+            self.panic = panic
+            if panic:
+                counts = self.counts()
+                log.warning(
+                    "PANIC: no instance is routable (%d ejected, %d failing health checks);"
+                    " sending requests to all %d live instances until one is healthy again",
+                    counts[InstanceStatus.EJECTED.value],
+                    counts[InstanceStatus.UNHEALTHY.value],
+                    len(candidates),
+                )
+            elif candidates:
+                log.warning("panic over: %d instance(s) routable again", len(candidates))
+            else:
+                log.warning("panic over: no live instance left")
+
+    def _panic_now(self) -> bool:
+        now = self._clock()
+        if now >= self._recheck_at:
+            self._rebuild(now)
+        return self.panic
 
     # -- following the registry -----------------------------------------------------------
 
@@ -536,9 +671,16 @@ class InstancePool:
         return None if self.last_sync is None else self._clock() - self.last_sync
 
     def routable(self) -> list[str]:
-        """Names of the instances that can receive a request now."""
-        now = self._clock()
+        """Names of the instances that are healthy now (in panic mode: none, yet some live
+        instances still get requests)."""
+        return self._routable(self._clock())
+
+    def _routable(self, now: float) -> list[str]:
         return [m.name for m in self._members.values() if m.routable(now)]
+
+    def in_panic(self) -> bool:
+        """Whether the pool is in panic mode now: no routable instance, some live ones."""
+        return self._panic_now()
 
     def views(self) -> list[InstanceView]:
         """Every known instance with its status and counts, sorted by name."""
@@ -574,10 +716,10 @@ class InstancePool:
             )
         return views
 
-    def probe_targets(self) -> list[tuple[str, str]]:
-        """(name, url) of every instance the health checker should probe."""
+    def probe_targets(self) -> list[tuple[str, str, Upstream]]:
+        """(name, url, where to connect) of every instance the health checker should probe."""
         return [
-            (m.name, m.instance.url)
+            (m.name, m.instance.url, m.target)
             for m in self._members.values()
             if m.alive and not m.deregistered
         ]
@@ -604,6 +746,11 @@ class InstancePool:
         if not member.probe_ok:
             return InstanceStatus.UNHEALTHY.value
         return InstanceStatus.HEALTHY.value
+
+
+def _live(member: _Member) -> bool:
+    """Heartbeating, registered and with a weight: a candidate in panic mode."""
+    return member.alive and not member.deregistered and member.weight > 0
 
 
 _STATUSES: Final = (
