@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from playwright.sync_api import Browser, Error, Playwright, sync_playwright
 
 from aygolog.embedded import EmbeddedRedis
 from aygolog.store import InMemoryLogStore, LogStore, RedisStreamLogStore
@@ -61,3 +65,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         yield live.start()
     finally:
         live.close()
+
+
+# -- a real headless Chromium (Debian's), for the tests of what a person sees ----------------
+
+CHROMIUM = os.environ.get("AYGOLOG_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _no_browser(reason: str) -> None:
+    if os.environ.get("AYGOLOG_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"AYGOLOG_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    """Playwright's sync API, for one test module."""
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Debian's Chromium, headless; a skip (or, with AYGOLOG_REQUIRE_BROWSER=1, a failure)
+    when there is none."""
+    path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if path is None:
+        _no_browser(f"no Chromium at {CHROMIUM} or on PATH (apt-get install chromium)")
+    try:
+        launched = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+    except Error as exc:
+        _no_browser(f"Chromium at {path} does not start: {exc.message.splitlines()[0]}")
+    yield launched
+    launched.close()

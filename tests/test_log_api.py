@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from aygolog.embedded import EmbeddedRedis
 from aygolog.models import LogEntry, LogPage
-from support import ServiceProcess
+from support import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,6 +84,30 @@ def test_seed_post_and_list(a: ServiceProcess, b: ServiceProcess) -> None:
     assert listed[0]["name"] == "from the seed client"
     assert listed[0]["id"] == stored["id"]
     assert "timestamp" in listed[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"Name": "seed case"},  # ASP.NET bound JSON names case-insensitively
+        {"name": "seed case", "sourceInstance": "api-elsewhere"},  # the seed model's field
+        {"NAME": "seed case", "SourceInstance": "x", "Level": "warn"},
+    ],
+)
+def test_seed_bodies_as_aspnet_bound_them(
+    a: ServiceProcess, b: ServiceProcess, body: dict[str, str]
+) -> None:
+    response = httpx.post(a.url + "/api/log", json=body)
+    assert response.status_code == 201, response.text
+    stored = response.json()
+    assert stored["message"] == "seed case"
+    assert stored["instance"] == "api-a"
+    listed = httpx.get(b.url + "/api/log", params={"limit": 1}).json()
+    assert listed[0]["id"] == stored["id"]
+    assert listed[0]["name"] == "seed case"
+    assert listed[0]["sourceInstance"] == "api-a"  # the instance that stored it
+    refused = httpx.post(a.url + "/api/logs", json=[body])  # snake_case everywhere else
+    assert refused.status_code == 422
 
 
 def test_health(a: ServiceProcess) -> None:
@@ -306,6 +331,31 @@ def test_resume_with_last_event_id_has_no_gap_or_duplicate(a: ServiceProcess) ->
         assert len(set(ids)) == 10
     finally:
         resumed.close()
+
+
+def subscribers(api: ServiceProcess) -> float:
+    text = httpx.get(api.url + "/metrics").text
+    line = next(ln for ln in text.splitlines() if ln.startswith("aygolog_tail_subscribers "))
+    return float(line.split()[1])
+
+
+def test_a_client_that_goes_away_frees_its_subscription_at_once(a: ServiceProcess) -> None:
+    """Each open live tail holds a queue and a file descriptor: a client gone must free them
+    within a second, not at the next keep-alive write (15 s later). Other tests' streams may
+    still be closing meanwhile, so the count is compared with what it was, not with 0."""
+    clients = []
+    for _ in range(5):
+        client = socket.create_connection(("127.0.0.1", a.port))
+        client.sendall(b"GET /api/logs/stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert b"connected" in client.recv(4096) or b"connected" in client.recv(4096)
+        clients.append(client)
+    with_them = subscribers(a)
+    assert with_them >= 5
+    started = time.monotonic()
+    for client in clients:
+        client.close()
+    assert wait_until(lambda: subscribers(a) <= with_them - 5, 5)
+    assert time.monotonic() - started < 1.5
 
 
 def test_slow_subscriber_gets_dropped_while_fast_gets_everything(a: ServiceProcess) -> None:

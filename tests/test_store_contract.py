@@ -227,6 +227,66 @@ async def test_bad_query_is_refused(store: LogStore, query: LogQuery, field: str
     assert info.value.errors[0].field == field
 
 
+@pytest.mark.parametrize(
+    ("cursor", "field_or_none"),
+    [
+        ("99999999999999999999-0", "cursor"),  # 20 digits, over 2**64 - 1
+        ("1-18446744073709551616", "cursor"),
+        ("\u0661-0", "cursor"),  # Arabic-Indic digit one: int() reads it, Redis does not
+        ("\u00b2", "cursor"),  # superscript two: str.isdigit() is true
+        ("1-2-3", "cursor"),
+        ("-1", "cursor"),
+        (" 1-0", "cursor"),
+        ("1-0\n", "cursor"),
+    ],
+)
+async def test_a_cursor_redis_would_refuse_is_a_validation_error(
+    store: LogStore, cursor: str, field_or_none: str
+) -> None:
+    await store.append(log("x"))
+    with pytest.raises(ValidationError) as info:
+        await store.query(LogQuery(cursor=cursor))
+    assert info.value.errors[0].field == field_or_none
+
+
+@pytest.mark.parametrize(
+    ("cursor", "direction"),
+    [
+        ("0-0", Direction.BACKWARD),  # nothing is before the first id: was a Redis error (503)
+        ("0", Direction.BACKWARD),
+        ("18446744073709551615-18446744073709551615", Direction.FORWARD),
+    ],
+)
+async def test_a_cursor_at_either_end_of_the_id_space_is_an_empty_page(
+    store: LogStore, cursor: str, direction: Direction
+) -> None:
+    await store.append(log("x"))
+    page = await store.query(LogQuery(cursor=cursor, direction=direction))
+    assert page.items == []
+    assert page.next_cursor is None
+
+
+async def test_the_other_way_from_either_end_is_everything(store: LogStore) -> None:
+    ids = (await store.append_many([log(f"e{i}") for i in range(3)])).ids
+    forward = await store.query(LogQuery(cursor="0-0", direction=Direction.FORWARD))
+    assert [e.id for e in forward.items] == ids
+    top = "18446744073709551615-18446744073709551615"
+    backward = await store.query(LogQuery(cursor=top))
+    assert [e.id for e in backward.items] == ids[::-1]
+
+
+async def test_times_before_1970(store: LogStore) -> None:
+    ids = (await store.append_many([log("a"), log("b")])).ids
+    old = datetime(1900, 1, 1, tzinfo=UTC)
+    assert [e.id for e in (await store.query(LogQuery(since=old))).items] == ids[::-1]
+    assert (await store.query(LogQuery(until=old))).items == []
+
+
+async def test_tail_refuses_a_bad_position(store: LogStore) -> None:
+    with pytest.raises(ValidationError):
+        await anext(aiter(store.tail("99999999999999999999-0")))
+
+
 async def test_pages_while_writing_are_disjoint_and_skip_nothing(store: LogStore) -> None:
     existing = (await store.append_many([log(f"old{i}") for i in range(1500)])).ids
     existing_set = set(existing)
@@ -433,3 +493,96 @@ async def test_script_is_reloaded_after_script_flush(
     await store.append(log("b"))
     await redis_client.script_flush()
     assert len((await store.query(LogQuery(text="a"))).items) == 1
+
+
+async def test_an_unfiltered_page_asks_redis_for_what_it_returns(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    """The seed's list (`GET /api/log`) read 1,000 entries to return 10 (~300 req/s at most)."""
+    store = RedisStreamLogStore(redis_client, instance="a", prefix=prefix)
+    await store.append_many([log(f"c{i}") for i in range(1500)])
+    watcher = aioredis.Redis.from_url(redis_url)
+    reads: list[str] = []
+    try:
+        async with watcher.monitor() as monitor:
+            page = await store.query(LogQuery(limit=10))
+            while not reads:
+                command = (await asyncio.wait_for(monitor.next_command(), 5))["command"]
+                if command.startswith("XREVRANGE") and prefix in command:
+                    reads.append(command)
+    finally:
+        await watcher.aclose()
+    assert len(page.items) == 10
+    assert reads[0].endswith(" COUNT 10"), reads
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def small_pages(
+    request: pytest.FixtureRequest, redis_client: aioredis.Redis, prefix: str
+) -> LogStore:
+    """Each store with pages capped at 10,000 bytes."""
+    options = StoreOptions(max_page_bytes=10_000)
+    if request.param == "memory":
+        return InMemoryLogStore(instance="a", options=options)
+    return RedisStreamLogStore(redis_client, instance="a", prefix=prefix, options=options)
+
+
+@pytest.mark.parametrize("direction", list(Direction))
+@pytest.mark.parametrize("text", [None, "big"])
+async def test_a_page_ends_early_at_max_page_bytes_and_the_cursor_continues(
+    small_pages: LogStore, direction: Direction, text: str | None
+) -> None:
+    """`limit=1000` of 64 KiB messages used to read ~60 MiB out of Redis per request."""
+    ids = (await small_pages.append_many([log(f"big {i} " + "x" * 2000) for i in range(23)])).ids
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = LogQuery(limit=1000, cursor=cursor, direction=direction, text=text)
+        page = await small_pages.query(query)
+        pages += 1
+        assert 1 <= len(page.items) <= 5  # 5 bodies of ~2,030 bytes reach 10,000
+        seen += [e.id for e in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == (ids if direction is Direction.FORWARD else ids[::-1])
+    assert pages == 5
+
+
+async def test_an_entry_larger_than_a_page_is_a_page_of_its_own(small_pages: LogStore) -> None:
+    ids = (await small_pages.append_many([log("y" * 30_000), log("small")])).ids
+    first = await small_pages.query(LogQuery(limit=10, direction=Direction.FORWARD))
+    assert [e.id for e in first.items] == ids[:1]
+    second = await small_pages.query(
+        LogQuery(limit=10, direction=Direction.FORWARD, cursor=first.next_cursor)
+    )
+    assert [e.id for e in second.items] == ids[1:]
+
+
+@pytest.mark.parametrize("text", [None, "big"])
+async def test_big_entries_are_read_in_small_xranges(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str, text: str | None
+) -> None:
+    """A scan's XRANGE is held in Redis's memory whole: with 60 KiB entries, a COUNT of 1,000
+    read ~60 MiB to return a 4 MiB page."""
+    store = RedisStreamLogStore(redis_client, instance="a", prefix=prefix)
+    await store.append_many([log(f"big {i} " + "x" * 60_000) for i in range(150)])
+    watcher = aioredis.Redis.from_url(redis_url)
+    counts: list[int] = []
+    try:
+        async with watcher.monitor() as monitor:
+            page = await store.query(LogQuery(limit=1000, text=text))
+            await redis_client.ping()  # a marker: every read of the query came before it
+            while True:
+                command = (await asyncio.wait_for(monitor.next_command(), 5))["command"]
+                if command == "PING":
+                    break
+                if command.startswith("XREVRANGE") and prefix in command:
+                    counts.append(int(command.rsplit(" ", 1)[1]))
+    finally:
+        await watcher.aclose()
+    assert 60 <= len(page.items) <= 75  # a 4 MiB page
+    assert page.next_cursor is not None
+    assert max(counts) <= 32, counts
+    assert sum(counts) <= len(page.items) + 32, counts

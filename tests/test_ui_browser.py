@@ -2,56 +2,24 @@
 `aygolog ui` process in front of the live LB + 3 instances + Redis.
 
 Without Chromium these tests skip, saying why; with `AYGOLOG_REQUIRE_BROWSER=1` (set by
-`.ci/run`) they fail instead.
+`.ci/run`) they fail instead (the `browser` fixture, in conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Error, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect
 
 from aygolog.client import LogClient
 from aygolog.embedded import free_port
 from support import LiveStack, ServiceProcess
 
 pytestmark = pytest.mark.timeout(120)
-
-CHROMIUM = os.environ.get("AYGOLOG_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-def _no_browser(reason: str) -> None:
-    if os.environ.get("AYGOLOG_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"AYGOLOG_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    """Debian's Chromium, headless; a skip (or, in CI, a failure) when there is none."""
-    path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if path is None:
-        _no_browser(f"no Chromium at {CHROMIUM} or on PATH (apt-get install chromium)")
-    try:
-        launched = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-    except Error as exc:
-        _no_browser(f"Chromium at {path} does not start: {exc.message.splitlines()[0]}")
-    yield launched
-    launched.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aygolog.errors import ValidationError
-from aygolog.models import FieldError, Limits, LogLevel, LogQuery, NewLog
+from aygolog.errors import MalformedInput, ValidationError
+from aygolog.models import Direction, FieldError, Limits, LogLevel, LogQuery, NewLog
+from aygolog.store.base import MAX_ID_PART, format_stream_id, id_bounds, parse_stream_id
 from aygolog.validation import (
     decode_log,
     decode_logs,
     decode_ndjson,
+    decode_seed_log,
     parse_timestamp,
     validate_logs,
 )
@@ -218,3 +220,181 @@ def test_roundtrip_through_the_wire(
 ) -> None:
     log = NewLog(message=message, level=level, attributes=attributes)
     assert decode_log(msgspec.json.encode(log)) == log
+
+
+# -- hostile bodies: always a ValidationError (a 4xx), never another exception ---------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"message": "\xff\xfe"}', "not valid UTF-8 at byte 13"),
+        (b'{"message": "\xc0\xaf"}', "not valid UTF-8"),  # an overlong "/"
+        (b'{"message": "\xed\xa0\x80"}', "not valid UTF-8"),  # a surrogate, UTF-8 encoded
+        (b'{"message": "\xf4\x90\x80\x80"}', "not valid UTF-8"),  # past U+10FFFF
+        (b'{"message": "x", "attributes": {"\xff": 1}}', "not valid UTF-8"),
+        (b'{"message": "\\ud800"}', "malformed JSON"),  # a lone surrogate escape
+        (DEEP, "expected"),
+        (b'{"message": "m", "attributes": ' + DEEP + b"}", "expected"),
+    ],
+)
+def test_one_broken_body_is_refused_naming_the_problem(data: bytes, reason: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_log(data)
+    assert reason in info.value.errors[0].reason
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "reason"),
+    [
+        (b'[{"message": "\xff"}]', MalformedInput, "not valid UTF-8 at byte 14"),
+        (b'[{"message": "ok"}, {"message": "\xc0\xaf"}]', MalformedInput, "not valid UTF-8"),
+        (DEEP, MalformedInput, "nested too deeply"),
+        (b'[1, {"message": "m", "attributes": ' + DEEP + b"}]", MalformedInput, "too deeply"),
+        (b'[{"message": "m", "attributes": [[[1]]]}]', ValidationError, "expected 'object"),
+    ],
+)
+def test_a_broken_batch_is_refused_naming_the_problem(
+    data: bytes, error: type[ValidationError], reason: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_logs(data)
+    assert type(info.value) is error
+    assert reason in info.value.errors[0].reason
+
+
+def test_a_broken_ndjson_line_is_named_by_its_index() -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_ndjson(b'{"message": "a"}\n{"message": "\xff"}\n' + DEEP + b"\n")
+    assert [(e.index, e.reason[:17]) for e in info.value.errors] == [
+        (1, "not valid UTF-8 a"),
+        (2, "expected 'object'"),
+    ]
+
+
+_JSONISH = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(str.encode),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+        lambda children: st.one_of(
+            st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children)
+        ),
+        max_leaves=30,
+    ).map(lambda value: msgspec.json.encode(value)),
+    st.builds(
+        lambda head, tail, cut: (head + tail)[:cut],
+        st.sampled_from([b'{"message": "', b'[{"message": "', b'{"name": "', b"[", b"{"]),
+        st.binary(max_size=100),
+        st.integers(0, 120),
+    ),
+)
+
+
+@given(data=_JSONISH)
+def test_any_bytes_are_a_log_or_a_validation_error(data: bytes) -> None:
+    for decode in (decode_log, decode_logs, decode_ndjson):
+        errors: list[FieldError] = []
+        try:
+            decode(data)
+        except ValidationError as exc:
+            errors = exc.errors or [FieldError(field="?", reason="")]
+        assert all(e.reason for e in errors)
+
+
+# -- stream ids: one strict parser -------------------------------------------------------------
+
+
+@given(ms=st.integers(0, MAX_ID_PART), seq=st.integers(0, MAX_ID_PART))
+def test_every_valid_stream_id_parses_back(ms: int, seq: int) -> None:
+    assert parse_stream_id(f"{ms}-{seq}") == (ms, seq)
+    assert parse_stream_id(str(ms)) == (ms, 0)
+    assert format_stream_id((ms, seq)) == f"{ms}-{seq}"
+
+
+@given(text=st.one_of(st.text(max_size=45), st.from_regex(r"[0-9]{1,22}(-[0-9]{1,22})?")))
+def test_a_stream_id_parses_within_64_bits_or_is_refused(text: str) -> None:
+    try:
+        ms, seq = parse_stream_id(text, "last_event_id")
+    except ValidationError as exc:
+        fields = {e.field for e in exc.errors}
+    else:
+        fields = set()
+    if fields:
+        assert fields == {"last_event_id"}
+        return
+    assert 0 <= ms <= MAX_ID_PART
+    assert 0 <= seq <= MAX_ID_PART
+    assert text.isascii()
+
+
+@given(
+    cursor=st.one_of(
+        st.none(),
+        st.tuples(st.integers(0, MAX_ID_PART), st.integers(0, MAX_ID_PART)).map(format_stream_id),
+    ),
+    direction=st.sampled_from(list(Direction)),
+    since=st.one_of(st.none(), st.datetimes(timezones=st.just(UTC))),
+    until=st.one_of(st.none(), st.datetimes(timezones=st.just(UTC))),
+)
+def test_id_bounds_are_a_valid_inclusive_range_or_none(
+    cursor: str | None, direction: Direction, since: datetime | None, until: datetime | None
+) -> None:
+    bounds = id_bounds(LogQuery(cursor=cursor, direction=direction, since=since, until=until))
+    if bounds is None:
+        return
+    low, high = bounds
+    assert (0, 0) <= low <= high <= (MAX_ID_PART, MAX_ID_PART)
+    if cursor is not None:
+        key = parse_stream_id(cursor)
+        assert (high < key) if direction is Direction.BACKWARD else (low > key)
+
+
+# -- the seed's body, bound as ASP.NET did ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"Name": "x"}',
+        b'{"NAME": "x"}',
+        b'{"name": "x", "sourceInstance": "api-1"}',
+        b'{"Name": "x", "SourceInstance": "api-1", "Level": "warn"}',
+        b'{"Message": "x", "Attributes": {"K": 1}}',
+    ],
+)
+def test_the_seed_route_binds_names_in_any_case(data: bytes) -> None:
+    log = decode_seed_log(data)
+    assert log.message == "x"
+
+
+def test_the_seed_route_keeps_values_and_attribute_keys_as_sent() -> None:
+    log = decode_seed_log(b'{"Message": "x", "LEVEL": "Error", "Attributes": {"Key": "V"}}')
+    assert log.level is LogLevel.ERROR
+    assert log.attributes == {"Key": "V"}
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        (b'{"Name": "x", "name": "y"}', "name", "more than once"),
+        (b'{"Name": "x", "Extra": 1}', "Extra", "unknown field"),
+        (b'{"Name": 5}', "name", "expected 'str"),
+        (b'{"name": "x", "sourceInstance": 5}', "sourceInstance", "expected 'str"),
+        (b"[]", "$", "expected 'object'"),
+    ],
+)
+def test_the_seed_route_still_refuses_what_is_wrong(data: bytes, field: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_seed_log(data)
+    assert info.value.errors[0].field == field
+    assert reason in info.value.errors[0].reason
+
+
+def test_elsewhere_names_stay_snake_case() -> None:
+    with pytest.raises(ValidationError):
+        decode_log(b'{"Name": "x"}')
+    with pytest.raises(ValidationError):
+        decode_logs(b'[{"name": "x", "sourceInstance": "a"}]')

@@ -170,14 +170,18 @@ class LogEntry(msgspec.Struct, kw_only=True):
 
 
 class SeedLog(LogEntry, kw_only=True):
-    """A `LogEntry` with the seed's `name` field (= message), for `GET /api/log`."""
+    """A `LogEntry` with the seed model's fields, for `GET /api/log`: `name` (= message) and
+    `sourceInstance` (= instance, the seed's only camelCase name on the wire)."""
 
     name: str
+    source_instance: str | None = msgspec.field(default=None, name="sourceInstance")
 
     @classmethod
     def from_entry(cls, entry: LogEntry) -> SeedLog:
-        """The entry with `name` filled in."""
-        return cls(name=entry.message, **msgspec.structs.asdict(entry))
+        """The entry with `name` and `sourceInstance` filled in."""
+        return cls(
+            name=entry.message, source_instance=entry.instance, **msgspec.structs.asdict(entry)
+        )
 
 
 class BatchResult(msgspec.Struct, kw_only=True):

@@ -800,6 +800,20 @@ class LogApiSettings(_ServerSettings):
     )
     """At most this many bytes in one request body."""
 
+    # -- reads: what one page and one instance may take out of Redis at once --
+    max_page_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, validation_alias="AYGOLOG_MAX_PAGE_BYTES"
+    )
+    """A page of results ends early (with a `next_cursor`) once it holds this many bytes."""
+    max_concurrent_reads: int = Field(
+        default=8, ge=1, validation_alias="AYGOLOG_MAX_CONCURRENT_READS"
+    )
+    """At most this many queries run against the store at once on one instance."""
+    read_queue_timeout: float = Field(
+        default=2.0, ge=0, validation_alias="AYGOLOG_READ_QUEUE_TIMEOUT"
+    )
+    """Seconds a query waits for its turn before it is answered 503 with Retry-After."""
+
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: RedisSettings) -> RedisSettings:

@@ -3,6 +3,14 @@
 The fast path decodes a whole body with one typed msgspec decoder; only when that fails does
 a slower pass look at each item on its own, so that a refused batch lists every bad item
 (index, field, reason), not just the first.
+
+Every JSON decode goes through `_decode`, which turns any way a body can be broken into a
+`MalformedInput` (400) or a `ValidationError` (422) naming the problem: broken syntax, bytes
+that are not UTF-8 (overlong forms and encoded surrogates included), and deep nesting. Nothing
+is decoded without a type, so nothing deeper than the schema (3 levels: array, object,
+attributes) is ever built: a typed decoder stops at the first level the schema does not allow,
+and the slow pass splits a batch into raw items, not trees. Skipping over a deeply nested raw
+item is bounded by the interpreter's recursion limit, and that too is a 400.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -24,6 +32,7 @@ __all__ = [
     "decode_log",
     "decode_logs",
     "decode_ndjson",
+    "decode_seed_log",
     "parse_timestamp",
     "validate_logs",
 ]
@@ -45,9 +54,61 @@ class _WireLog(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trace_id: str | None = None
 
 
+class _SeedWireLog(_WireLog, kw_only=True, forbid_unknown_fields=True):
+    """The seed's `POST /api/log` body: its model also carried `sourceInstance`."""
+
+    source_instance: str | None = msgspec.field(default=None, name="sourceInstance")
+
+
+_SEED_NAMES: Final = {
+    name.lower(): name
+    for name in ("message", "name", "level", "service", "timestamp", "attributes", "trace_id",
+                 "sourceInstance")
+}  # fmt: skip
 _ONE: Final = msgspec.json.Decoder(_WireLog)
+_SEED_ONE: Final = msgspec.json.Decoder(_SeedWireLog)
+_OBJECT: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _MANY: Final = msgspec.json.Decoder(list[_WireLog])
-_ANY: Final = msgspec.json.Decoder()
+_ITEMS: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_T = TypeVar("_T")
+
+
+def _decode(
+    decoder: msgspec.json.Decoder[_T], data: bytes | str | msgspec.Raw, index: int | None = None
+) -> _T:
+    """`decoder.decode(data)`, with every failure a `ValidationError` naming the problem.
+
+    Raises:
+        MalformedInput: broken JSON, not UTF-8, or nested deeper than the interpreter's
+            recursion limit (about 1,000 levels; the typed decoders never get that far).
+        ValidationError: well-formed JSON of the wrong shape.
+    """
+
+    def malformed(reason: str) -> MalformedInput:
+        return MalformedInput([FieldError(field="$", reason=reason, index=index)])
+
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ValidationError([_from_msgspec(exc, index)]) from None
+    except msgspec.DecodeError as exc:
+        raise malformed(f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise malformed(_not_utf8(data)) from None
+    except RecursionError:
+        raise malformed("JSON nested too deeply (a log body needs 3 levels)") from None
+
+
+def _not_utf8(data: bytes | str | msgspec.Raw) -> str:
+    """Where and why `data` is not UTF-8 (JSON text must be)."""
+    if not isinstance(data, str):
+        data = bytes(memoryview(data))
+        try:
+            data.decode()
+        except UnicodeDecodeError as exc:
+            bad = data[exc.start : exc.end].hex(" ")
+            return f"not valid UTF-8 at byte {exc.start} ({bad}: {exc.reason}); JSON must be UTF-8"
+    return "not valid UTF-8; JSON must be UTF-8"
 
 
 def decode_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
@@ -56,17 +117,52 @@ def decode_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
     Raises:
         ValidationError: malformed JSON, a wrong type, or a value out of bounds.
     """
-    try:
-        wire = _ONE.decode(body)
-    except msgspec.ValidationError as exc:
-        raise ValidationError([_from_msgspec(exc)]) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedInput([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
+    wire = _decode(_ONE, body)
     errors: list[FieldError] = []
     log = _normalise(wire, limits, datetime.now(UTC), None, errors)
     if log is None:
         raise ValidationError(errors)
     return log
+
+
+def decode_seed_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
+    """`decode_log` as the seed's ASP.NET service bound its body: field names in any case
+    (`{"Name": "x"}`), and the seed model's `sourceInstance` accepted (and not stored: the
+    instance that stores an entry is recorded in `instance`).
+
+    Raises:
+        ValidationError: as `decode_log`; a name given twice in different cases too.
+    """
+    try:
+        wire = _decode(_SEED_ONE, body)
+    except MalformedInput:
+        raise
+    except ValidationError as exc:
+        wire = _case_insensitive(body, exc)
+    errors: list[FieldError] = []
+    log = _normalise(wire, limits, datetime.now(UTC), None, errors)
+    if log is None:
+        raise ValidationError(errors)
+    return log
+
+
+def _case_insensitive(body: bytes | str, refusal: ValidationError) -> _SeedWireLog:
+    """Decode again with field names matched regardless of case, or raise `refusal`."""
+    try:
+        fields = _decode(_OBJECT, body)
+    except ValidationError:
+        raise refusal from None
+    renamed: dict[str, msgspec.Raw] = {}
+    for key, value in fields.items():
+        name = _SEED_NAMES.get(key.lower(), key)
+        if name in renamed:
+            raise ValidationError(
+                [FieldError(field=name, reason="given more than once (names ignore case here)")]
+            )
+        renamed[name] = value
+    if renamed.keys() == fields.keys():
+        raise refusal
+    return _decode(_SEED_ONE, msgspec.json.encode(renamed))
 
 
 def decode_logs(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> list[NewLog]:
@@ -76,11 +172,11 @@ def decode_logs(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> list[N
         ValidationError: lists every bad item with its index.
     """
     try:
-        wires = _MANY.decode(body)
-    except msgspec.ValidationError:
+        wires = _decode(_MANY, body)
+    except MalformedInput:
+        raise
+    except ValidationError:
         return _slow_batch(body, limits)
-    except msgspec.DecodeError as exc:
-        raise MalformedInput([FieldError(field="$", reason=f"malformed JSON: {exc}")]) from None
     return _normalise_all(wires, limits)
 
 
@@ -97,11 +193,9 @@ def decode_ndjson(body: bytes, *, limits: Limits = DEFAULT_LIMITS) -> list[NewLo
         if not line.strip():
             continue
         try:
-            log = _normalise(_ONE.decode(line), limits, now, index, errors)
-        except msgspec.ValidationError as exc:
-            errors.append(_from_msgspec(exc, index))
-        except msgspec.DecodeError as exc:
-            errors.append(FieldError(field="$", reason=f"malformed JSON: {exc}", index=index))
+            log = _normalise(_decode(_ONE, line, index), limits, now, index, errors)
+        except ValidationError as exc:
+            errors.extend(exc.errors)
         else:
             if log is not None:
                 out.append(log)
@@ -186,18 +280,21 @@ def _normalise_all(wires: list[_WireLog], limits: Limits) -> list[NewLog]:
 
 def _slow_batch(body: bytes | str, limits: Limits) -> list[NewLog]:
     """The typed decode failed: find every bad item, one at a time."""
-    raw = _ANY.decode(body)  # well-formed: the typed decoder got past the syntax
-    if not isinstance(raw, list):
+    try:
+        items = _decode(_ITEMS, body)
+    except MalformedInput:
+        raise
+    except ValidationError:
         raise ValidationError(
             [FieldError(field="$", reason="expected a JSON array of log objects")]
-        )
+        ) from None
     errors: list[FieldError] = []
     now = datetime.now(UTC)
-    for index, item in enumerate(raw):
+    for index, item in enumerate(items):
         try:
-            wire = msgspec.convert(item, _WireLog)
-        except msgspec.ValidationError as exc:
-            errors.append(_from_msgspec(exc, index))
+            wire = _decode(_ONE, item, index)
+        except ValidationError as exc:
+            errors.extend(exc.errors)
             continue
         _normalise(wire, limits, now, index, errors)
     raise ValidationError(errors or [FieldError(field="$", reason="invalid batch")])

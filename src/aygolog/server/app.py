@@ -37,6 +37,7 @@ from aygolog.models import ErrorBody, Limits, Registration
 from aygolog.redis import redis_from_settings
 from aygolog.server.agent import RegistrationAgent
 from aygolog.server.instrumented import InstrumentedStore
+from aygolog.server.reads import ReadGate
 from aygolog.server.routes import ROUTES, ApiState
 from aygolog.server.tail import TailHub
 from aygolog.settings import LogApiSettings
@@ -89,12 +90,13 @@ def create_log_api(
                 instance=instance,
                 prefix=settings.redis.prefix,
                 options=StoreOptions(
+                    max_page_bytes=settings.max_page_bytes,
                     retention=Retention(
                         max_entries=settings.retention_max_entries or None,
                         max_age=timedelta(seconds=settings.retention_max_age)
                         if settings.retention_max_age
                         else None,
-                    )
+                    ),
                 ),
             )
         active = InstrumentedStore(active, metrics)
@@ -108,6 +110,7 @@ def create_log_api(
             max_batch_items=settings.max_batch_items,
             max_body_bytes=settings.max_body_bytes,
             keepalive_seconds=keepalive_seconds,
+            reads=ReadGate(settings.max_concurrent_reads, settings.read_queue_timeout),
         )
         app.state.api = api
         agent = _agent(settings, instance, api.registration)

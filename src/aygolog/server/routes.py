@@ -20,7 +20,6 @@ from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
     Direction,
-    ErrorBody,
     FieldError,
     Limits,
     LogEntry,
@@ -31,29 +30,17 @@ from aygolog.models import (
     SeedLog,
 )
 from aygolog.querystring import parse_query_params
+from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
+from aygolog.server.reads import ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
-from aygolog.validation import decode_log, decode_logs, decode_ndjson
+from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log
 from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
 
 _NDJSON: Final = ("application/x-ndjson", "application/jsonl", "application/json-seq")
-_ERRORS: Final = {
-    400: "Malformed body (broken JSON)",
-    409: "The Idempotency-Key was used for a different batch",
-    413: "Body too large, or too many entries",
-    415: "Unsupported content type",
-    422: "Invalid input: each bad field, and the item index in a batch",
-    503: "Redis is unavailable; retry after Retry-After seconds",
-}
-
-
-def _error_responses(*codes: int) -> dict[int, ResponseSpec]:
-    return {
-        code: ResponseSpec(data_container=ErrorBody, description=_ERRORS[code]) for code in codes
-    }
 
 
 @dataclass(kw_only=True)
@@ -68,6 +55,8 @@ class ApiState:
     max_batch_items: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     keepalive_seconds: float = 15.0
+    reads: ReadGate = field(default_factory=lambda: ReadGate(8, 2.0))
+    """Bounds the queries running against the store at once."""
     started_at: float = field(default_factory=time.time)
     registration: dict[str, Any] = field(default_factory=dict)
     """What the registration agent reports (state, lb_url, last error)."""
@@ -82,8 +71,18 @@ class ApiState:
             "Entries per batch request",
             buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000),
         )
+        refused = metrics.counter(
+            "aygolog_reads_refused_total",
+            "Store queries answered 503 after waiting AYGOLOG_READ_QUEUE_TIMEOUT for a turn",
+        )
+        self.reads.on_refused = refused.inc
         self.dropped = metrics.counter(
             "aygolog_tail_dropped_total", "Live-tail events dropped for slow subscribers"
+        )
+        metrics.gauge(
+            "aygolog_reads_in_progress",
+            "Store queries running now (bounded by AYGOLOG_MAX_CONCURRENT_READS)",
+            read=lambda: {(): float(self.reads.in_use)},
         )
         metrics.gauge(
             "aygolog_tail_subscribers",
@@ -111,7 +110,8 @@ def _unsupported(kind: str, allowed: str) -> Response[bytes]:
 
 async def _read_body(request: Request[Any, Any, Any], api: ApiState) -> bytes | Response[bytes]:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > api.max_body_bytes:
+    # isascii: str.isdigit() is true for "²", which int() refuses (the server in front may not).
+    if length and length.isascii() and length.isdigit() and int(length) > api.max_body_bytes:
         return _too_large(api)
     body = await request.body()
     if len(body) > api.max_body_bytes:
@@ -137,11 +137,20 @@ def _is_json(kind: str) -> bool:
     summary="Store one log entry",
     description='Body: a NewLog object. The seed\'s `{"name": ...}` is taken as the message. '
     "An Idempotency-Key header makes a retry store once (answered 200 with the first entry).",
-    responses=_error_responses(400, 409, 413, 415, 422, 503),
-    operation_class=request_body(
-        {JSON: NewLog},
-        'One log entry. The seed\'s body {"name": "..."} is accepted: name is taken as '
-        "the message.",
+    responses=answers(
+        {
+            201: (LogEntry, "Stored: the entry as stored, with its id and `instance`"),
+            200: (LogEntry, "A replay: this Idempotency-Key stored this entry before; nothing new"),
+        },
+        *(400, 409, 413, 415, 422, 503),
+        auth=True,
+    ),
+    operation_class=documented(
+        request_body(
+            {JSON: NewLog},
+            'One log entry. The seed\'s body {"name": "..."} is accepted: name is taken as '
+            "the message.",
+        )
     ),
 )
 async def create_log(
@@ -149,7 +158,11 @@ async def create_log(
     state: State,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[bytes]:
-    """POST /api/log: one entry; 201 with the stored entry, including `instance`."""
+    """POST /api/log: one entry; 201 with the stored entry, including `instance`.
+
+    As the seed's ASP.NET service did, field names match in any case here (`{"Name": "x"}`)
+    and the seed model's `sourceInstance` is accepted (the storing instance is `instance`).
+    """
     api = _api(state)
     kind = _content_type(request)
     if not _is_json(kind):
@@ -157,7 +170,7 @@ async def create_log(
     body = await _read_body(request, api)
     if isinstance(body, Response):
         return body
-    log = decode_log(body, limits=api.limits)
+    log = decode_seed_log(body, limits=api.limits)
     if idempotency_key is None:
         entry = await api.store.append(log)
     else:
@@ -176,11 +189,20 @@ async def create_log(
     summary="Store a batch, all or nothing",
     description="Body: a JSON array of NewLog objects, or NDJSON (application/x-ndjson). "
     "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true).",
-    responses=_error_responses(400, 409, 413, 415, 422, 503),
-    operation_class=request_body(
-        {JSON: list[NewLog], "application/x-ndjson": NewLog},
-        "Up to 10,000 entries (configurable) and 10 MiB: a JSON array, or NDJSON with one "
-        "entry a line.",
+    responses=answers(
+        {
+            201: (BatchResult, "Stored, all of them: their ids in order, and `instance`"),
+            200: (BatchResult, "A replay (`replayed: true`): this Idempotency-Key stored it"),
+        },
+        *(400, 409, 413, 415, 422, 503),
+        auth=True,
+    ),
+    operation_class=documented(
+        request_body(
+            {JSON: list[NewLog], "application/x-ndjson": NewLog},
+            "Up to 10,000 entries (configurable) and 10 MiB: a JSON array, or NDJSON with one "
+            "entry a line.",
+        )
     ),
 )
 async def create_logs(
@@ -244,20 +266,26 @@ def _query_params(
 @get(
     "/api/log",
     summary="The seed's list: the newest entries, each with `name` and `timestamp`",
-    responses=_error_responses(503),
+    responses=answers({200: (list[SeedLog], "The newest entries first")}, 400, 503, auth=True),
+    operation_class=documented(),
 )
 async def list_logs_seed(
     state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
 ) -> list[SeedLog]:
     """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
-    page = await _api(state).store.query(LogQuery(limit=limit))
+    api = _api(state)
+    async with api.reads.slot():
+        page = await api.store.query(LogQuery(limit=limit))
     return [SeedLog.from_entry(e) for e in page.items]
 
 
 @get(
     "/api/logs",
     summary="Search stored entries, one page at a time",
-    responses=_error_responses(422, 503),
+    responses=answers(
+        {200: (LogPage, "One page; `next_cursor` is null on the last")}, 400, 422, 503, auth=True
+    ),
+    operation_class=documented(),
 )
 async def query_logs(
     state: State,
@@ -276,13 +304,16 @@ async def query_logs(
     query = _query_params(
         level, min_level, service, q, since, until, attr, limit, cursor, direction
     )
-    return await _api(state).store.query(query)
+    api = _api(state)
+    async with api.reads.slot():
+        return await api.store.query(query)
 
 
 @get(
     "/api/logs/stats",
     summary="Totals per level, service and instance; ingest rate",
-    responses=_error_responses(503),
+    responses=answers({200: (LogStats, "The totals")}, 503, auth=True),
+    operation_class=documented(),
 )
 async def log_stats(state: State) -> LogStats:
     """GET /api/logs/stats."""
@@ -292,7 +323,11 @@ async def log_stats(state: State) -> LogStats:
 @get(
     "/api/logs/stream",
     summary="Live tail as Server-Sent Events",
-    responses=_error_responses(422),
+    responses={
+        **event_stream("`data:` one LogEntry as JSON, `id:` its stream id; `event: dropped`"),
+        **answers({}, 422, auth=True),
+    },
+    operation_class=documented(never=(400,)),  # its parameters are all strings
 )
 async def stream_logs(
     state: State,
@@ -332,15 +367,20 @@ async def _events(
     try:
         yield ServerSentEventMessage(data=None, comment="connected", retry=2000)
         last = parse_stream_id(resume) if resume else None
+        if last is not None and api.hub.last_id != "$":
+            # An id past the newest entry (a wiped store, a made-up id) must not hide the new
+            # entries: everything the reader delivers from now on is after its position.
+            last = min(last, parse_stream_id(api.hub.last_id))
         if resume:
             # Catch up from the store, then switch to the live queue, skipping what was sent.
             cursor: str | None = resume
             while cursor is not None:
-                page = await api.store.query(
-                    msgspec.structs.replace(
-                        query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                async with api.reads.slot(patient=True):
+                    page = await api.store.query(
+                        msgspec.structs.replace(
+                            query, cursor=cursor, direction=Direction.FORWARD, limit=1000
+                        )
                     )
-                )
                 for entry in page.items:
                     last = parse_stream_id(entry.id)
                     yield _log_event(entry)
@@ -365,7 +405,11 @@ async def _events(
         subscription.close()
 
 
-@get("/health", summary="Liveness")
+@get(
+    "/health",
+    summary="Liveness",
+    responses=answers({200: (Health, "The process serves requests")}),
+)
 async def health(state: State) -> dict[str, Any]:
     """GET /health: 200 while the process serves requests."""
     api = _api(state)
@@ -376,7 +420,19 @@ async def health(state: State) -> dict[str, Any]:
     }
 
 
-@get("/health/ready", summary="Readiness: Redis answers, the live tail follows it")
+@get(
+    "/health/ready",
+    summary="Readiness: Redis answers, the live tail follows it",
+    responses={
+        **answers({200: (Readiness, "Ready: Redis answers")}),
+        503: ResponseSpec(
+            data_container=Readiness,
+            description="Not ready: Redis does not answer (`redis.error` says why)",
+            generate_examples=False,
+        ),
+    },
+    operation_class=documented(),
+)
 async def ready(state: State) -> Response[bytes]:
     """GET /health/ready: 200 when Redis answers, else 503 with the reason."""
     api = _api(state)

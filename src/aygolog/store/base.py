@@ -17,6 +17,7 @@ from aygolog.errors import ValidationError
 from aygolog.models import (
     AttributeValue,
     BatchResult,
+    Direction,
     FieldError,
     LogEntry,
     LogPage,
@@ -26,6 +27,7 @@ from aygolog.models import (
 )
 
 __all__ = [
+    "MAX_ID_PART",
     "MAX_QUERY_LIMIT",
     "LogStore",
     "Retention",
@@ -33,6 +35,8 @@ __all__ = [
     "attribute_matches",
     "check_idempotency_key",
     "check_query",
+    "format_stream_id",
+    "id_bounds",
     "id_ms",
     "matches",
     "parse_stream_id",
@@ -41,7 +45,12 @@ __all__ = [
 ]
 
 MAX_QUERY_LIMIT: Final = 1000
-_STREAM_ID: Final = re.compile(r"(\d{1,20})-(\d{1,20})")
+MAX_ID_PART: Final = 2**64 - 1
+"""The largest millisecond or sequence part of a Redis stream id (each is an unsigned 64-bit)."""
+# ASCII digits only: `\d` would take other scripts' digits, which int() reads and Redis refuses.
+_STREAM_ID: Final = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+StreamKey = tuple[int, int]
+"""A stream id as numbers: (milliseconds, sequence)."""
 _IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
 
 
@@ -61,12 +70,17 @@ class StoreOptions(msgspec.Struct, frozen=True, kw_only=True):
     retention: Retention = Retention()
     idempotency_ttl: timedelta = timedelta(hours=24)
     scan_chunk: int = 1000
-    """Entries read per XRANGE inside one scan call."""
+    """At most this many entries per XRANGE inside one scan call (fewer when entries are big:
+    each XRANGE reads about 1 MiB; and, unfiltered, no more than the page still needs)."""
     scan_budget: int = 20_000
     """At most this many entries are scanned by one server-side call, so Redis never stalls."""
     max_scan: int = 2_000_000
     """At most this many entries are scanned for one query; past it the page comes back short,
     with a cursor to continue from."""
+    max_page_bytes: int = 4 * 1024 * 1024
+    """A page ends early, with a cursor to continue from, once the entries it holds reach this
+    many bytes (of stored JSON; at least one entry): `limit=1000` of 64 KiB messages would
+    otherwise be ~60 MiB read out of Redis and sent in one answer."""
 
 
 @runtime_checkable
@@ -117,18 +131,78 @@ class LogStore(Protocol):
         ...
 
 
-def parse_stream_id(value: str, field: str = "cursor") -> tuple[int, int]:
-    """("ms-seq" or "ms") -> (ms, seq).
+def parse_stream_id(value: str, field: str = "cursor") -> StreamKey:
+    """("ms-seq" or "ms") -> (ms, seq), each part checked to fit Redis's unsigned 64 bits.
+
+    The one parser of stream ids from outside (cursors, `Last-Event-ID`, tail positions): what
+    it accepts, Redis accepts.
 
     Raises:
-        ValidationError: not a stream id.
+        ValidationError: not a stream id, or a part out of range; names `field`.
     """
-    match = _STREAM_ID.fullmatch(value)
-    if match:
-        return int(match.group(1)), int(match.group(2))
-    if value.isdigit() and len(value) <= 20:
-        return int(value), 0
-    raise ValidationError([FieldError(field=field, reason=f"not a stream id: {value[:40]!r}")])
+    match = _STREAM_ID.fullmatch(value) if len(value) <= 41 else None
+    if match is None:
+        reason = f"not a stream id (ms-seq, e.g. 1700000000000-0): {value[:40]!r}"
+    else:
+        ms, seq = int(match.group(1)), int(match.group(2) or 0)
+        if ms <= MAX_ID_PART and seq <= MAX_ID_PART:
+            return ms, seq
+        reason = f"stream id out of range (each part at most {MAX_ID_PART}): {value[:41]!r}"
+    raise ValidationError([FieldError(field=field, reason=reason)])
+
+
+def format_stream_id(key: StreamKey) -> str:
+    """(ms, seq) -> "ms-seq"."""
+    return f"{key[0]}-{key[1]}"
+
+
+def _after(key: StreamKey) -> StreamKey | None:
+    ms, seq = key
+    if seq < MAX_ID_PART:
+        return ms, seq + 1
+    return (ms + 1, 0) if ms < MAX_ID_PART else None
+
+
+def _before(key: StreamKey) -> StreamKey | None:
+    ms, seq = key
+    if seq > 0:
+        return ms, seq - 1
+    return (ms - 1, MAX_ID_PART) if ms > 0 else None
+
+
+def id_bounds(query: LogQuery) -> tuple[StreamKey, StreamKey] | None:
+    """The inclusive range of stream ids `query` may return, or None when it is empty.
+
+    From `since`/`until` (receive times; before 1970 means from the start) and the cursor
+    (the page starts after it, in the query's direction). Every store pages by this, so a
+    cursor at either end of the id space is an empty page, never an invalid Redis range.
+    """
+    low: StreamKey = (0, 0)
+    high: StreamKey = (MAX_ID_PART, MAX_ID_PART)
+    if query.since is not None:
+        low = (min(max(0, _ms(query.since)), MAX_ID_PART), 0)
+    if query.until is not None:
+        until = _ms(query.until)
+        if until < 0:
+            return None
+        high = (min(until, MAX_ID_PART), MAX_ID_PART)
+    if query.cursor is not None:
+        cursor = parse_stream_id(query.cursor)
+        if query.direction is Direction.BACKWARD:
+            before = _before(cursor)
+            if before is None:
+                return None
+            high = min(high, before)
+        else:
+            after = _after(cursor)
+            if after is None:
+                return None
+            low = max(low, after)
+    return (low, high) if low <= high else None
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 def id_ms(stream_id: str) -> int:

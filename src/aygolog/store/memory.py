@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 
 import msgspec
 
@@ -30,6 +29,7 @@ from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
     check_query,
+    id_bounds,
     matches,
     parse_stream_id,
     stored_entry,
@@ -61,6 +61,8 @@ class InMemoryLogStore:
         self._clock = clock
         self._keys: list[_Key] = []
         self._entries: list[LogEntry] = []
+        self._sizes: list[int] = []
+        """Bytes of each entry as the Redis store keeps it (its `NewLog` as JSON)."""
         self._last: _Key = (0, 0)
         self._counters: Counter[str] = Counter()
         self._idempotency: dict[str, tuple[float, str, BatchResult]] = {}
@@ -104,16 +106,10 @@ class InMemoryLogStore:
     async def query(self, query: LogQuery) -> LogPage:
         """Entries matching `query` (see `LogQuery`)."""
         check_query(query)
-        low: _Key = (_ms(query.since), 0) if query.since else (0, 0)
-        high: _Key = (_ms(query.until), 2**64 - 1) if query.until else (2**64, 0)
-        if query.cursor is not None:
-            cursor = parse_stream_id(query.cursor)
-            if query.direction is Direction.BACKWARD:
-                high = min(
-                    high, (cursor[0], cursor[1] - 1) if cursor[1] else (cursor[0] - 1, 2**64)
-                )
-            else:
-                low = max(low, (cursor[0], cursor[1] + 1))
+        bounds = id_bounds(query)
+        if bounds is None:
+            return LogPage(items=[])
+        low, high = bounds
         first = bisect.bisect_left(self._keys, low)
         end = bisect.bisect_right(self._keys, high)
         candidates = range(first, end)
@@ -121,11 +117,13 @@ class InMemoryLogStore:
             candidates = candidates[::-1]
         severities = query.level_severities()
         items: list[LogEntry] = []
+        page_bytes, max_bytes = 0, self._options.max_page_bytes
         for index in candidates:
             entry = self._entries[index]
             if matches(entry, query, severities):
                 items.append(entry)
-                if len(items) == query.limit:
+                page_bytes += self._sizes[index]
+                if len(items) == query.limit or page_bytes >= max_bytes:
                     return LogPage(items=items, next_cursor=entry.id)
         return LogPage(items=items)
 
@@ -166,6 +164,7 @@ class InMemoryLogStore:
         entry = stored_entry(log, f"{key[0]}-{key[1]}", self._instance)
         self._keys.append(key)
         self._entries.append(entry)
+        self._sizes.append(len(msgspec.json.encode(log)))
         self._last = key
         self._counters.update(("total", f"l:{log.level.value}", f"i:{self._instance}"))
         if log.service:
@@ -194,6 +193,7 @@ class InMemoryLogStore:
         if drop:
             del self._keys[:drop]
             del self._entries[:drop]
+            del self._sizes[:drop]
 
 
 def _digest(logs: Sequence[NewLog]) -> str:
@@ -202,7 +202,3 @@ def _digest(logs: Sequence[NewLog]) -> str:
         digest.update(msgspec.json.encode(log))
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)

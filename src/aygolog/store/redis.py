@@ -10,8 +10,10 @@ Layout (all keys share the deployment's hash tag, so the scripts stay valid on a
 - `{prefix}:rate:<t // 10>`: entries ingested in each 10-second bucket (kept 2 minutes), for
   the ingest rate over the last minute.
 
-A batch is written by one EVALSHA (`lua/append.lua`); filtered queries run `lua/scan.lua`, which
-reads at most `StoreOptions.scan_budget` entries per call and returns where to continue.
+A batch is written by one EVALSHA (`lua/append.lua`); queries run `lua/scan.lua`, which reads at
+most `StoreOptions.scan_budget` entries per call and returns where to continue. It reads in
+XRANGEs of about 1 MiB each (sized by the entries seen so far), and, unfiltered, no more entries
+than the page still needs (the seed's list of 10 reads 10).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
 from importlib.resources import files
 from typing import Any, Final, Self
 
@@ -27,7 +28,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from aygolog.errors import Conflict, Unavailable
+from aygolog.errors import Conflict
 from aygolog.models import (
     BatchResult,
     Direction,
@@ -43,8 +44,12 @@ from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
     check_query,
+    format_stream_id,
+    id_bounds,
+    parse_stream_id,
     stored_entry,
 )
+from aygolog.store.redis_errors import unavailable
 
 __all__ = ["RedisStreamLogStore"]
 
@@ -55,7 +60,6 @@ _SHA_SCAN: Final = hashlib.sha1(_SCAN.encode()).hexdigest()
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DECODE_BODY: Final = msgspec.json.Decoder(NewLog).decode
 _DIGITS: Final = tuple(str(i).encode() for i in range(len(LogLevel)))
-_RETRY_AFTER: Final = 1.0
 _BLOCK_MS: Final = 1000
 _BUCKET_SECONDS: Final = 10
 
@@ -141,7 +145,7 @@ class RedisStreamLogStore:
             args[4] = _digest(args[5:])
         rate_key = self._keys.key(f"rate:{int(time.time()) // _BUCKET_SECONDS}")
         keys = (self._stream, self._stats, idem_key, rate_key)
-        reply = await self._eval(_SHA_APPEND, _APPEND, keys, args)
+        reply = await self._eval("append", _SHA_APPEND, _APPEND, keys, args)
         if reply[0] == 1:
             return BatchResult(ids=[i.decode() for i in reply[1:]], instance=self._instance)
         digest, instance, ids = bytes(reply[1]).decode().split("\n", 2)
@@ -156,11 +160,11 @@ class RedisStreamLogStore:
         """Entries matching `query`, newest first unless asked otherwise (see `LogQuery`)."""
         check_query(query)
         backward = query.direction is Direction.BACKWARD
-        low = f"{_ms(query.since)}-0" if query.since else "-"
-        high = f"{_ms(query.until)}-18446744073709551615" if query.until else "+"
+        bounds = id_bounds(query)
+        if bounds is None:
+            return LogPage(items=[])
+        low, high = format_stream_id(bounds[0]), format_stream_id(bounds[1])
         start, stop = (high, low) if backward else (low, high)
-        if query.cursor is not None:
-            start = "(" + query.cursor
         severities = query.level_severities()
         levels = "".join(sorted(str(s) for s in severities)) if severities is not None else ""
         if severities is not None and not levels:
@@ -180,26 +184,31 @@ class RedisStreamLogStore:
         scanned_calls = 0
         max_calls = max(1, options.max_scan // options.scan_budget)
         cursor: str | None = None
+        page_bytes = 0
         while True:
             wanted = query.limit - len(items)
             reply = await self._eval(
+                "query",
                 _SHA_SCAN,
                 _SCAN,
                 (self._stream,),
                 [start, stop, "b" if backward else "f", wanted, options.scan_budget,
-                 options.scan_chunk, *filters],
+                 options.scan_chunk, options.max_page_bytes - page_bytes, *filters],
             )  # fmt: skip
             scanned_calls += 1
             last, done = reply[0].decode(), reply[1] == 1
             body = reply[2:]
-            items += (
-                _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
-                for i in range(0, len(body), 3)
-            )
+            for i in range(0, len(body), 3):
+                page_bytes += len(body[i + 2])
+                items.append(_entry(body[i].decode(), body[i + 1].decode(), body[i + 2]))
             if done:
                 break
             cursor = last
-            if len(items) >= query.limit or scanned_calls >= max_calls:
+            if (
+                len(items) >= query.limit
+                or page_bytes >= options.max_page_bytes
+                or scanned_calls >= max_calls
+            ):
                 break
             start = "(" + last
         return LogPage(items=items, next_cursor=None if done else cursor)
@@ -211,15 +220,19 @@ class RedisStreamLogStore:
             Unavailable: Redis cannot be reached (the iterator ends; resume from the last id).
         """
         last = after_id
-        if last == "$":
-            newest = await self._call(self._redis.xrevrange(self._stream, "+", "-", count=1))
+        if last != "$":
+            last = format_stream_id(parse_stream_id(after_id, "after_id"))
+        else:
+            newest = await self._call(
+                "tail", self._redis.xrevrange(self._stream, "+", "-", count=1)
+            )
             last = newest[0][0].decode() if newest else "0-0"
         # A connection of its own for the blocking reads, used without redis-py's reply
         # callback (which builds a dict per entry): the raw reply is {stream: entries} (RESP3)
         # or [[stream, entries]] (RESP2), entries being [[id, [b"l", v, b"s", v, b"i", v,
         # b"d", v]], ...].
         pool = self._redis.connection_pool
-        connection = await self._call(pool.get_connection())  # type: ignore[no-untyped-call]
+        connection = await self._call("tail", pool.get_connection())  # type: ignore[no-untyped-call]
         try:
             while True:
                 try:
@@ -229,7 +242,7 @@ class RedisStreamLogStore:
                     reply = await connection.read_response()
                 except RedisError as exc:
                     await connection.disconnect()
-                    raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+                    raise unavailable(exc, "tail") from exc
                 except BaseException:
                     # Cancelled mid-read: the reply would arrive later on a reused connection.
                     await connection.disconnect()
@@ -252,7 +265,7 @@ class RedisStreamLogStore:
             pipe.hgetall(self._stats)
             pipe.xlen(self._stream)
             pipe.mget(buckets)
-            counters, retained, recent = await self._call(pipe.execute())
+            counters, retained, recent = await self._call("stats", pipe.execute())
         window = 6 * _BUCKET_SECONDS + (now - bucket * _BUCKET_SECONDS)
         rate = sum(int(v) for v in recent if v is not None) / window
         by_level: dict[str, int] = {}
@@ -281,27 +294,29 @@ class RedisStreamLogStore:
 
     async def ping(self) -> None:
         """Return when Redis answers; raise `Unavailable` when it does not."""
-        await self._call(self._redis.ping())
+        await self._call("ping", self._redis.ping())
 
     async def aclose(self) -> None:
         """Close the client if this store made it."""
         if self._owns_client:
             await self._redis.aclose()
 
-    async def _eval(self, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _eval(
+        self, op: str, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         try:
             try:
                 return await self._redis.evalsha(sha, len(keys), *keys, *args)
             except NoScriptError:
                 return await self._redis.eval(script, len(keys), *keys, *args)
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+            raise unavailable(exc, op) from exc
 
-    async def _call(self, awaitable: Any) -> Any:
+    async def _call(self, op: str, awaitable: Any) -> Any:
         try:
             return await awaitable
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}", retry_after=_RETRY_AFTER) from exc
+            raise unavailable(exc, op) from exc
 
 
 def _entry(entry_id: str, instance: str, body: bytes) -> LogEntry:
@@ -314,7 +329,3 @@ def _digest(parts: Sequence[bytes | str | int]) -> str:
         digest.update(part if isinstance(part, bytes) else str(part).encode())
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)

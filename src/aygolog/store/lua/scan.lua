@@ -3,16 +3,18 @@
 -- KEYS[1] stream
 -- ARGV[1] start (an XRANGE bound: '-', '+', 'ms-seq' or '(ms-seq')   ARGV[2] stop bound
 -- ARGV[3] 'b' newest first (XREVRANGE) or 'f' oldest first   ARGV[4] how many matches are wanted
--- ARGV[5] scan budget (entries)   ARGV[6] chunk size
--- ARGV[7] allowed severity digits ('' = any)   ARGV[8] services, each framed as "\n"..s.."\n" ('' = any)
--- ARGV[9] lower-cased text ('' = none)   ARGV[10..] attribute filters: key, value, key, value ...
+-- ARGV[5] scan budget (entries)   ARGV[6] most entries per XRANGE
+-- ARGV[7] byte budget: stop after the match whose body brings the bodies returned to this many
+-- ARGV[8] allowed severity digits ('' = any)   ARGV[9] services, each framed as "\n"..s.."\n" ('' = any)
+-- ARGV[10] lower-cased text ('' = none)   ARGV[11..] attribute filters: key, value, key, value ...
 -- Returns {cursor, done, id, instance, body, id, instance, body, ...}; done is 1 when the range
 -- is exhausted, cursor is the last id read ('' when nothing was read).
 local stream, pos, stop, dir = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local wanted, budget, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local levels, services, text = ARGV[7], ARGV[8], ARGV[9]
+local max_bytes = tonumber(ARGV[7])
+local levels, services, text = ARGV[8], ARGV[9], ARGV[10]
 local attrs = {}
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   attrs[#attrs + 1] = {ARGV[i], ARGV[i + 1]}
 end
 local need_body = text ~= '' or #attrs > 0
@@ -31,15 +33,29 @@ local function attr_ok(value, want)
   return false
 end
 
+-- Each XRANGE is sized so that it reads about CHUNK_BYTES (it is held in memory whole): the
+-- first reads FIRST_CHUNK entries, the next as many as fit at the average size seen so far.
+-- Unfiltered, every entry read is returned, so no more are read than the page still needs.
+local CHUNK_BYTES, FIRST_CHUNK = 1048576, 32
+local unfiltered = levels == '' and services == '' and not need_body
 local out = {'', 0}
-local found, scanned, last = 0, 0, ''
+local found, scanned, last, bytes, seen_bytes = 0, 0, '', 0, 0
 while true do
   local count = math.min(chunk, budget - scanned)
+  if scanned == 0 then
+    count = math.min(count, FIRST_CHUNK)
+  else
+    count = math.min(count, math.max(1, math.floor(CHUNK_BYTES * scanned / seen_bytes)))
+  end
+  if unfiltered then
+    count = math.min(count, wanted - found)
+  end
   if count <= 0 then break end
   local batch = redis.call(command, stream, pos, stop, 'COUNT', count)
   for _, entry in ipairs(batch) do
     local id, f = entry[1], entry[2]
     scanned = scanned + 1
+    seen_bytes = seen_bytes + #f[8]
     last = id
     -- fields are written in this order: l, s, i, d
     local ok = levels == '' or find(levels, f[2], 1, true) ~= nil
@@ -66,7 +82,8 @@ while true do
       out[#out + 1] = f[6]
       out[#out + 1] = f[8]
       found = found + 1
-      if found >= wanted then
+      bytes = bytes + #f[8]
+      if found >= wanted or bytes >= max_bytes then
         out[1] = id
         return out
       end

@@ -1,0 +1,118 @@
+"""Reads cannot overload Redis: a page is capped in bytes, and each instance runs only so many
+queries at once (more wait briefly, then get 503 with Retry-After)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from aygolog.embedded import EmbeddedRedis
+from aygolog.errors import Unavailable
+from aygolog.server.reads import ReadGate
+from support import ServiceProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+MESSAGE = "m" * (60 * 1024)  # 60 KiB: 40 of them make 2.4 MB
+
+
+async def test_the_gate_refuses_after_waiting_and_a_patient_reader_waits() -> None:
+    gate = ReadGate(2, 0.05)
+    refused: list[int] = []
+    gate.on_refused = lambda: refused.append(1)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert gate.in_use == 2
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        async with gate.slot():
+            pass
+    assert time.monotonic() - started >= 0.04
+    assert info.value.retry_after == 1.0
+    assert "busy" in str(info.value)
+    assert gate.refused == 1
+    assert refused == [1]
+
+    async def patient() -> str:
+        async with gate.slot(patient=True):
+            return "got a turn"
+
+    waiting = asyncio.create_task(patient())
+    await asyncio.sleep(0.1)  # longer than `wait`: still waiting, not refused
+    assert not waiting.done()
+    release.set()
+    assert await waiting == "got a turn"
+    await asyncio.gather(*holders)
+    assert gate.in_use == 0
+
+
+@pytest.fixture(scope="module")
+def api(redis_server: EmbeddedRedis) -> Iterator[ServiceProcess]:
+    env = {
+        "AYGOLOG_REDIS_URL": redis_server.url,
+        "AYGOLOG_REDIS_PREFIX": f"reads{uuid.uuid4().hex[:8]}",
+        "AYGOLOG_INSTANCE_NAME": "api-reads",
+        "AYGOLOG_MAX_PAGE_BYTES": str(1024 * 1024),
+        "AYGOLOG_MAX_CONCURRENT_READS": "1",
+        "AYGOLOG_READ_QUEUE_TIMEOUT": "0.05",
+    }
+    process = ServiceProcess("api", env=env).start()
+    batch = [{"message": f"{i} {MESSAGE}", "service": "big"} for i in range(40)]
+    assert httpx.post(process.url + "/api/logs", json=batch, timeout=30).status_code == 201
+    yield process
+    process.close()
+
+
+def test_a_page_ends_at_the_byte_cap_with_a_cursor(api: ServiceProcess) -> None:
+    seen: list[str] = []
+    cursor = None
+    sizes = []
+    while True:
+        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        response = httpx.get(api.url + "/api/logs", params=params, timeout=30)
+        assert response.status_code == 200, response.text
+        sizes.append(len(response.content))
+        page = response.json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 40
+    assert len(sizes) >= 3  # 2.4 MB in pages of about 1 MiB
+    assert max(sizes) < 1024 * 1024 + 70 * 1024  # the cap plus at most one entry
+
+
+def test_reads_over_the_limit_wait_then_get_503_with_retry_after(api: ServiceProcess) -> None:
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.get(api.url + "/api/logs", params={"limit": "1000"})
+                        for _ in range(30)
+                    )
+                )
+            )
+
+    answers = asyncio.run(burst())
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) <= {200, 503}, codes
+    assert 200 in codes
+    assert 503 in codes, codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["Retry-After"] == "1"
+    assert "busy" in busy.json()["error"]
+    metrics = httpx.get(api.url + "/metrics").text
+    assert "aygolog_reads_refused_total" in metrics
+    assert httpx.get(api.url + "/api/logs", params={"limit": "1"}).status_code == 200
