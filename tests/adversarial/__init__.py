@@ -1,0 +1,1 @@
+"""Hostile clients against a live stack; see conftest.py for the bounds and the stack."""
