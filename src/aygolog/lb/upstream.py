@@ -107,6 +107,10 @@ class UpstreamError(Unavailable):
         return idempotent
 
 
+_HOLD_BYTES: Final = 256 * 1024
+"""Most body bytes a response holds before `stream` is called (then the instance is not read)."""
+
+
 class UpstreamResponse:
     """One response being received from an instance.
 
@@ -116,6 +120,7 @@ class UpstreamResponse:
     """
 
     __slots__ = (
+        "_buffered",
         "_chunks",
         "_conn",
         "_done",
@@ -144,6 +149,7 @@ class UpstreamResponse:
         self.received = 0
         self._interim = False
         self._chunks: list[bytes] = []
+        self._buffered = 0
         self._sink: Callable[[bytes], None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
@@ -161,6 +167,11 @@ class UpstreamResponse:
         done: asyncio.Future[None] = self._conn.loop.create_future()
         self._done = done
         chunks, self._chunks = self._chunks, []
+        if self._buffered >= _HOLD_BYTES:
+            # Reading stopped while nobody took the body: read on, unless `sink` (a slow
+            # client) stops it again below.
+            self._conn.resume_reading()
+        self._buffered = 0
         for chunk in chunks:
             sink(chunk)
         if self._error is not None:
@@ -177,6 +188,11 @@ class UpstreamResponse:
         sink = self._sink
         if sink is None:
             self._chunks.append(chunk)
+            self._buffered += len(chunk)
+            if self._buffered >= _HOLD_BYTES:
+                # Hold no more of a body than this before someone streams it: a big answer to
+                # a client that does not read stays in the instance's socket, not in our memory.
+                self._conn.pause_reading()
         else:
             sink(chunk)
 
