@@ -5,12 +5,18 @@ SIGKILL it cannot stop its workers, and a worker left behind (re-parented to PID
 serving and heartbeating under the instance's name, holding the port that a restarted instance
 then binds beside it (SO_REUSEPORT). `die_with_parent()`, called in the worker, prevents that:
 
-- on Linux the kernel sends the worker SIGTERM the moment its parent dies (`PR_SET_PDEATHSIG`),
-  so the server starts its graceful stop at once;
-- everywhere, a daemon thread notices that `os.getppid()` changed (the portable fallback), sends
-  the worker SIGUSR1 (the Log API's "drain": deregister and end live streams, which would
-  otherwise hold the graceful stop open) and SIGTERM, and if the process still runs `grace`
-  seconds later ends it with `os._exit`.
+- on Linux the kernel sends the worker SIGUSR1 the moment its parent dies (`PR_SET_PDEATHSIG`):
+  the Log API's "drain" (deregister and end live streams, which would otherwise hold a graceful
+  stop open), or, before the app has its handler, the signal's default action (the end);
+- a daemon thread notices that `os.getppid()` changed (everywhere; within `poll` seconds), arms
+  a kernel timer (SIGALRM, whose default action ends the process: this needs no Python code to
+  run, so it holds even when the interpreter is stuck in its own shutdown, where daemon threads
+  are frozen), then sends SIGUSR1 and SIGTERM (the graceful stop), and if the process still runs
+  `grace` seconds later ends it with `os._exit`.
+
+The kernel's signal is not SIGTERM: a graceful stop begun by it could freeze the watching thread
+(interpreter shutdown) before the thread arms the timer, and a stream left open would then hold
+the worker alive.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def die_with_parent(
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0)
     # Read after prctl: a parent that dies from here on is caught by the kernel or the thread.
     parent = os.getppid()
     if expected_parent is not None and parent != expected_parent:
@@ -70,6 +76,8 @@ def _watch(parent: int, grace: float, poll: float) -> None:
 
 def _orphaned(grace: float) -> None:  # pragma: no cover - ends the process
     me = os.getpid()
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        signal.setitimer(signal.ITIMER_REAL, grace + 0.5)  # SIGALRM: the end, even if frozen
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         with contextlib.suppress(OSError):
             os.kill(me, sig)
