@@ -122,11 +122,14 @@ async def test_clients_that_never_read(live: LiveStack, good: GoodClients) -> No
             for conn in conns:
                 with contextlib.suppress(ConnectionError, TimeoutError):
                     await conn.send(request * pipelined, within=2.0)
-            # Held: every attacker's first answer is in flight and every instance has run
-            # its query (only the sending is stuck), or 10 s have gone by.
+            # Held: the attackers' answers are in flight (some fit whole in the kernel's socket
+            # buffers, so not every one of them) and every instance has run its queries (only
+            # the sending is stuck), or 10 s have gone by.
             deadline = time.monotonic() + 10.0
             while time.monotonic() < deadline:
-                if await in_flight(live.url) >= attackers and not await reads_running(live.url):
+                if await in_flight(live.url) >= attackers // 2 and not await reads_running(
+                    live.url
+                ):
                     break
                 await asyncio.sleep(0.1)
             stuck["since"] = time.monotonic()
