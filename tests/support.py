@@ -131,6 +131,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of `pid`, from /proc (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     """Poll `check` until it is true or `timeout` seconds passed; returns its last answer."""
     deadline = time.monotonic() + timeout

@@ -24,7 +24,7 @@ import pytest
 
 from aygolog.cli import raise_open_files_limit
 from aygolog.embedded import EmbeddedRedis
-from support import ServiceProcess
+from support import ServiceProcess, children
 
 TAILS = int(os.environ.get("AYGOLOG_TEST_TAILS", "2000"))
 pytestmark = pytest.mark.timeout(240)
@@ -63,17 +63,6 @@ def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def worker_of(pid: int) -> int:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            return int(stat.parent.name)
-    raise LookupError(f"no child of {pid}")
-
-
 @pytest.fixture
 def api(redis_server: EmbeddedRedis, prefix: str) -> Iterator[ServiceProcess]:
     service = ServiceProcess(
@@ -95,7 +84,7 @@ async def test_thousands_of_live_tails_and_health_still_answers(api: ServiceProc
     if raise_open_files_limit() < TAILS + 200:
         pytest.skip(f"the open-files limit is below {TAILS + 200}")
     assert api.process is not None
-    worker = worker_of(api.process.pid)
+    (worker,) = children(api.process.pid)
     files_before = open_files(worker)
     tails = [Tail() for _ in range(TAILS)]
     started = time.monotonic()

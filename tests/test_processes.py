@@ -14,22 +14,9 @@ import httpx
 import pytest
 
 from aygolog.embedded import EmbeddedRedis
-from support import ServiceProcess, wait_until
+from support import ServiceProcess, children, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of `pid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def alive(pid: int) -> bool:
