@@ -29,11 +29,25 @@ import threading
 import time
 from typing import Final
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "term_with_parent"]
 
 _PR_SET_PDEATHSIG: Final = 1
 EXIT_ORPHANED: Final = 70
 """The exit code of a worker that outlived its parent's grace period."""
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send this process `sig` when its parent dies (Linux; else nothing)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def term_with_parent() -> None:  # pragma: no cover - runs in a child between fork and exec
+    """A `preexec_fn`: the child gets SIGTERM when the process that started it dies."""
+    set_parent_death_signal(signal.SIGTERM)
 
 
 def die_with_parent(
@@ -51,11 +65,7 @@ def die_with_parent(
     Returns:
         The watching thread, or None when the parent is already gone (this process then exits).
     """
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0)
+    set_parent_death_signal(signal.SIGUSR1)
     # Read after prctl: a parent that dies from here on is caught by the kernel or the thread.
     parent = os.getppid()
     if expected_parent is not None and parent != expected_parent:

@@ -64,7 +64,8 @@ def _serve(
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
-            limit_concurrency=backpressure * workers,
+            workers=workers,
+            limit_concurrency=backpressure,  # per worker process, as with granian
         )
         return
     from granian.constants import Interfaces, Loops

@@ -27,11 +27,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from aygolog._lifeline import term_with_parent
 
 __all__ = ["DataDirInUse", "EmbeddedRedis", "find_server_binary"]
 
@@ -100,9 +100,10 @@ class EmbeddedRedis:
         binary: the server executable; found by `find_server_binary()` when None.
         appendonly: keep an append-only file, so data survives a restart of this server.
         appendfsync: how often the append-only file is fsynced: `everysec` (a power loss may
-            lose about the last second), `always` (slow) or `no` (the OS decides). Every
-            acknowledged write is in the file before the reply, so a crash of the server
-            process alone loses nothing.
+            lose about the last second), `always` (slow) or `no` (the OS decides). An
+            acknowledged write is normally in the file before the reply, so a crash of the
+            server process alone loses nothing (unless an fsync is so slow that the server
+            postpones its writes, by up to 2 s).
         data_dir: where the server keeps its files; a temporary directory when None
             (removed by `stop()` unless `appendonly` is set). With `appendonly` it is locked.
         lock_timeout: seconds to wait for another server to release `data_dir`.
@@ -278,7 +279,7 @@ class EmbeddedRedis:
                 stderr=subprocess.DEVNULL,
                 cwd=self._data_dir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=term_with_parent if sys.platform == "linux" else None,
                 # The server holds the directory's lock as long as it runs, even after we die.
                 pass_fds=() if self._lock_fd is None else (self._lock_fd,),
             )
@@ -335,14 +336,6 @@ class EmbeddedRedis:
             return (self.data_dir / "server.log").read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel for SIGTERM when the parent dies."""
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @atexit.register

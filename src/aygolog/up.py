@@ -35,6 +35,7 @@ from typing import TextIO
 
 import httpx
 
+from aygolog._lifeline import term_with_parent
 from aygolog.embedded import DataDirInUse, EmbeddedRedis, free_port
 
 __all__ = ["Child", "UpOptions", "default_data_dir", "run_up"]
@@ -68,13 +69,6 @@ _RESET = "\033[0m"
 _LINE_LIMIT = 1 << 20
 # A successful heartbeat every 2 s per instance is noise, not news.
 _NOISE = re.compile(r'httpx .*HTTP Request: PUT \S+/heartbeat "HTTP/1\.1 200')
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    import ctypes
-
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass
@@ -148,7 +142,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # our Ctrl-C is not theirs: `up` stops them in order
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=term_with_parent if sys.platform == "linux" else None,
             limit=_LINE_LIMIT,
         )
         child.pump = asyncio.create_task(self._pump(child, child.process))

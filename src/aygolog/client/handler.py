@@ -103,8 +103,6 @@ _TRACE_ID_CHARS: Final = frozenset(
 )
 _FORMATTER: Final = logging.Formatter()
 # structlog keys that the entry holds in its own fields (or that are structlog's internals).
-_PLAIN_FIELDS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
-"""How many attributes a record without `extra=` fields has (a quick test before the exact one)."""
 _STRUCTLOG_FIELDS: Final = frozenset({"event", "level", "timestamp", "logger"})
 _SPOOL_MAGIC: Final = b"aygolog-spool 1"
 _DEFAULT_BACKOFF: Final = RetryPolicy(retries=0, backoff_base=0.2, backoff_max=10.0)
@@ -318,7 +316,7 @@ class AygologHandler(logging.Handler):
 
         # `emit` may leave the mapping of plain records to the sender thread unless a subclass
         # maps records its own way.
-        self._plain_ok = type(self).map_record is AygologHandler.map_record and not use_formatter
+        self._plain_ok = type(self).map_record is AygologHandler.map_record
         self._levels: dict[tuple[str, int], LogLevel] = {}
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[tuple[float, _Item]] = deque()
@@ -392,9 +390,10 @@ class AygologHandler(logging.Handler):
             fields = record.__dict__
             if (
                 self._plain_ok
+                and not self.use_formatter
                 and not record.exc_info
                 and not record.stack_info
-                and (len(fields) == _PLAIN_FIELDS or not (fields.keys() - _STANDARD_ATTRS))
+                and fields.keys() <= _STANDARD_ATTRS
                 and type(record.msg) is not dict
             ):
                 # The common record: only its message needs formatting now (its arguments may

@@ -38,7 +38,7 @@ Transfer-Encoding; headers the proxy relies on, such as Host, are never stripped
 `Connection`), 401/403 for a missing or insufficient API key. Their JSON body is
 `{"error": "...", "detail": []}`.
 
-Optional, both off by default and then costing one attribute test per request:
+Optional, off by default and then costing one attribute test per request:
 
 - API keys (`ProxyConfig.api_keys`): every proxied request needs `Authorization: Bearer <key>` or
   `X-Api-Key: <key>` (a dict lookup); 401 when missing or unknown, 403 when the key's scope does
