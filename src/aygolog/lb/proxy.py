@@ -70,6 +70,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote
 
@@ -580,8 +581,13 @@ class ProxyServer:
         *,
         reuse_port: bool = False,
         backlog: int = 2048,
+        ssl: SSLContext | None = None,
     ) -> asyncio.Server:
-        """Listen on (host, port) on the running loop and serve until `aclose`."""
+        """Listen on (host, port) on the running loop and serve until `aclose`.
+
+        `reuse_port` lets several processes listen on the same port (SO_REUSEPORT, one per
+        worker); `ssl` serves HTTP/1.1 over TLS with that server context.
+        """
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Client(self, loop),
@@ -589,6 +595,7 @@ class ProxyServer:
             port,
             reuse_port=reuse_port or None,
             backlog=backlog,
+            ssl=ssl,
         )
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.create_task(self._sweep(), name="aygolog-proxy-sweep")
