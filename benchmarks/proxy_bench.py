@@ -1,14 +1,29 @@
-"""Throughput and latency of the LB's data plane (`aygolog.lb.proxy`), measured by wrk.
+"""Throughput, latency and CPU per request of the LB's data plane (`aygolog.lb.proxy`), by wrk.
 
-    .venv/bin/python benchmarks/proxy_bench.py [--seconds 10] [--connections 32] [--threads 2]
-                                               [--asyncio] [--nginx]
+    .venv/bin/python benchmarks/proxy_bench.py [--nginx] [--haproxy] [--runs 3] [--workers N]
+        [--tls] [--asyncio] [--seconds 10] [--connections 32] [--threads 2]
 
 Three minimal upstreams (one uvloop process answering every request with a fixed 201 JSON, as a
-Log API instance does for POST /api/log, without the work) are loaded with `wrk -t2 -c32` POSTs:
-(a) directly, one upstream; (b) through `ProxyServer` on uvloop, round robin over the three;
-with --asyncio also (c) the proxy on the default asyncio loop; with --nginx also (d) nginx round
-robin with upstream keep-alive (needs the `nginx` binary). Each server runs in its own process;
-the upstreams, the proxy and wrk share the machine, as they would on one EC2 host.
+Log API instance does for POST /api/log, without the work) are loaded with `wrk -tT -cC` POSTs
+(keep-alive): (a) directly, one upstream (what wrk can drive with no proxy: a proxy row far below
+it is not limited by wrk); (b) through `ProxyServer` on uvloop, round robin over the three;
+with --asyncio also on the default asyncio loop; with --nginx also nginx and with --haproxy
+also HAProxy (Debian's binaries), both round robin with keep-alive to the upstreams and no
+logging (see _frontends.py).
+
+--workers N runs N aygolog proxy processes, each a full `ProxyServer` started with
+`reuse_port=True` on the same port (as `aygolog lb --workers N`: one data plane per worker),
+nginx with `worker_processes N` and HAProxy with `nbthread N`.
+--tls serves HTTPS from every proxy with one self-signed certificate made at start (TLS 1.2+;
+`ProxyServer.start(ssl=...)`, nginx `listen ... ssl`, HAProxy `bind ... ssl crt`); wrk keeps its
+connections alive, so the handshakes are amortised over the run. The direct row stays plain HTTP.
+
+CPU per request: the user + system CPU time of the proxy's processes (nginx master + workers,
+the HAProxy process with all its threads, every aygolog proxy process), read from
+/proc/PID/stat before and after the wrk run, divided by the requests wrk completed. Each proxy
+gets a 1 s warm-up first, not counted. --runs K repeats the whole set K times, the proxies in a
+rotated order each run, and ends with a summary (median, min-max). Every process started is
+stopped by its PID at the end, also on errors, Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,21 +31,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
-import re
-import shutil
+import json
 import signal
 import socket
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httptools
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _frontends
+import _wrk
+from _common import cpu_seconds, loadavg, process_tree, raise_fd_limit, run_header
+from _frontends import Certificate, Limits, haproxy, nginx, self_signed, stop
+
+wait_listening = _frontends.wait_listening  # hostile_header.py imports it from here
 
 HOST = "127.0.0.1"
 BODY = b'{"id":"1700000000000-0","name":"benchmark log line","instance":"bench"}'
@@ -38,10 +63,8 @@ RESPONSE = (
     b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
     % (len(BODY), BODY)
 )
-WRK_SCRIPT = """wrk.method = "POST"
-wrk.body = '{"name": "benchmark log line", "level": "info", "service": "bench"}'
-wrk.headers["Content-Type"] = "application/json"
-"""
+REQUEST_BODY = b'{"name": "benchmark log line", "level": "info", "service": "bench"}'
+LIMITS = Limits(client_connections=4096, idle_upstream=64)
 
 
 # -- the child processes --------------------------------------------------------------------------
@@ -69,12 +92,18 @@ class _FixedAnswer(asyncio.Protocol):
             self.transport.write(RESPONSE)
 
 
+async def _until_stopped() -> None:
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop_event.set)
+    loop.add_signal_handler(signal.SIGINT, stop_event.set)
+    await stop_event.wait()
+
+
 async def _run_upstreams(ports: list[int]) -> None:
     loop = asyncio.get_running_loop()
     servers = [await loop.create_server(_FixedAnswer, HOST, port) for port in ports]
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
+    await _until_stopped()
     for server in servers:
         server.close()
 
@@ -107,17 +136,24 @@ class _RoundRobin:
         pass
 
 
-async def _run_proxy(port: int, upstream_ports: list[int]) -> None:
-    from aygolog.lb.proxy import ProxyServer
+async def _run_proxy(spec: dict[str, Any]) -> None:
+    from aygolog.lb.proxy import ProxyConfig, ProxyServer
 
-    targets = [_Target(f"api-{i + 1}", HOST, p) for i, p in enumerate(upstream_ports)]
+    targets = [_Target(f"api-{i + 1}", HOST, p) for i, p in enumerate(spec["upstreams"])]
+    context = None
+    if spec["cert"]:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(spec["cert"], spec["key"])
     proxy = ProxyServer(
-        picker=_RoundRobin(targets), route=lambda method, path: path.startswith("/api/")
+        picker=_RoundRobin(targets),
+        route=lambda method, path: path.startswith("/api/"),
+        config=ProxyConfig(scheme="https" if context else "http"),
     )
-    await proxy.start(HOST, port)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
+    await proxy.start(HOST, spec["port"], reuse_port=spec["reuse_port"], ssl=context)
+    if spec["ready"]:
+        Path(spec["ready"]).touch()  # noqa: ASYNC240 - once, at start-up
+    await _until_stopped()
     await proxy.aclose(grace=1)
 
 
@@ -125,12 +161,24 @@ async def _run_proxy(port: int, upstream_ports: list[int]) -> None:
 
 
 @dataclass
-class Result:
+class Row:
+    """One proxy measured in one run."""
+
     label: str
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+    wrk: _wrk.WrkResult
+    cpu_us_per_request: float | None
+    proxy_cores: float | None
+    tls: str = ""
+
+
+@dataclass
+class Running:
+    """A started proxy: its port, the PIDs whose CPU time counts, and how to stop it."""
+
+    port: int
+    roots: list[int]
+    scheme: str = "http"
+    notes: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -139,149 +187,220 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 @contextlib.contextmanager
-def child(*args: str, ports: list[int]) -> Iterator[None]:
+def _child(*args: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen([sys.executable, __file__, *args])
     try:
-        for port in ports:
-            wait_listening(port)
-        yield
+        yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @contextlib.contextmanager
-def nginx(port: int, upstream_ports: list[int]) -> Iterator[None]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    with tempfile.TemporaryDirectory() as tmp:
-        servers = "".join(f"server {HOST}:{p};" for p in upstream_ports)
-        conf = Path(tmp, "nginx.conf")
-        conf.write_text(
-            f"""worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-    upstream logapi {{ {servers} keepalive 64; }}
-    server {{
-        listen {HOST}:{port};
-        location / {{
-            proxy_pass http://logapi;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
+def aygolog_proxies(
+    tmp: Path,
+    upstreams: list[int],
+    *,
+    loop: str,
+    workers: int,
+    certificate: Certificate | None,
+) -> Iterator[Running]:
+    """`workers` proxy processes on one port (SO_REUSEPORT when more than one)."""
+    port = free_port()
+    ready = tmp / f"ready-{port}"
+    with contextlib.ExitStack() as stack:
+        processes = []
+        for index in range(workers):
+            spec = {
+                "loop": loop,
+                "port": port,
+                "upstreams": upstreams,
+                "reuse_port": workers > 1,
+                "cert": str(certificate.cert) if certificate else "",
+                "key": str(certificate.key) if certificate else "",
+                "ready": f"{ready}.{index}",
+            }
+            processes.append(stack.enter_context(_child("_proxy", json.dumps(spec))))
+        deadline = time.monotonic() + 20
+        while not all(Path(f"{ready}.{i}").exists() for i in range(workers)):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError("the aygolog proxy processes did not start")
+            time.sleep(0.05)
+        yield Running(port, [p.pid for p in processes], "https" if certificate else "http")
+
+
+@contextlib.contextmanager
+def frontend(
+    kind: Callable[..., contextlib.AbstractContextManager[subprocess.Popen[bytes]]],
+    tmp: Path,
+    upstreams: list[int],
+    *,
+    workers: int,
+    certificate: Certificate | None,
+) -> Iterator[Running]:
+    port = free_port()
+    with kind(
+        tmp, port, upstreams, workers=workers, limits=LIMITS, certificate=certificate
+    ) as process:
+        yield Running(port, [process.pid], "https" if certificate else "http")
+
+
+def tls_version(port: int) -> str:
+    """The TLS version and cipher a default client negotiates with (HOST, port)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((HOST, port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        cipher = tls.cipher()
+        return f"{tls.version()} {cipher[0] if cipher else '?'}"
+
+
+def measure(
+    label: str, running: Running, args: argparse.Namespace, *, count_cpu: bool = True
+) -> Row:
+    url = f"{running.scheme}://{HOST}:{running.port}/api/log"
+    common = {"body": REQUEST_BODY, "connections": args.connections, "threads": args.threads}
+    _wrk.run(url, seconds=1, **common)  # warm-up: pools filled, code paths hot
+    pids = [pid for root in running.roots for pid in process_tree(root)]
+    before = cpu_seconds(pids)
+    result = _wrk.run(url, seconds=args.seconds, **common)
+    used = cpu_seconds(pids) - before
+    tls = tls_version(running.port) if running.scheme == "https" else ""
+    if not count_cpu:
+        return Row(label, result, None, None, tls)
+    per_request = used / result.requests * 1e6 if result.requests else float("nan")
+    return Row(label, result, per_request, used / result.seconds, tls)
+
+
+def print_table(rows: list[Row]) -> None:
+    nginx_rate = next((r.wrk.requests_per_second for r in rows if r.label.startswith("nginx")), 0)
+    print(
+        f"{'':40} {'req/s':>9} {'vs nginx':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
+        f"{'sock err c/r/w/t':>16} {'CPU µs/req':>10} {'proxy cores':>11} {'wrk cores':>9}"
+    )
+    for r in rows:
+        ratio = f"{r.wrk.requests_per_second / nginx_rate:.2f}" if nginx_rate else "-"
+        cpu = f"{r.cpu_us_per_request:.1f}" if r.cpu_us_per_request is not None else "-"
+        cores = f"{r.proxy_cores:.2f}" if r.proxy_cores is not None else "-"
+        print(
+            f"{r.label:40} {r.wrk.requests_per_second:9,.0f} {ratio:>8} {r.wrk.p50_ms:7.2f} "
+            f"{r.wrk.p99_ms:7.2f} {r.wrk.non_2xx:7d} {r.wrk.socket_errors_text():>16} "
+            f"{cpu:>10} {cores:>11} {r.wrk.cpu_seconds / r.wrk.seconds:9.2f}"
         )
-        process = subprocess.Popen([binary, "-c", str(conf), "-p", tmp])
-        try:
-            wait_listening(port)
-            yield
-        finally:
-            process.terminate()
-            process.wait(5)
+    for r in rows:
+        if r.tls:
+            print(f"  {r.label}: {r.tls}")
 
 
-_SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+def print_summary(runs: list[list[Row]]) -> None:
+    labels = list(dict.fromkeys(r.label for rows in runs for r in rows))
 
+    def spread(values: list[float], fmt: str) -> str:
+        if not values:
+            return "-"
+        median = format(statistics.median(values), fmt)
+        return f"{median} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
-def _millis(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        raise ValueError(f"not a wrk latency: {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def wrk(
-    label: str, port: int, args: argparse.Namespace, script: str, seconds: int | None = None
-) -> Result:
-    command = [
-        "wrk",
-        f"-t{args.threads}",
-        f"-c{args.connections}",
-        f"-d{seconds or args.seconds}s",
-        "--latency",
-        "-s",
-        script,
-        f"http://{HOST}:{port}/api/log",
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    if "Requests/sec" not in out or "Latency Distribution" not in out:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _millis(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _millis(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = 0
-    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(match.group(1))
-    if match := re.search(_SOCKET_ERRORS, out):
-        errors += sum(int(n) for n in match.groups())
-    return Result(label, rps, p50, p99, errors)
+    print(f"\nsummary of {len(runs)} runs: median (min-max)")
+    print(f"{'':40} {'req/s':>24} {'vs nginx':>18} {'CPU µs/req':>18} {'non-2xx':>8}")
+    for label in labels:
+        rates, ratios, cpus, failures = [], [], [], 0
+        for rows in runs:
+            nginx_rate = next(
+                (r.wrk.requests_per_second for r in rows if r.label.startswith("nginx")), 0
+            )
+            for r in rows:
+                if r.label != label:
+                    continue
+                rates.append(r.wrk.requests_per_second)
+                if nginx_rate:
+                    ratios.append(r.wrk.requests_per_second / nginx_rate)
+                if r.cpu_us_per_request is not None:
+                    cpus.append(r.cpu_us_per_request)
+                failures += r.wrk.non_2xx + r.wrk.socket_error_count
+        print(
+            f"{label:40} {spread(rates, ',.0f'):>24} {spread(ratios, '.2f'):>18} "
+            f"{spread(cpus, '.1f'):>18} {failures:8d}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole set K times")
+    parser.add_argument("--workers", type=int, default=1, help="processes/threads per proxy")
+    parser.add_argument("--tls", action="store_true", help="every proxy serves HTTPS")
     parser.add_argument("--asyncio", action="store_true", help="also the proxy without uvloop")
     parser.add_argument("--nginx", action="store_true", help="also nginx in front of them")
+    parser.add_argument("--haproxy", action="store_true", help="also HAProxy in front of them")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (apt-get install wrk)")
+    import shutil
 
-    upstream_ports = [free_port() for _ in range(3)]
-    results: list[Result] = []
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(WRK_SCRIPT)
-        script.flush()
-        with child("_upstreams", *map(str, upstream_ports), ports=upstream_ports):
-            wrk(
-                "warm-up",
-                upstream_ports[0],
-                argparse.Namespace(**{**vars(args), "seconds": 1}),
-                script.name,
-            )
-            results.append(wrk("direct, one upstream", upstream_ports[0], args, script.name))
-            loops = ["uvloop", "asyncio"] if args.asyncio else ["uvloop"]
-            for loop in loops:
-                port = free_port()
-                with child("_proxy", loop, str(port), *map(str, upstream_ports), ports=[port]):
-                    results.append(
-                        wrk(f"aygolog proxy ({loop}), 3 upstreams", port, args, script.name)
-                    )
-            if args.nginx:
-                port = free_port()
-                with nginx(port, upstream_ports):
-                    results.append(wrk("nginx, 3 upstreams, keepalive", port, args, script.name))
+    for tool in ["wrk"] + ["nginx"] * args.nginx + ["haproxy"] * args.haproxy:
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (apt-get install {tool})")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    fds = raise_fd_limit()
 
+    print(run_header("benchmarks/proxy_bench.py " + " ".join(sys.argv[1:])))
     print(
-        f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s, POST /api/log "
-        f"(fixed 201 JSON upstreams)\n"
+        f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s --latency, keep-alive, "
+        f"POST /api/log; 3 fixed-answer upstreams in one uvloop process; workers {args.workers}"
+        f"{'; TLS (self-signed RSA 2048, handshakes amortised by keep-alive)' if args.tls else ''}"
+        f"; open-file limit {fds}"
     )
-    print(f"{'':38} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for r in results:
-        print(
-            f"{r.label:38} {r.requests_per_second:10,.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-            f"{r.errors:7d}"
-        )
+    print(f"limits: {LIMITS.describe()}; aygolog: ProxyConfig() defaults")
+    upstreams = [free_port() for _ in range(3)]
+    runs: list[list[Row]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        certificate = self_signed(tmp) if args.tls else None
+        with _child("_upstreams", *map(str, upstreams)):
+            for port in upstreams:
+                wait_listening(port)
+            w = f" x{args.workers}" if args.workers > 1 else ""
+            tls = ", TLS" if args.tls else ""
+            proxies: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Running]]]]
+            proxies = [
+                (f"aygolog proxy (uvloop){w}{tls}", lambda: aygolog_proxies(
+                    tmp, upstreams, loop="uvloop", workers=args.workers, certificate=certificate))
+            ]  # fmt: skip
+            if args.asyncio:
+                proxies.append((f"aygolog proxy (asyncio){w}{tls}", lambda: aygolog_proxies(
+                    tmp, upstreams, loop="asyncio", workers=args.workers, certificate=certificate)
+                ))  # fmt: skip
+            options = {"workers": args.workers, "certificate": certificate}
+            if args.nginx:
+                proxies.append(
+                    (
+                        f"nginx{w}{tls}",
+                        functools.partial(frontend, nginx, tmp, upstreams, **options),
+                    )
+                )
+            if args.haproxy:
+                proxies.append((
+                    f"haproxy nbthread {args.workers}{tls}",
+                    functools.partial(frontend, haproxy, tmp, upstreams, **options),
+                ))  # fmt: skip
+            for run in range(args.runs):
+                print(f"\n## run {run + 1} of {args.runs}, load average before: {loadavg()}")
+                direct = Running(upstreams[0], [], "http")
+                rows = [measure("direct, one upstream (plain HTTP)", direct, args, count_cpu=False)]
+                shift = run % len(proxies)
+                for label, start in proxies[shift:] + proxies[:shift]:
+                    with start() as running:
+                        rows.append(measure(label, running, args))
+                rows[1:] = sorted(rows[1:], key=lambda r: [p[0] for p in proxies].index(r.label))
+                print_table(rows)
+                print(f"load average after run {run + 1}: {loadavg()}", flush=True)
+                runs.append(rows)
+    if args.runs > 1:
+        print_summary(runs)
 
 
 if __name__ == "__main__":
@@ -290,9 +409,15 @@ if __name__ == "__main__":
 
         uvloop.run(_run_upstreams([int(p) for p in sys.argv[2:]]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_proxy":
-        loop_name, proxy_port, *rest = sys.argv[2:]
-        coroutine = _run_proxy(int(proxy_port), [int(p) for p in rest])
-        if loop_name == "uvloop":
+        if sys.argv[2].startswith("{"):
+            child_spec = json.loads(sys.argv[2])
+        else:  # `_proxy LOOP PORT UPSTREAM...`, as hostile_header.py starts it
+            loop_name, proxy_port, *rest = sys.argv[2:]
+            child_spec = {"loop": loop_name, "port": int(proxy_port),
+                          "upstreams": [int(p) for p in rest], "reuse_port": False,
+                          "cert": "", "key": "", "ready": ""}  # fmt: skip
+        coroutine = _run_proxy(child_spec)
+        if child_spec["loop"] == "uvloop":
             import uvloop
 
             uvloop.run(coroutine)
