@@ -1,7 +1,10 @@
 """Running wrk and reading what it prints: rate, latency, errors, and (on demand) status codes.
 
 wrk counts a response as an error ("Non-2xx or 3xx responses") when its status is >= 400, and
-reports socket errors (connect, read, write, timeout) apart. `status_script` adds a Lua
+reports socket errors apart: connect, read (the connection failed or was closed while reading),
+write, and timeout. A "timeout" is a response that came, but later than --timeout: it is also
+counted in the requests, and its latency is left out of the percentiles (so p99 only covers the
+responses within the timeout). `status_script` adds a Lua
 `response` hook that counts every status code and keeps the first body of each: it costs wrk
 CPU (each response goes through Lua), so use it for short diagnostic runs, not for rates.
 """
@@ -92,9 +95,14 @@ class WrkResult:
 
     @property
     def failed_share(self) -> float:
-        """(responses >= 400 + socket errors) over (responses + socket errors)."""
+        """(responses >= 400 + socket errors) over (responses + connect/read/write errors).
+
+        Timeouts are responses (too slow ones), already in `requests`; the other socket errors
+        are attempts that got no response.
+        """
         failed = self.non_2xx + self.socket_error_count
-        return failed / (self.requests + self.socket_error_count) if failed else 0.0
+        lost = self.socket_error_count - self.socket_errors["timeout"]
+        return failed / (self.requests + lost) if failed else 0.0
 
     def socket_errors_text(self) -> str:
         e = self.socket_errors

@@ -1,22 +1,42 @@
-"""The aygolog load balancer against nginx, in front of the same 3 Log API instances.
+"""The whole system: the aygolog LB against nginx and HAProxy, in front of the same 3 instances.
 
-    .venv/bin/python benchmarks/lb_vs_nginx.py [--seconds 10] [--connections 32]
+    .venv/bin/python benchmarks/lb_vs_nginx.py [--connections 32,256,512] [--runs 1]
+        [--seconds 10] [--workers 1] [--threads 2] [--timeout 2] [--redis-url URL]
 
-Needs `wrk` and `nginx` (Debian packages). Starts a private Redis-compatible server, an
-`aygolog lb`, 3 `aygolog api` instances registered with it, and an nginx (round robin, upstream
-keep-alive) over the same 3 instances; then POSTs one small log per request with
-`wrk -t2 -cN --latency` through (a) nginx, (b) the aygolog LB, (c) one instance directly.
-The bar (issue 4): the LB >= 0.6x nginx's requests/s, and p99 <= 2x nginx's p99.
+Needs `wrk`, `nginx` and `haproxy` (Debian packages). Starts a private Redis-compatible server,
+the real `aygolog lb`, 3 `aygolog api` instances registered with it, nginx and HAProxy (round
+robin, keep-alive to the instances, no logging; see _frontends.py for their limits), then POSTs
+one small log per request with `wrk -tT -cN --latency` (keep-alive) through each proxy, and to
+one instance directly, once per value of --connections; --runs K repeats the whole set. The
+proxies go in a rotated order each time; before each row the LB must see its 3 instances
+healthy again (after the row before it, the instances may have been overloaded).
+
+Printed per proxy: req/s, the ratio to nginx, p50/p99, the non-2xx share (wrk's "Non-2xx or
+3xx responses", i.e. status >= 400, over responses), wrk's socket errors (connect/read/write/
+timeout; a response slower than --timeout counts as a timeout and is left out of p99), the
+failed share ((non-2xx + socket errors) / (responses + connect/read/write errors), see _wrk.py)
+and the proxy's CPU per request (/proc, as proxy_bench.py). When a proxy has failures, a short
+second run (--diagnose-seconds) with a Lua `response` hook counts the status codes, who answered
+(X-Served-By) and the first body of each; for an LB row with failures, the LB's and the
+instances' /metrics counters that moved (4xx/5xx, errors, retries, ejections) are printed. At
+the end, ERROR lines and tracebacks in the services' logs are counted.
+
+The bars (issue 16): the LB's failed share <= nginx's in every run at every -c, and the LB's
+throughput >= 0.9x nginx at -c32.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,122 +44,319 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from _common import redis_target
+import _wrk
+from _common import cpu_seconds, loadavg, process_tree, raise_fd_limit, redis_target, run_header
+from _frontends import Limits, haproxy, nginx
 from aygolog.embedded import free_port
-from log_api import wrk
 from support import ServiceProcess
 
 TOKEN = "bench-token"
-NGINX_CONF = """
-worker_processes 1;
-error_log {tmp}/error.log warn;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream logapi {{
-{servers}
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://logapi;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
+LIMITS = Limits(client_connections=4096, idle_upstream=192)
+"""nginx keeps up to 192 idle upstream connections per worker: 64 per instance, as the LB's
+`max_idle_per_upstream`."""
+LB = "aygolog LB"
+NGINX = "nginx"
+HAPROXY = "haproxy"
+DIRECT = "one instance directly"
+BODY = msgspec.json.encode(
+    {"message": "GET /api/items/42 handled in 12 ms", "level": "info", "service": "web",
+     "attributes": {"status": 200}}
+)  # fmt: skip
 
 
-def start_nginx(tmp: Path, port: int, upstreams: list[int]) -> subprocess.Popen[bytes]:
-    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in upstreams)
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, servers=servers))
-    process = subprocess.Popen(
-        ["nginx", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
+# -- Prometheus counters that tell why requests failed --------------------------------------------
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([-+\d.eE]+|NaN|[+-]Inf)\s*$")
+_TELLING = re.compile(r"error|refused|eject|retr|unavailable|no_healthy|panic|overflow|rejected")
+
+
+def counters(url: str) -> dict[str, float]:
+    """The `_total` samples of a /metrics page (name{labels} -> value); {} if it does not
+    answer."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1).endswith("_total"):
+            found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return found
+
+
+def telling_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The counters that moved and say something about failures: a 4xx/5xx/0 status label, or
+    a name about errors, refusals, ejections, retries."""
+    moved = {}
+    for key, value in after.items():
+        delta = value - before.get(key, 0.0)
+        if delta <= 0:
+            continue
+        failed_status = re.search(r'status="(0|[45]\d\d)"', key)
+        if failed_status or _TELLING.search(key.split("{")[0]):
+            moved[key] = delta
+    return moved
+
+
+# -- one measurement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    proxy: str
+    connections: int
+    wrk: _wrk.WrkResult
+    cpu_us_per_request: float
+    diagnosis: _wrk.WrkResult | None = None
+    metric_deltas: dict[str, dict[str, float]] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class System:
+    lb: ServiceProcess
+    apis: list[ServiceProcess]
+    urls: dict[str, str]
+    pids: dict[str, list[int]]
+
+
+def wait_lb_healthy(lb: ServiceProcess, expected: int, timeout: float = 20.0) -> int:
+    """Wait until the LB routes to `expected` instances; how many it has."""
+    deadline = time.monotonic() + timeout
+    healthy = 0
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("nginx did not start: " + (tmp / "error.log").read_text())
+            healthy = int(httpx.get(lb.url + "/health", timeout=2).json()["healthy_instances"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            healthy = 0
+        if healthy >= expected:
+            return healthy
+        time.sleep(0.2)
+    return healthy
+
+
+def measure(system: System, proxy: str, connections: int, args: argparse.Namespace) -> Row:
+    note = ""
+    healthy = wait_lb_healthy(system.lb, len(system.apis))
+    if healthy < len(system.apis):
+        note = f"the LB saw {healthy} healthy instances at the start"
+    time.sleep(args.pause)
+    url = system.urls[proxy] + "/api/log"
+    pids = [pid for root in system.pids[proxy] for pid in process_tree(root)]
+    watched = {"lb": system.lb.url} | {f"api-{i}": a.url for i, a in enumerate(system.apis)}
+    before_metrics = {name: counters(base) for name, base in watched.items()}
+    before = cpu_seconds(pids)
+    options = {"body": BODY, "connections": connections, "threads": args.threads,
+               "timeout": args.timeout}  # fmt: skip
+    result = _wrk.run(url, seconds=args.seconds, **options)
+    used = cpu_seconds(pids) - before
+    row = Row(proxy, connections, result, used / max(result.requests, 1) * 1e6, note=note)
+    if result.non_2xx or result.socket_error_count:
+        if proxy == LB:
+            row.metric_deltas = {
+                name: deltas
+                for name, base in watched.items()
+                if (deltas := telling_deltas(before_metrics[name], counters(base)))
+            }
+        if args.diagnose_seconds > 0:
+            wait_lb_healthy(system.lb, len(system.apis))
+            row.diagnosis = _wrk.run(url, seconds=args.diagnose_seconds, statuses=True, **options)
+    return row
+
+
+# -- printing -------------------------------------------------------------------------------------
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.2f}%"
+
+
+def print_table(rows: list[Row], args: argparse.Namespace) -> None:
+    nginx_rate = next((r.wrk.requests_per_second for r in rows if r.proxy == NGINX), 0.0)
+    c = rows[0].connections
+    print(f"\nPOST /api/log, wrk -t{args.threads} -c{c} -d{args.seconds:g}s --timeout "
+          f"{args.timeout:g}s, workers {args.workers}")  # fmt: skip
+    print(
+        f"{'':22} {'req/s':>8} {'vs nginx':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+        f"{'sock err c/r/w/t':>17} {'failed':>8} {'CPU µs/req':>10}"
+    )
+    for r in rows:
+        w = r.wrk
+        ratio = f"{w.requests_per_second / nginx_rate:.2f}" if nginx_rate else "-"
+        print(
+            f"{r.proxy:22} {w.requests_per_second:8,.0f} {ratio:>8} {w.p50_ms:8.2f} "
+            f"{w.p99_ms:8.2f} {_pct(w.non_2xx_share):>8} {w.socket_errors_text():>17} "
+            f"{_pct(w.failed_share):>8} {r.cpu_us_per_request:10.1f}"
+        )
+    for r in rows:
+        if r.note:
+            print(f"  {r.proxy}: {r.note}")
+        if r.diagnosis is not None:
+            d = r.diagnosis
+            statuses = ", ".join(f"{s}: {n}" for s, n in sorted(d.statuses.items()))
+            print(f"  {r.proxy}, {args.diagnose_seconds:g} s diagnostic run at -c{c}: statuses "
+                  f"{{{statuses}}}, non-2xx {_pct(d.non_2xx_share)}, socket errors "
+                  f"{d.socket_errors_text()}")  # fmt: skip
+            for key, n in sorted(d.served_by.items()):
+                print(f"    status and X-Served-By: {key}: {n}")
+            for status, body in sorted(d.bodies.items()):
+                print(f"    first {status} body: {body[:240]}")
+        for name, deltas in r.metric_deltas.items():
+            moved = ", ".join(f"{k} +{v:g}" for k, v in sorted(deltas.items()))
+            print(f"  {r.proxy} run, {name} /metrics moved: {moved}")
+    lb = next((r for r in rows if r.proxy == LB), None)
+    ng = next((r for r in rows if r.proxy == NGINX), None)
+    if lb and ng:
+        verdict = "yes" if lb.wrk.failed_share <= ng.wrk.failed_share else "NO"
+        print(f"  bar: LB failed share {_pct(lb.wrk.failed_share)} <= nginx's "
+              f"{_pct(ng.wrk.failed_share)}: {verdict}")  # fmt: skip
+        if c == 32:
+            times = lb.wrk.requests_per_second / ng.wrk.requests_per_second
+            print(f"  bar: LB throughput {times:.2f}x nginx >= 0.9x: "
+                  f"{'yes' if times >= 0.9 else 'NO'}")  # fmt: skip
+
+
+def print_summary(rows: list[Row], runs: int) -> None:
+    print(f"\nsummary of {runs} runs: median (min-max); failed share: median (max)")
+    print(f"{'':6} {'':22} {'req/s':>24} {'vs nginx':>18} {'p99 ms':>24} {'failed':>18}")
+    for c in dict.fromkeys(r.connections for r in rows):
+        for proxy in dict.fromkeys(r.proxy for r in rows):
+            mine = [r for r in rows if r.connections == c and r.proxy == proxy]
+            nginx_rates = [r.wrk.requests_per_second for r in rows
+                           if r.connections == c and r.proxy == NGINX]  # fmt: skip
+            rates = [r.wrk.requests_per_second for r in mine]
+            ratios = [a / b for a, b in zip(rates, nginx_rates, strict=False) if b]
+            p99s = [r.wrk.p99_ms for r in mine]
+            failed = [r.wrk.failed_share for r in mine]
+
+            def spread(values: list[float], fmt: str) -> str:
+                if not values:
+                    return "-"
+                m = format(statistics.median(values), fmt)
+                return f"{m} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+            print(
+                f"{'-c' + str(c):6} {proxy:22} {spread(rates, ',.0f'):>24} "
+                f"{spread(ratios, '.2f'):>18} {spread(p99s, '.1f'):>24} "
+                f"{_pct(statistics.median(failed)) + ' (' + _pct(max(failed)) + ')':>18}"
+            )
+
+
+def log_problems(service: ServiceProcess, name: str) -> None:
+    """Count ERROR lines and tracebacks in a service's output; print a few distinct ones."""
+    try:
+        lines = service.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    bad = [line for line in lines if "ERROR" in line or line.startswith("Traceback")]
+    if not bad:
+        return
+    print(f"  {name} log: {len(bad)} ERROR/Traceback lines, e.g.:")
+    for line in list(dict.fromkeys(line[:200] for line in bad))[:5]:
+        print(f"    {line}")
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def lb_args(workers: int) -> tuple[str, ...]:
+    """`--workers N` for `aygolog lb` when it has the option (always given when it does: its
+    default is the number of CPUs)."""
+    done = subprocess.run([sys.executable, "-m", "aygolog", "lb", "--help"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if "--workers" in done.stdout:
+        return ("--workers", str(workers))
+    if workers != 1:
+        sys.exit("this `aygolog lb` has no --workers option: run with --workers 1")
+    return ()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", default="32,256,512", help="a list: one row per value")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole set K times")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="LB workers, nginx worker_processes, haproxy nbthread")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--timeout", type=float, default=2.0, help="wrk --timeout (its default)")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds of rest before a row")
+    parser.add_argument("--diagnose-seconds", type=float, default=3.0,
+                        help="status-counting run after failures, seconds (0: none)")  # fmt: skip
+    parser.add_argument("--no-direct", action="store_true", help="skip the one-instance row")
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
-    if shutil.which("nginx") is None or shutil.which("wrk") is None:
-        sys.exit("needs nginx and wrk: apt-get install nginx-light wrk")
-    body = msgspec.json.encode(
-        {"message": "GET /api/items/42 handled in 12 ms", "level": "info", "service": "web",
-         "attributes": {"status": 200}}
-    )  # fmt: skip
-    rows = []
+    for tool in ("nginx", "haproxy", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"needs {tool}: apt-get install {tool}")
+    levels = [int(c) for c in args.connections.split(",")]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    fds = raise_fd_limit()
+    extra = lb_args(args.workers)
+
+    print(run_header("benchmarks/lb_vs_nginx.py " + " ".join(sys.argv[1:])))
+    print(f"limits: {LIMITS.describe()}; open-file limit {fds} (wrk, proxies, services); "
+          f"`{' '.join(['aygolog lb', *extra])}`, instances with default settings")  # fmt: skip
+    rows: list[Row] = []
     with redis_target(args.redis_url) as redis_url, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         lb_port = free_port()
         common = {"AYGOLOG_REDIS_URL": redis_url, "AYGOLOG_REDIS_PREFIX": "lbbench",
                   "AYGOLOG_REGISTRATION_TOKEN": TOKEN}  # fmt: skip
-        lb = ServiceProcess("lb", env=common, port=lb_port).start()
+        lb = ServiceProcess("lb", env=common, port=lb_port, args=extra)
         apis = [
-            ServiceProcess(
-                "api",
-                env={
-                    **common,
-                    "AYGOLOG_INSTANCE_NAME": f"api-{i}",
-                    "AYGOLOG_LB_URL": f"http://127.0.0.1:{lb_port}",
-                },
-            ).start()
+            ServiceProcess("api", env={**common, "AYGOLOG_INSTANCE_NAME": f"api-{i}",
+                                       "AYGOLOG_LB_URL": f"http://127.0.0.1:{lb_port}"})
             for i in range(3)
-        ]
-        nginx = None
+        ]  # fmt: skip
         try:
-            deadline = time.monotonic() + 15
-            while len(httpx.get(lb.url + "/api/registration/services").json()) < 3:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the instances did not register")
-                time.sleep(0.1)
-            nginx_port = free_port()
-            nginx = start_nginx(Path(tmp_dir), nginx_port, [a.port for a in apis])
-            targets = [
-                ("nginx 1.22, round robin, upstream keep-alive", f"http://127.0.0.1:{nginx_port}"),
-                ("aygolog LB (p2c)", lb.url),
-                ("one instance directly", apis[0].url),
-            ]
-            for name, base in targets:
-                rate, p50, p99 = wrk(base + "/api/log", body, args.seconds, args.connections)
-                rows.append((name, rate, p50, p99))
-                print(f"{name}: {rate:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+            lb.start()
+            for api in apis:
+                api.start()
+            if wait_lb_healthy(lb, 3) < 3:
+                raise RuntimeError("the instances did not register with the LB")
+            upstreams = [a.port for a in apis]
+            nginx_port, haproxy_port = free_port(), free_port()
+            with (
+                nginx(tmp, nginx_port, upstreams, workers=args.workers, limits=LIMITS)
+                as nginx_process,
+                haproxy(tmp, haproxy_port, upstreams, workers=args.workers, limits=LIMITS)
+                as haproxy_process,
+            ):  # fmt: skip
+                system = System(
+                    lb, apis,
+                    urls={NGINX: f"http://127.0.0.1:{nginx_port}", LB: lb.url,
+                          HAPROXY: f"http://127.0.0.1:{haproxy_port}", DIRECT: apis[0].url},
+                    pids={NGINX: [nginx_process.pid], HAPROXY: [haproxy_process.pid],
+                          LB: [lb.process.pid] if lb.process else [],
+                          DIRECT: [apis[0].process.pid] if apis[0].process else []},
+                )  # fmt: skip
+                proxies = [NGINX, HAPROXY, LB]
+                turn = 0
+                for run in range(args.runs):
+                    print(f"\n## run {run + 1} of {args.runs}, load average before: {loadavg()}")
+                    for c in levels:
+                        order = proxies[turn % 3 :] + proxies[: turn % 3]
+                        turn += 1
+                        measured = {p: measure(system, p, c, args) for p in order}
+                        if not args.no_direct:
+                            measured[DIRECT] = measure(system, DIRECT, c, args)
+                        table = [measured[p] for p in [*proxies, DIRECT] if p in measured]
+                        print_table(table, args)
+                        print(f"  order: {', '.join(order)}; load average now: {loadavg()}",
+                              flush=True)  # fmt: skip
+                        rows.extend(table)
+            print(f"\nload average after: {loadavg()}")
+            log_problems(lb, "LB")
+            for i, api in enumerate(apis):
+                log_problems(api, f"api-{i}")
         finally:
-            if nginx is not None:
-                nginx.terminate()
-                nginx.wait()
             for api in apis:
                 api.close()
             lb.close()
-    nginx_rate, nginx_p99 = rows[0][1], rows[0][3]
-    print()
-    print(f"| POST /api/log, wrk -t2 -c{args.connections}, {args.seconds:g} s | requests/s "
-          "| vs nginx | p50 ms | p99 ms | p99 vs nginx |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, rate, p50, p99 in rows:
-        print(f"| {name} | {rate:,.0f} | {rate / nginx_rate:.2f} | {p50:.2f} | {p99:.2f} "
-              f"| {p99 / nginx_p99:.2f} |")  # fmt: skip
+    if args.runs > 1:
+        print_summary(rows, args.runs)
 
 
 if __name__ == "__main__":
