@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,42 +26,20 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+import _wrk
 from _common import percentile, redis_target
 from support import ServiceProcess
 
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("{body}", "rb")
-wrk.body = f:read("*all")
-f:close()
-"""
-
 
 def wrk(url: str, body: bytes, seconds: float, connections: int) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, p99 ms) of POSTing `body` to `url`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        body_file = Path(tmp) / "body.json"
-        body_file.write_bytes(body)
-        script = Path(tmp) / "post.lua"
-        script.write_text(LUA.format(body=body_file))
-        out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script),
-             url],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        raise RuntimeError(f"{non2xx.group(1)} failed requests:\n{out}")
-    return rate, _latency(out, "50%"), _latency(out, "99%")
-
-
-def _latency(out: str, pct: str) -> float:
-    match = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)", out)
-    assert match, out
-    value, unit = float(match.group(1)), match.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    """(requests/s, p50 ms, p99 ms) of POSTing `body` to `url`; a non-2xx answer is an error,
+    socket errors are printed."""
+    result = _wrk.run(url, body=body, seconds=seconds, connections=connections)
+    if result.non_2xx:
+        raise RuntimeError(f"{result.non_2xx} failed requests:\n{result.output}")
+    if result.socket_error_count:
+        print(f"  socket errors (connect/read/write/timeout): {result.socket_errors_text()}")
+    return result.requests_per_second, result.p50_ms, result.p99_ms
 
 
 def env(redis_url: str, name: str) -> dict[str, str]:
