@@ -17,8 +17,8 @@ timeout; a response slower than --timeout counts as a timeout and is left out of
 failed share ((non-2xx + socket errors) / (responses + connect/read/write errors), see _wrk.py)
 and the proxy's CPU per request (/proc, as proxy_bench.py). When a proxy has failures, a short
 second run (--diagnose-seconds) with a Lua `response` hook counts the status codes, who answered
-(X-Served-By) and the first body of each; for an LB row with failures, the LB's and the
-instances' /metrics counters that moved (4xx/5xx, errors, retries, ejections) are printed. At
+(X-Served-By) and the first body of each, and the instances' /metrics counters that moved
+(4xx/5xx, errors, retries, ejections) are printed, with the LB's for an LB row. At
 the end, ERROR lines and tracebacks in the services' logs are counted.
 
 The bars (issue 16): the LB's failed share <= nginx's in every run at every -c, and the LB's
@@ -153,12 +153,13 @@ def measure(system: System, proxy: str, connections: int, args: argparse.Namespa
     used = cpu_seconds(pids) - before
     row = Row(proxy, connections, result, used / max(result.requests, 1) * 1e6, note=note)
     if result.non_2xx or result.socket_error_count:
-        if proxy == LB:
-            row.metric_deltas = {
-                name: deltas
-                for name, base in watched.items()
-                if (deltas := telling_deltas(before_metrics[name], counters(base)))
-            }
+        # The LB's counters only say something about its own row; the instances' about any.
+        row.metric_deltas = {
+            name: deltas
+            for name, base in watched.items()
+            if (proxy == LB or name != "lb")
+            and (deltas := telling_deltas(before_metrics[name], counters(base)))
+        }
         if args.diagnose_seconds > 0:
             wait_lb_healthy(system.lb, len(system.apis))
             row.diagnosis = _wrk.run(url, seconds=args.diagnose_seconds, statuses=True, **options)
