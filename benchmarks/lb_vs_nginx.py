@@ -19,7 +19,7 @@ and the proxy's CPU per request (/proc, as proxy_bench.py). When a proxy has fai
 second run (--diagnose-seconds) with a Lua `response` hook counts the status codes, who answered
 (X-Served-By) and the first body of each, and the instances' /metrics counters that moved
 (4xx/5xx, errors, retries, ejections) are printed, with the LB's for an LB row. At
-the end, ERROR lines and tracebacks in the services' logs are counted.
+the end, ERROR/WARNING lines and tracebacks in the services' logs are counted.
 
 The bars (issue 16): the LB's failed share <= nginx's in every run at every -c, and the LB's
 throughput >= 0.9x nginx at -c32.
@@ -245,15 +245,16 @@ def print_summary(rows: list[Row], runs: int) -> None:
 
 
 def log_problems(service: ServiceProcess, name: str) -> None:
-    """Count ERROR lines and tracebacks in a service's output; print a few distinct ones."""
+    """Count ERROR/WARNING lines and tracebacks in a service's output; print a few distinct
+    ones."""
     try:
         lines = service.log_path.read_text(errors="replace").splitlines()
     except OSError:
         return
-    bad = [line for line in lines if "ERROR" in line or line.startswith("Traceback")]
+    bad = [line for line in lines if re.search(r"ERROR|WARNING|^Traceback", line)]
     if not bad:
         return
-    print(f"  {name} log: {len(bad)} ERROR/Traceback lines, e.g.:")
+    print(f"  {name} log: {len(bad)} ERROR/WARNING/Traceback lines, e.g.:")
     for line in list(dict.fromkeys(line[:200] for line in bad))[:5]:
         print(f"    {line}")
 
