@@ -222,30 +222,45 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
                   f"{'yes' if times >= 0.9 else 'NO'}")  # fmt: skip
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    median = format(statistics.median(values), fmt)
+    return f"{median} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 def print_summary(rows: list[Row], runs: int) -> None:
-    print(f"\nsummary of {runs} runs: median (min-max); failed share: median (max)")
-    print(f"{'':6} {'':22} {'req/s':>24} {'vs nginx':>18} {'p99 ms':>24} {'failed':>18}")
+    print(f"\nsummary of {runs} runs: median (min-max); non-2xx and failed shares: median (max)")
+    print(f"{'':6} {'':22} {'req/s':>24} {'vs nginx':>18} {'p99 ms':>24} {'non-2xx':>18} "
+          f"{'failed':>18}")  # fmt: skip
     for c in dict.fromkeys(r.connections for r in rows):
+        nginx_rows = [r for r in rows if r.connections == c and r.proxy == NGINX]
         for proxy in dict.fromkeys(r.proxy for r in rows):
             mine = [r for r in rows if r.connections == c and r.proxy == proxy]
-            nginx_rates = [r.wrk.requests_per_second for r in rows
-                           if r.connections == c and r.proxy == NGINX]  # fmt: skip
             rates = [r.wrk.requests_per_second for r in mine]
-            ratios = [a / b for a, b in zip(rates, nginx_rates, strict=False) if b]
-            p99s = [r.wrk.p99_ms for r in mine]
+            ratios = [
+                a.wrk.requests_per_second / b.wrk.requests_per_second
+                for a, b in zip(mine, nginx_rows, strict=False)
+                if b.wrk.requests_per_second
+            ]
+            non_2xx = [r.wrk.non_2xx_share for r in mine]
             failed = [r.wrk.failed_share for r in mine]
-
-            def spread(values: list[float], fmt: str) -> str:
-                if not values:
-                    return "-"
-                m = format(statistics.median(values), fmt)
-                return f"{m} ({format(min(values), fmt)}-{format(max(values), fmt)})"
-
             print(
-                f"{'-c' + str(c):6} {proxy:22} {spread(rates, ',.0f'):>24} "
-                f"{spread(ratios, '.2f'):>18} {spread(p99s, '.1f'):>24} "
+                f"{'-c' + str(c):6} {proxy:22} {_spread(rates, ',.0f'):>24} "
+                f"{_spread(ratios, '.2f'):>18} {_spread([r.wrk.p99_ms for r in mine], '.1f'):>24} "
+                f"{_pct(statistics.median(non_2xx)) + ' (' + _pct(max(non_2xx)) + ')':>18} "
                 f"{_pct(statistics.median(failed)) + ' (' + _pct(max(failed)) + ')':>18}"
             )
+        lb_rows = [r for r in rows if r.connections == c and r.proxy == LB]
+        pairs = list(zip(lb_rows, nginx_rows, strict=False))
+        if pairs:
+            held = sum(a.wrk.non_2xx_share <= b.wrk.non_2xx_share for a, b in pairs)
+            print(f"  -c{c} bar: LB non-2xx share <= nginx's in {held} of {len(pairs)} runs")
+            if c == 32:
+                fast = sum(
+                    a.wrk.requests_per_second >= 0.9 * b.wrk.requests_per_second for a, b in pairs
+                )
+                print(f"  -c{c} bar: LB >= 0.9x nginx's req/s in {fast} of {len(pairs)} runs")
 
 
 def log_problems(service: ServiceProcess, name: str) -> None:

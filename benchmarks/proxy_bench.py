@@ -18,6 +18,10 @@ nginx with `worker_processes N` and HAProxy with `nbthread N`.
 `ProxyServer.start(ssl=...)`, nginx `listen ... ssl`, HAProxy `bind ... ssl crt`); wrk keeps its
 connections alive, so the handshakes are amortised over the run. The direct row stays plain HTTP.
 
+wrk runs -t2 by default (--threads): its "wrk cores" column (wrk's own CPU time over the run's
+length, from its rusage) shows whether it was near saturation; the direct row shows what it
+drives with no proxy in between.
+
 CPU per request: the user + system CPU time of the proxy's processes (nginx master + workers,
 the HAProxy process with all its threads, every aygolog proxy process), read from
 /proc/PID/stat before and after the wrk run, divided by the requests wrk completed. Each proxy
