@@ -1,7 +1,7 @@
 """The whole system: the aygolog LB against nginx and HAProxy, in front of the same 3 instances.
 
     .venv/bin/python benchmarks/lb_vs_nginx.py [--connections 32,256,512] [--runs 1]
-        [--seconds 10] [--workers 1] [--threads 2] [--timeout 2] [--redis-url URL]
+        [--seconds 10] [--workers 1] [--tls] [--threads 2] [--timeout 2] [--redis-url URL]
 
 Needs `wrk`, `nginx` and `haproxy` (Debian packages). Starts a private Redis-compatible server,
 the real `aygolog lb`, 3 `aygolog api` instances registered with it, nginx and HAProxy (round
@@ -20,6 +20,12 @@ second run (--diagnose-seconds) with a Lua `response` hook counts the status cod
 (X-Served-By) and the first body of each, and the instances' /metrics counters that moved
 (4xx/5xx, errors, retries, ejections) are printed, with the LB's for an LB row. At
 the end, ERROR/WARNING lines and tracebacks in the services' logs are counted.
+
+--workers N gives `aygolog lb --workers N` (when the LB has the option, `--workers 1` is given
+by default: the LB's own default is the CPU count), nginx `worker_processes N` and HAProxy
+`nbthread N`. --tls serves HTTPS from the LB (`--tls-cert/--tls-key`), nginx and HAProxy with one
+self-signed certificate (the instances register over https, trusting it via SSL_CERT_FILE); wrk
+keeps its connections alive, so handshakes are amortised; the direct row stays plain HTTP.
 
 The bars (issue 16): the LB's non-2xx share <= nginx's in every run at every -c (printed also
 with the socket errors counted: the failed share), and the LB's throughput >= 0.9x nginx at
@@ -47,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 import _wrk
 from _common import cpu_seconds, loadavg, process_tree, raise_fd_limit, redis_target, run_header
-from _frontends import Limits, haproxy, nginx
+from _frontends import Certificate, Limits, haproxy, nginx, self_signed
 from aygolog.embedded import free_port
 from support import ServiceProcess
 
@@ -75,7 +81,7 @@ def counters(url: str) -> dict[str, float]:
     """The `_total` samples of a /metrics page (name{labels} -> value); {} if it does not
     answer."""
     try:
-        text = httpx.get(url + "/metrics", timeout=5).text
+        text = httpx.get(url + "/metrics", timeout=5, verify=False).text
     except httpx.HTTPError:
         return {}
     found = {}
@@ -117,18 +123,21 @@ class Row:
 @dataclass
 class System:
     lb: ServiceProcess
+    lb_base: str
+    """The LB's base URL (https:// with --tls)."""
     apis: list[ServiceProcess]
     urls: dict[str, str]
     pids: dict[str, list[int]]
 
 
-def wait_lb_healthy(lb: ServiceProcess, expected: int, timeout: float = 20.0) -> int:
-    """Wait until the LB routes to `expected` instances; how many it has."""
+def wait_lb_healthy(base: str, expected: int, timeout: float = 20.0) -> int:
+    """Wait until the LB at `base` routes to `expected` instances; how many it has."""
     deadline = time.monotonic() + timeout
     healthy = 0
     while time.monotonic() < deadline:
         try:
-            healthy = int(httpx.get(lb.url + "/health", timeout=2).json()["healthy_instances"])
+            answer = httpx.get(base + "/health", timeout=2, verify=False)
+            healthy = int(answer.json()["healthy_instances"])
         except (httpx.HTTPError, ValueError, KeyError):
             healthy = 0
         if healthy >= expected:
@@ -139,13 +148,13 @@ def wait_lb_healthy(lb: ServiceProcess, expected: int, timeout: float = 20.0) ->
 
 def measure(system: System, proxy: str, connections: int, args: argparse.Namespace) -> Row:
     note = ""
-    healthy = wait_lb_healthy(system.lb, len(system.apis))
+    healthy = wait_lb_healthy(system.lb_base, len(system.apis))
     if healthy < len(system.apis):
         note = f"the LB saw {healthy} healthy instances at the start"
     time.sleep(args.pause)
     url = system.urls[proxy] + "/api/log"
     pids = [pid for root in system.pids[proxy] for pid in process_tree(root)]
-    watched = {"lb": system.lb.url} | {f"api-{i}": a.url for i, a in enumerate(system.apis)}
+    watched = {"lb": system.lb_base} | {f"api-{i}": a.url for i, a in enumerate(system.apis)}
     before_metrics = {name: counters(base) for name, base in watched.items()}
     before = cpu_seconds(pids)
     options = {"body": BODY, "connections": connections, "threads": args.threads,
@@ -162,7 +171,7 @@ def measure(system: System, proxy: str, connections: int, args: argparse.Namespa
             and (deltas := telling_deltas(before_metrics[name], counters(base)))
         }
         if args.diagnose_seconds > 0:
-            wait_lb_healthy(system.lb, len(system.apis))
+            wait_lb_healthy(system.lb_base, len(system.apis))
             row.diagnosis = _wrk.run(url, seconds=args.diagnose_seconds, statuses=True, **options)
     return row
 
@@ -178,7 +187,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     nginx_rate = next((r.wrk.requests_per_second for r in rows if r.proxy == NGINX), 0.0)
     c = rows[0].connections
     print(f"\nPOST /api/log, wrk -t{args.threads} -c{c} -d{args.seconds:g}s --timeout "
-          f"{args.timeout:g}s, workers {args.workers}")  # fmt: skip
+          f"{args.timeout:g}s, workers {args.workers}{', TLS' if args.tls else ''}")  # fmt: skip
     print(
         f"{'':22} {'req/s':>8} {'vs nginx':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
         f"{'sock err c/r/w/t':>17} {'failed':>8} {'CPU µs/req':>10}"
@@ -281,16 +290,37 @@ def log_problems(service: ServiceProcess, name: str) -> None:
 # -- the run --------------------------------------------------------------------------------------
 
 
-def lb_args(workers: int) -> tuple[str, ...]:
+def lb_args(workers: int, certificate: Certificate | None) -> tuple[str, ...]:
     """`--workers N` for `aygolog lb` when it has the option (always given when it does: its
-    default is the number of CPUs)."""
+    default is the number of CPUs), and `--tls-cert/--tls-key` with a certificate."""
     done = subprocess.run([sys.executable, "-m", "aygolog", "lb", "--help"],
                           capture_output=True, text=True, check=False)  # fmt: skip
+    extra: tuple[str, ...] = ()
     if "--workers" in done.stdout:
-        return ("--workers", str(workers))
-    if workers != 1:
+        extra = ("--workers", str(workers))
+    elif workers != 1:
         sys.exit("this `aygolog lb` has no --workers option: run with --workers 1")
-    return ()
+    if certificate is not None:
+        if "--tls-cert" not in done.stdout:
+            sys.exit("this `aygolog lb` has no --tls-cert option: run without --tls")
+        extra += ("--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key))
+    return extra
+
+
+def wait_ready(service: ServiceProcess, base: str, timeout: float = 30.0) -> None:
+    """Wait until `base`/health answers 200 (over https too, unverified)."""
+    assert service.process is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.command} exited: {service.output()}")
+        try:
+            if httpx.get(base + "/health", timeout=0.5, verify=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{service.command} did not become healthy: {service.output()}")
 
 
 def main() -> None:
@@ -306,6 +336,8 @@ def main() -> None:
     parser.add_argument("--diagnose-seconds", type=float, default=3.0,
                         help="status-counting run after failures, seconds (0: none)")  # fmt: skip
     parser.add_argument("--no-direct", action="store_true", help="skip the one-instance row")
+    parser.add_argument("--tls", action="store_true",
+                        help="the LB, nginx and haproxy serve HTTPS (self-signed)")  # fmt: skip
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk"):
@@ -314,41 +346,48 @@ def main() -> None:
     levels = [int(c) for c in args.connections.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fds = raise_fd_limit()
-    extra = lb_args(args.workers)
 
     print(run_header("benchmarks/lb_vs_nginx.py " + " ".join(sys.argv[1:])))
-    print(f"limits: {LIMITS.describe()}; open-file limit {fds} (wrk, proxies, services); "
-          f"`{' '.join(['aygolog lb', *extra])}`, instances with default settings")  # fmt: skip
     rows: list[Row] = []
     with redis_target(args.redis_url) as redis_url, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
+        certificate = self_signed(tmp) if args.tls else None
+        extra = lb_args(args.workers, certificate)
+        scheme = "https" if certificate else "http"
+        print(f"limits: {LIMITS.describe()}; open-file limit {fds} (wrk, proxies, services); "
+              f"`{' '.join(['aygolog lb', *extra])}`, instances with default settings"
+              + ("; TLS: self-signed RSA 2048, wrk keep-alive (handshakes amortised), the "
+                 "direct row plain HTTP" if certificate else ""))  # fmt: skip
         lb_port = free_port()
+        lb_base = f"{scheme}://127.0.0.1:{lb_port}"
         common = {"AYGOLOG_REDIS_URL": redis_url, "AYGOLOG_REDIS_PREFIX": "lbbench",
                   "AYGOLOG_REGISTRATION_TOKEN": TOKEN}  # fmt: skip
         lb = ServiceProcess("lb", env=common, port=lb_port, args=extra)
+        # With TLS the instances register over https, trusting the self-signed certificate.
+        trust = {"SSL_CERT_FILE": str(certificate.cert)} if certificate else {}
         apis = [
-            ServiceProcess("api", env={**common, "AYGOLOG_INSTANCE_NAME": f"api-{i}",
-                                       "AYGOLOG_LB_URL": f"http://127.0.0.1:{lb_port}"})
+            ServiceProcess("api", env={**common, **trust, "AYGOLOG_INSTANCE_NAME": f"api-{i}",
+                                       "AYGOLOG_LB_URL": lb_base})
             for i in range(3)
         ]  # fmt: skip
         try:
-            lb.start()
+            wait_ready(lb.spawn(), lb_base)
             for api in apis:
                 api.start()
-            if wait_lb_healthy(lb, 3) < 3:
+            if wait_lb_healthy(lb_base, 3) < 3:
                 raise RuntimeError("the instances did not register with the LB")
             upstreams = [a.port for a in apis]
             nginx_port, haproxy_port = free_port(), free_port()
             with (
-                nginx(tmp, nginx_port, upstreams, workers=args.workers, limits=LIMITS)
-                as nginx_process,
-                haproxy(tmp, haproxy_port, upstreams, workers=args.workers, limits=LIMITS)
-                as haproxy_process,
+                nginx(tmp, nginx_port, upstreams, workers=args.workers, limits=LIMITS,
+                      certificate=certificate) as nginx_process,
+                haproxy(tmp, haproxy_port, upstreams, workers=args.workers, limits=LIMITS,
+                        certificate=certificate) as haproxy_process,
             ):  # fmt: skip
                 system = System(
-                    lb, apis,
-                    urls={NGINX: f"http://127.0.0.1:{nginx_port}", LB: lb.url,
-                          HAPROXY: f"http://127.0.0.1:{haproxy_port}", DIRECT: apis[0].url},
+                    lb, lb_base, apis,
+                    urls={NGINX: f"{scheme}://127.0.0.1:{nginx_port}", LB: lb_base,
+                          HAPROXY: f"{scheme}://127.0.0.1:{haproxy_port}", DIRECT: apis[0].url},
                     pids={NGINX: [nginx_process.pid], HAPROXY: [haproxy_process.pid],
                           LB: [lb.process.pid] if lb.process else [],
                           DIRECT: [apis[0].process.pid] if apis[0].process else []},
