@@ -200,6 +200,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"{w.p99_ms:8.2f} {_pct(w.non_2xx_share):>8} {w.socket_errors_text():>17} "
             f"{_pct(w.failed_share):>8} {r.cpu_us_per_request:10.1f}"
         )
+    if any(r.proxy == DIRECT for r in rows):
+        print(f"  ({DIRECT}: CPU µs/req is the instance's own, granian and its worker)")
     for r in rows:
         if r.note:
             print(f"  {r.proxy}: {r.note}")
