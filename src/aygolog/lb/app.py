@@ -685,10 +685,10 @@ async def run_load_balancer(
         )
         index = "0" if worker is None else str(worker.index)
         lb.metrics.counter(
-            "aygolog_lb_worker_requests_total",
-            "Requests each worker answered: proxied, or answered by the control plane",
+            "aygolog_lb_worker_proxied_total",
+            "Requests each worker proxied to an instance (how the kernel spread the load)",
             ("worker",),
-            read=lambda: {(index,): float(proxy.stats.proxied + proxy.stats.forwarded)},
+            read=lambda: {(index,): float(proxy.stats.proxied)},
         )
         loop = asyncio.get_running_loop()
         if stop is None:
