@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -118,21 +119,21 @@ def deregister(lb: str, name: str) -> None:
     httpx.delete(f"{lb}/api/registration/{name}", headers=AUTH)
 
 
-def health(url: str, **kwargs: object) -> dict[str, object]:
+def health(url: str, **kwargs: Any) -> dict[str, Any]:
     """/health on a new connection (so the kernel may pick either worker)."""
-    with httpx.Client(**kwargs) as client:  # type: ignore[arg-type]
-        answer: dict[str, object] = client.get(url + "/health", timeout=5).json()
+    with httpx.Client(**kwargs) as client:
+        answer: dict[str, Any] = client.get(url + "/health", timeout=5).json()
         return answer
 
 
-def by_worker(url: str, want: int = 2, tries: int = 200, **kwargs: object) -> dict[int, dict]:
+def by_worker(
+    url: str, want: int = 2, tries: int = 200, **kwargs: Any
+) -> dict[int, dict[str, Any]]:
     """The /health answer of each worker, keyed by PID, from new connections."""
-    seen: dict[int, dict] = {}
+    seen: dict[int, dict[str, Any]] = {}
     for _ in range(tries):
         answer = health(url, **kwargs)
-        worker = answer["worker"]
-        assert isinstance(worker, dict)
-        seen[worker["pid"]] = answer
+        seen[answer["worker"]["pid"]] = answer
         if len(seen) >= want:
             break
     return seen
@@ -211,10 +212,7 @@ def test_an_ejection_in_one_worker_is_seen_by_the_other(lb: ServiceProcess) -> N
     register(lb.url, "ej-dead", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     try:
         assert wait_until(
-            lambda: all(
-                a["instances"]["healthy"] == 2  # type: ignore[index]
-                for a in by_worker(lb.url).values()
-            ),
+            lambda: all(a["instances"]["healthy"] == 2 for a in by_worker(lb.url).values()),
             timeout=10,
         )
         # One connection, so one worker: round robin sends one of two requests to the dead one,
@@ -226,7 +224,7 @@ def test_an_ejection_in_one_worker_is_seen_by_the_other(lb: ServiceProcess) -> N
         answers = by_worker(lb.url)
         assert len(answers) == 2
         for pid, answer in answers.items():
-            assert answer["instances"]["ejected"] == 1, (pid, ejecting)  # type: ignore[index]
+            assert answer["instances"]["ejected"] == 1, (pid, ejecting)
             assert answer["healthy_instances"] == 1
         # Decided once, by one worker; the other applied it without counting it again.
         text = scrape(lb.url)
@@ -245,13 +243,10 @@ def test_a_registration_on_one_worker_is_routable_on_both(lb: ServiceProcess) ->
         register(lb.url, "reg-a", stub.url)  # answered by one worker
         answers = by_worker(lb.url)  # at once, on both
         assert len(answers) == 2
-        assert all(a["instances"]["healthy"] >= 1 for a in answers.values())  # type: ignore[index]
+        assert all(a["instances"]["healthy"] >= 1 for a in answers.values())
         deregister(lb.url, "reg-a")
         assert wait_until(
-            lambda: all(
-                a["instances"]["healthy"] == 0  # type: ignore[index]
-                for a in by_worker(lb.url).values()
-            ),
+            lambda: all(a["instances"]["healthy"] == 0 for a in by_worker(lb.url).values()),
             timeout=5,
         )
     finally:
@@ -276,10 +271,7 @@ def test_sigterm_drains_both_workers(redis: EmbeddedRedis) -> None:
     try:
         register(lb.url, "slow", slow.url)
         assert wait_until(
-            lambda: all(
-                a["instances"]["healthy"] == 1  # type: ignore[index]
-                for a in by_worker(lb.url).values()
-            ),
+            lambda: all(a["instances"]["healthy"] == 1 for a in by_worker(lb.url).values()),
             timeout=10,
         )
         pids = workers_of(lb)
