@@ -198,3 +198,16 @@ def test_the_command_says_what_is_missing_and_exits_1(pem: Pem, tmp_path: Path) 
     assert unreadable.returncode == 1
     assert b"gone.pem" in unreadable.stderr
     assert b"cannot be read" in unreadable.stderr
+
+
+def test_the_container_healthcheck_speaks_tls_to_a_tls_load_balancer(
+    tls_lb: ServiceProcess, pem: Pem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aygolog import cli
+
+    monkeypatch.setattr(cli, "_container_command", lambda: ["aygolog", "lb"])
+    monkeypatch.setenv("AYGOLOG_PORT", str(tls_lb.port))
+    monkeypatch.setenv("AYGOLOG_TLS_CERT", str(pem.cert))
+    assert cli.main(["healthcheck"]) == cli.EXIT_OK
+    monkeypatch.delenv("AYGOLOG_TLS_CERT")
+    assert cli.main(["healthcheck"]) == cli.EXIT_UNAVAILABLE  # plain HTTP to a TLS port

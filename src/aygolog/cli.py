@@ -369,8 +369,17 @@ def _healthcheck(args: argparse.Namespace) -> int:
         urls = os.environ.get("ASPNETCORE_URLS", "")
         if "AYGOLOG_PORT" not in os.environ and urls.rsplit(":", 1)[-1].strip("/").isdigit():
             port = int(urls.rsplit(":", 1)[-1].strip("/"))
+    scheme, context = "http", None
+    if role == "lb" and os.environ.get("AYGOLOG_TLS_CERT"):
+        import ssl
+
+        # The load balancer serves TLS: ask it over TLS. Its certificate names its public host,
+        # not 127.0.0.1, and this asks only whether it answers: no verification.
+        scheme, context = "https", ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+        with urllib.request.urlopen(
+            f"{scheme}://127.0.0.1:{port}{path}", timeout=2, context=context
+        ) as response:
             return EXIT_OK if response.status == 200 else EXIT_UNAVAILABLE
     except (OSError, ValueError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
