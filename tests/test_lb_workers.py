@@ -232,3 +232,27 @@ def test_a_second_load_balancer_on_the_port_is_refused(
     assert other.process.wait(60) == 1
     assert "in use" in other.output()
     other.close()
+
+
+def test_workers_end_when_the_supervisor_is_killed(redis: EmbeddedRedis) -> None:
+    lb = ServiceProcess("lb", env=lb_env(redis, "orphans")).start(timeout=90)
+    try:
+        pids = workers_of(lb)
+        assert len(pids) == 2
+        assert lb.process is not None
+        os.kill(lb.process.pid, signal.SIGKILL)  # the supervisor only, as a crash would
+        lb.process.wait(10)
+        # Each worker notices (the kernel's signal, or its watching thread), drains and exits.
+        assert wait_until(lambda: not any(_running(pid) for pid in pids), timeout=15), (
+            f"workers left behind: {[p for p in pids if _running(p)]}"
+        )
+    finally:
+        lb.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
