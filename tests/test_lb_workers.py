@@ -9,12 +9,14 @@ import os
 import re
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from aygolog.embedded import EmbeddedRedis, free_port
+from aygolog.lb.workers import WORKER_VARIABLE, worker_info
 from stub_instance import Stub
 from support import ServiceProcess, children, wait_until
 
@@ -236,18 +238,27 @@ def test_a_second_load_balancer_on_the_port_is_refused(
 
 def test_workers_end_when_the_supervisor_is_killed(redis: EmbeddedRedis) -> None:
     lb = ServiceProcess("lb", env=lb_env(redis, "orphans")).start(timeout=90)
+    pids = workers_of(lb)
     try:
-        pids = workers_of(lb)
         assert len(pids) == 2
+        environ = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+        found = [v for v in environ if v.startswith(WORKER_VARIABLE.encode() + b"=")]
+        bus = Path(worker_info(found[0].split(b"=", 1)[1].decode()).bus_dir)
+        assert bus.is_dir()
         assert lb.process is not None
         os.kill(lb.process.pid, signal.SIGKILL)  # the supervisor only, as a crash would
         lb.process.wait(10)
-        # Each worker notices (the kernel's signal, or its watching thread), drains and exits.
+        # Each worker notices (the kernel's signal, or its watching thread), drains and exits;
+        # the last one out removes the bus directory the supervisor could not.
         assert wait_until(lambda: not any(_running(pid) for pid in pids), timeout=15), (
             f"workers left behind: {[p for p in pids if _running(p)]}"
         )
+        assert not bus.exists()
     finally:
         lb.close()
+        for pid in pids:  # when the test failed: none left behind for the next ones
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:

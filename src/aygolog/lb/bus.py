@@ -158,6 +158,7 @@ class WorkerBus:
     def open(self) -> None:
         """Bind this worker's socket and start receiving."""
         path = self.worker.path(self.worker.index)
+        os.makedirs(self.worker.bus_dir, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # left by this worker's predecessor
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -181,6 +182,8 @@ class WorkerBus:
         sock.close()
         with contextlib.suppress(OSError):
             os.unlink(self.worker.path(self.worker.index))
+        with contextlib.suppress(OSError):  # the last one out (a supervisor killed by SIGKILL
+            os.rmdir(self.worker.bus_dir)  # cannot remove it), only once it is empty
         for gathering in self._pending.values():
             gathering.done.set()
 
