@@ -505,7 +505,7 @@ class InstancePool:
                 continue
             if state.ejected_for > 0 and member.ejected_until <= now:
                 member.ejected_until = member.ejection_ended = now + state.ejected_for
-                member.ejection_length = state.ejection_length
+            # So that its next ejection here doubles the last one, as in the other worker.
             member.ejection_length = max(member.ejection_length, state.ejection_length)
             member.probe_ok = state.probe_ok
             member.probe_passes = state.probe_passes
