@@ -151,7 +151,7 @@ class WorkerBus:
             "aygolog_lb_bus_dropped_total",
             "Messages to other workers that could not be delivered (gone, restarting, full)",
         )
-        self._synced = False
+        self._buffer = bytearray(_MAX_DATAGRAM)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -257,13 +257,11 @@ class WorkerBus:
             if sock is None:
                 return
             try:
-                data = sock.recv(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+                size = sock.recv_into(self._buffer)
+            except OSError:  # nothing more to read now (BlockingIOError), or closed
                 return
             try:
-                envelope = _DECODE.decode(data)
+                envelope = _DECODE.decode(memoryview(self._buffer)[:size])
             except msgspec.DecodeError:
                 log.warning("dropped a malformed message on the workers' bus")
                 continue

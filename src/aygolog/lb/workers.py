@@ -173,6 +173,9 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
         )
         worker.started = time.monotonic()
+        if self.stopping:  # stop() began while this one was starting: it stops too
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
 
     async def _watch(self, worker: _Worker) -> None:
         while True:
