@@ -29,6 +29,20 @@ def _no_user_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         os.environ["AYGOLOG_DATA_DIR"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_lb_worker() -> Iterator[None]:
+    """Every `aygolog lb` a test starts (directly, or through `aygolog up`) is one process, as
+    before `--workers` (fast and deterministic: the tests that count its file descriptors or
+    children, or kill it, mean one process); the worker tests set AYGOLOG_LB_WORKERS=2."""
+    before = os.environ.get("AYGOLOG_LB_WORKERS")
+    os.environ["AYGOLOG_LB_WORKERS"] = "1"
+    yield
+    if before is None:
+        os.environ.pop("AYGOLOG_LB_WORKERS", None)
+    else:
+        os.environ["AYGOLOG_LB_WORKERS"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """A private redis-server/valkey-server for the whole session (no mocks of Redis)."""

@@ -2,7 +2,8 @@
 
     aygolog up [--instances N] [--data-dir DIR | --ephemeral]     run the whole system here
     aygolog api [--host H] [--port P] [--workers N] [--backpressure N]  run a Log API instance
-    aygolog lb [--host H] [--port P] [--insecure-open-registration] run the load balancer
+    aygolog lb [--host H] [--port P] [--workers N] [--tls-cert PEM --tls-key PEM]
+               [--insecure-open-registration]                     run the load balancer
     aygolog ui [--host H] [--port P] [--lb-url URL]                run the web page
     aygolog send [MESSAGE] [--level L] [--service S] [--attr K=V]  send a log, or stdin lines
     aygolog tail [filters]                                        follow logs live
@@ -205,17 +206,36 @@ def _api(args: argparse.Namespace) -> int:
 def _lb(args: argparse.Namespace) -> int:
     from aygolog.settings import LoadBalancerSettings
 
-    flags = _listen_flags(args)
+    flags = {
+        **_listen_flags(args),
+        "AYGOLOG_LB_WORKERS": args.workers,
+        "AYGOLOG_TLS_CERT": args.tls_cert,
+        "AYGOLOG_TLS_KEY": args.tls_key,
+    }
     if args.insecure_open_registration:
         flags["AYGOLOG_INSECURE_OPEN_REGISTRATION"] = "true"
     settings = _settings("lb", LoadBalancerSettings, flags)
     if settings is None:
         return EXIT_USER_ERROR
     from aygolog.lb import serve_load_balancer
+    from aygolog.lb.tls import TLSConfigError, server_context
+    from aygolog.lb.workers import PortInUse, serve_workers
 
-    raise_open_files_limit()  # two sockets per proxied live tail
-    serve_load_balancer(settings)
-    return EXIT_OK
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            server_context(settings.tls_cert, settings.tls_key)  # say what is wrong once, now
+        except TLSConfigError as exc:
+            print(f"aygolog lb: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+    raise_open_files_limit()  # two sockets per proxied live tail; the workers inherit it
+    if settings.workers == 1:
+        serve_load_balancer(settings)
+        return EXIT_OK
+    try:
+        return serve_workers(settings)
+    except PortInUse as exc:
+        print(f"aygolog lb: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -349,8 +369,17 @@ def _healthcheck(args: argparse.Namespace) -> int:
         urls = os.environ.get("ASPNETCORE_URLS", "")
         if "AYGOLOG_PORT" not in os.environ and urls.rsplit(":", 1)[-1].strip("/").isdigit():
             port = int(urls.rsplit(":", 1)[-1].strip("/"))
+    scheme, context = "http", None
+    if role == "lb" and os.environ.get("AYGOLOG_TLS_CERT"):
+        import ssl
+
+        # The load balancer serves TLS: ask it over TLS. Its certificate names its public host,
+        # not 127.0.0.1, and this asks only whether it answers: no verification.
+        scheme, context = "https", ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+        with urllib.request.urlopen(
+            f"{scheme}://127.0.0.1:{port}{path}", timeout=2, context=context
+        ) as response:
             return EXIT_OK if response.status == 200 else EXIT_UNAVAILABLE
     except (OSError, ValueError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
@@ -434,6 +463,25 @@ def _parser() -> argparse.ArgumentParser:
     lb = commands.add_parser("lb", help="run the load balancer (default port 8080)")
     lb.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     lb.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    lb.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on the same port (default: the number of CPUs, or"
+        " $AYGOLOG_LB_WORKERS); 1: a single process",
+    )
+    lb.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="serve HTTPS with this certificate chain (and --tls-key; or $AYGOLOG_TLS_CERT)",
+    )
+    lb.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="PEM",
+        help="the certificate's private key, unencrypted (or $AYGOLOG_TLS_KEY)",
+    )
     lb.add_argument(
         "--insecure-open-registration",
         action="store_true",

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, get_args
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -873,6 +875,14 @@ def _default_registration_networks() -> list[IPNetwork]:
     return [ipaddress.ip_network(n) for n in DEFAULT_REGISTRATION_NETWORKS]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class LoadBalancerSettings(_ServerSettings):
     """Settings of the load balancer.
 
@@ -991,6 +1001,20 @@ class LoadBalancerSettings(_ServerSettings):
     """Seconds an idle client connection (between requests) is kept open."""
     # -- end of the client limits --
 
+    # -- every core and TLS (issue 16) --
+    workers: int = Field(
+        default_factory=usable_cpus, ge=1, le=256, validation_alias="AYGOLOG_LB_WORKERS"
+    )
+    """Worker processes, each a whole load balancer on the same port (SO_REUSEPORT); default:
+    the CPUs this process may use. 1: a single process, no supervisor. Not `AYGOLOG_WORKERS`,
+    which is the Log API's (`aygolog up` gives both the same environment)."""
+    tls_cert: Path | None = Field(default=None, validation_alias="AYGOLOG_TLS_CERT")
+    """PEM certificate chain (the server's certificate first): with `tls_key`, clients connect
+    over TLS (HTTP/1.1, TLS 1.2 or later), the control plane included."""
+    tls_key: Path | None = Field(default=None, validation_alias="AYGOLOG_TLS_KEY")
+    """PEM private key of `tls_cert` (unencrypted)."""
+    # -- end of every core and TLS --
+
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: RedisSettings) -> RedisSettings:
@@ -1037,6 +1061,17 @@ class LoadBalancerSettings(_ServerSettings):
                 f"AYGOLOG_EJECTION_MAX ({self.ejection_max:g} s) is shorter than"
                 f" AYGOLOG_EJECTION_BASE ({self.ejection_base:g} s)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("AYGOLOG_TLS_CERT (--tls-cert)", "AYGOLOG_TLS_KEY (--tls-key)")
+                if self.tls_key is None
+                else ("AYGOLOG_TLS_KEY (--tls-key)", "AYGOLOG_TLS_CERT (--tls-cert)")
+            )
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both")
         return self
 
     @model_validator(mode="after")

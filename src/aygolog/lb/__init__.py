@@ -2,7 +2,9 @@
 
 `create_load_balancer(settings)` builds the control plane (a Litestar app: registration API,
 `/health`, `/metrics`); `serve_load_balancer(settings)` runs it behind the proxy (the data plane),
-as `aygolog lb` does.
+as `aygolog lb` does with one worker. With several, `aygolog.lb.workers` supervises N such
+processes on one port and `aygolog.lb.bus` is what they tell each other; `aygolog.lb.tls` makes
+the TLS context of `--tls-cert`/`--tls-key`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ address, is refused whatever the setting says. The address checked is stored as 
 
 The lifespan opens Redis, builds the shared `RedisServiceRegistry`, loads and follows it in an
 `InstancePool`, starts the active `HealthChecker`, and closes them in reverse order on exit.
+
+With several workers (`aygolog lb --workers N`, `aygolog.lb.workers`) each worker runs this
+whole app and data plane; its `WorkerBus` (`aygolog.lb.bus`) shares ejections, probe results
+and registrations with the other workers, and `/metrics` merges every worker's values.
+With `AYGOLOG_TLS_CERT`/`AYGOLOG_TLS_KEY` the listener speaks HTTP/1.1 over TLS
+(`aygolog.lb.tls`), for the data plane and the control plane alike.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,6 +52,7 @@ from litestar.params import FromPath
 from aygolog import __version__
 from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
+from aygolog.lb.bus import WorkerBus, WorkerInfo
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
 from aygolog.lb.networks import Network, check_network, inside
 from aygolog.lb.pool import InstancePool, InstanceView, PoolOptions
@@ -91,6 +99,10 @@ class LoadBalancerState:
     allowed_networks: Sequence[Network] = ()
     registrations: Counter | None = None
     stopping: bool = field(default=False)
+    worker: WorkerInfo | None = None
+    """Which worker this is, when `aygolog lb` runs several (None: the only process)."""
+    bus: WorkerBus | None = None
+    """The bus to the other workers (None with one process)."""
 
 
 def lb_state(app: Litestar) -> LoadBalancerState:
@@ -113,6 +125,7 @@ def create_load_balancer(
     pool_options: PoolOptions | None = None,
     health_options: HealthCheckOptions | None = None,
     allowed_networks: Sequence[str | Network] | None = None,
+    worker: WorkerInfo | None = None,
 ) -> Litestar:
     """Build the load balancer's control plane.
 
@@ -128,6 +141,8 @@ def create_load_balancer(
             from these networks may register, heartbeat or deregister, and only URLs whose host
             is (or resolves only to) addresses inside, e.g. `["10.0.0.0/8"]`; empty: the
             default private and loopback ranges (`["0.0.0.0/0", "::/0"]` allows any address).
+        worker: which of several workers this is (`aygolog.lb.workers`): the app then shares
+            its pool's news with the other workers over their bus.
 
     Raises:
         ValueError: an allowed network is not a valid CIDR.
@@ -164,7 +179,13 @@ def create_load_balancer(
             options=pool_options,
             metrics=metrics,
         )
-        health = HealthChecker(pool, health_options)
+        bus = None if worker is None else WorkerBus(worker, pool, metrics)
+        health = HealthChecker(
+            pool,
+            health_options,
+            share=None if worker is None else worker.owns,
+            on_result=None if bus is None else bus.probed,
+        )
         state = LoadBalancerState(
             settings=settings,
             registry=active,
@@ -178,12 +199,28 @@ def create_load_balancer(
                 "Registration API requests by route and outcome",
                 ("route", "outcome"),
             ),
+            worker=worker,
+            bus=bus,
         )
         app.state.lb = state
         try:
             if token_bytes is None:
                 _warn_open_registration()
+            if bus is not None:
+                bus.open()
+                metrics.gauge(
+                    "aygolog_lb_workers_reporting",
+                    "Workers whose values this scrape merged (of aygolog_lb_workers)",
+                    read=lambda: {(): float(bus.reporting)},
+                )
+            metrics.gauge(
+                "aygolog_lb_workers",
+                "Worker processes of this load balancer",
+                read=lambda: {(): float(1 if worker is None else worker.count)},
+            )
             await pool.start()
+            if bus is not None:
+                bus.hello()  # the others' ejections and verdicts, if this worker restarted
             if pool.registry_error is not None:
                 log.warning("load balancer started without the registry: %s", pool.registry_error)
             await health.start()
@@ -196,6 +233,8 @@ def create_load_balancer(
         finally:
             state.stopping = True
             await health.aclose()
+            if bus is not None:
+                bus.close()
             await pool.aclose()
             if client is not None:
                 await client.aclose()
@@ -242,8 +281,10 @@ def health_options_from(settings: LoadBalancerSettings) -> HealthCheckOptions:
 
 
 def proxy_config_from(settings: LoadBalancerSettings, *, grace: float = 4.0) -> ProxyConfig:
-    """The data plane's limits, timeouts, retry rules, API keys and CORS from the settings."""
+    """The data plane's limits, timeouts, retry rules, API keys and CORS from the settings
+    (and `https` as the `X-Forwarded-Proto` when it serves TLS)."""
     return ProxyConfig(
+        scheme="https" if settings.tls_cert is not None else "http",
         max_body_size=settings.max_body_bytes,
         connect_timeout=settings.connect_timeout,
         response_timeout=settings.response_timeout,
@@ -373,6 +414,8 @@ async def register(request: Request[Any, Any, Any], state: State) -> Response[by
     instance = await lb.registry.register(registration)
     new = known is None
     lb.pool.observe(instance, came_back=True)  # a (re)starting process: forget its old record
+    if lb.bus is not None:
+        lb.bus.observed(instance, came_back=True)
     _count(lb, request, "ok")
     return json_response(instance, 201 if new else 200)
 
@@ -390,8 +433,12 @@ async def heartbeat(
     lb = _state(state)
     # Alive even if the registry cannot record it (Redis full or down): see `InstancePool.heard`.
     lb.pool.heard(name)
+    if lb.bus is not None:
+        lb.bus.heard(name)
     instance = await lb.registry.heartbeat(name)
     lb.pool.observe(instance)
+    if lb.bus is not None:
+        lb.bus.observed(instance)
     _count(lb, request, "ok")
     return instance
 
@@ -409,6 +456,8 @@ async def deregister(name: FromPath[str], request: Request[Any, Any, Any], state
     if not await lb.registry.deregister(name):
         raise NotFound(f"no instance named {name!r} is registered")
     lb.pool.remove(name)
+    if lb.bus is not None:
+        lb.bus.removed(name)
     _count(lb, request, "ok")
 
 
@@ -453,6 +502,11 @@ async def health(state: State) -> Response[bytes]:
             "error": pool.registry_error,
             "last_sync_seconds_ago": None if sync_age is None else round(sync_age, 3),
         },
+        "worker": {
+            "index": 0 if lb.worker is None else lb.worker.index,
+            "count": 1 if lb.worker is None else lb.worker.count,
+            "pid": os.getpid(),
+        },
     }
     if pool.loaded and not lb.stopping:
         return json_response(body)
@@ -461,8 +515,14 @@ async def health(state: State) -> Response[bytes]:
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
 async def metrics(state: State) -> Response[str]:
-    """GET /metrics: requests by instance and status, latency, retries, ejections, health."""
-    return Response(_state(state).metrics.render(), media_type=Metrics.content_type)
+    """GET /metrics: requests by instance and status, latency, retries, ejections, health.
+
+    With several workers, whichever answers merges the others' values (see `aygolog.metrics`):
+    counters and histograms are the sums over the workers.
+    """
+    lb = _state(state)
+    others = await lb.bus.gather_metrics() if lb.bus is not None else []
+    return Response(lb.metrics.render(others), media_type=Metrics.content_type)
 
 
 ROUTES: Final = [register, heartbeat, deregister, services, health, metrics]
@@ -541,19 +601,26 @@ class LifespanDriver:
 # -- serving ------------------------------------------------------------------------------------
 
 
-def serve_load_balancer(settings: LoadBalancerSettings | None = None) -> None:
+def serve_load_balancer(
+    settings: LoadBalancerSettings | None = None, *, worker: WorkerInfo | None = None
+) -> None:
     """Run the load balancer until SIGTERM/SIGINT (what `aygolog lb` does), on uvloop.
 
     The data plane (`aygolog.lb.proxy.ProxyServer`) listens on `settings.host:port`, proxies
     `/api/*` (except the registration API) to the instances the pool picks, and hands every other
     request to the control plane app in-process. Stops gracefully: no new connections, in-flight
     requests get up to 4 s, then the app's lifespan closes the pool, health checks and Redis.
+    As one of several workers (`worker`, see `aygolog.lb.workers`) it listens with SO_REUSEPORT
+    and SIGUSR1 (its supervisor died) stops it too.
+
+    Raises:
+        TLSConfigError: the TLS certificate or key cannot be used.
     """
     import uvloop
 
     settings = settings or LoadBalancerSettings()
     _configure_logging()
-    uvloop.run(run_load_balancer(settings))
+    uvloop.run(run_load_balancer(settings, worker=worker))
 
 
 def proxied(method: str, path: str) -> bool:
@@ -574,21 +641,31 @@ async def run_load_balancer(
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
     grace: float = 4.0,
+    worker: WorkerInfo | None = None,
 ) -> None:
     """Serve the load balancer on the running loop until `stop` is set (or SIGTERM/SIGINT).
 
     Args:
-        settings: where to listen, timeouts (and, unless `app` is given, everything else).
-        app: the control plane (default `create_load_balancer(settings)`).
-        stop: set it to stop; when None, SIGTERM and SIGINT stop the server.
+        settings: where to listen, timeouts, TLS (and, unless `app` is given, everything else).
+        app: the control plane (default `create_load_balancer(settings, worker=worker)`).
+        stop: set it to stop; when None, SIGTERM and SIGINT (and SIGUSR1 for a worker) stop
+            the server.
         started: called with the bound port once the proxy listens.
         grace: seconds in-flight requests get to finish when stopping.
+        worker: which of several workers this is: listen with SO_REUSEPORT beside the others.
+
+    Raises:
+        TLSConfigError: the TLS certificate or key cannot be used (before anything starts).
     """
     import signal
 
     from aygolog.lb.proxy import ProxyServer
+    from aygolog.lb.tls import server_context
 
-    app = app or create_load_balancer(settings)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = server_context(settings.tls_cert, settings.tls_key)
+    app = app or create_load_balancer(settings, worker=worker)
     lifespan = LifespanDriver(app)
     await lifespan.startup()
     try:
@@ -604,14 +681,31 @@ async def run_load_balancer(
             "aygolog_lb_client_connections",
             "Client connections open now",
             read=lambda: {(): float(proxy.stats.connections)},
+            merge="sum",
+        )
+        index = "0" if worker is None else str(worker.index)
+        lb.metrics.counter(
+            "aygolog_lb_worker_proxied_total",
+            "Requests each worker proxied to an instance (how the kernel spread the load)",
+            ("worker",),
+            read=lambda: {(index,): float(proxy.stats.proxied)},
         )
         loop = asyncio.get_running_loop()
         if stop is None:
             stop = asyncio.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            signals = [signal.SIGTERM, signal.SIGINT]
+            if worker is not None:
+                signals.append(signal.SIGUSR1)  # from the lifeline: the supervisor is gone
+            for sig in signals:
                 loop.add_signal_handler(sig, stop.set)
-        await proxy.start(settings.host, settings.port)
-        log.info("load balancer listening on http://%s:%d", settings.host, proxy.port)
+        await proxy.start(settings.host, settings.port, reuse_port=worker is not None, ssl=tls)
+        log.info(
+            "load balancer %slistening on %s://%s:%d",
+            "" if worker is None else f"worker {worker.index} (pid {os.getpid()}) ",
+            "https" if tls is not None else "http",
+            settings.host,
+            proxy.port,
+        )
         if started is not None:
             started(proxy.port)
         try:

@@ -4,6 +4,10 @@ The verdict (healthy after `healthy_threshold` passes in a row, unhealthy after
 `unhealthy_threshold` failures in a row) is kept by `InstancePool.record_probe`; this module only
 probes. httpx is fine here: a probe every 2 s per instance is far off the proxy's hot path.
 
+With several workers (`aygolog lb --workers N`), each instance is probed by one worker only (its
+name's CRC-32 modulo N picks it, `share`), which reports each result to the other workers
+(`on_result`); every worker keeps the same verdicts with one probe per instance per interval.
+
 A probe connects where the proxy does (`Upstream.host`: the address checked at registration),
 not to whatever the URL's host name resolves to now, and sends the URL's host as `Host` (and, for
 https, as the TLS server name).
@@ -16,6 +20,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +56,9 @@ class HealthChecker:
         pool: whose instances to probe, and where the results go.
         options: interval, timeout, path.
         transport: an httpx transport (tests).
+        share: which instances (by name) this checker probes; default all.
+        on_result: called with (name, url, target, passed) after each probe, once the pool has
+            it (with several workers: to tell the others).
     """
 
     def __init__(
@@ -59,9 +67,13 @@ class HealthChecker:
         options: HealthCheckOptions | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        share: Callable[[str], bool] | None = None,
+        on_result: Callable[[str, str, Upstream, bool], None] | None = None,
     ) -> None:
         self.pool = pool
         self.options = options or HealthCheckOptions()
+        self.share = share
+        self.on_result = on_result
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.options.timeout),
             limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=30.0),
@@ -88,12 +100,16 @@ class HealthChecker:
     async def probe_all(self) -> None:
         """Probe every live instance once, concurrently, and report the results."""
         targets = self.pool.probe_targets()
+        if self.share is not None:
+            targets = [t for t in targets if self.share(t[0])]
         if targets:
             results = await asyncio.gather(
                 *(self._probe(url, target) for _, url, target in targets)
             )
             for (name, url, target), ok in zip(targets, results, strict=True):
                 self.pool.record_probe(name, url, ok, target=target)
+                if self.on_result is not None:
+                    self.on_result(name, url, target, ok)
 
     async def _run(self) -> None:
         # Start at a random point of the first interval, so that several load balancers started

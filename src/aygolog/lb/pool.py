@@ -47,6 +47,11 @@ sweep does not find every heartbeat too old and expire every instance at once.
 A deregistered instance leaves the candidates at once; it is listed as `draining` until its
 in-flight requests have finished, then forgotten.
 
+With several workers (`aygolog lb --workers N`, see `aygolog.lb.workers`) each worker has its own
+pool: `on_ejected` tells the others of an ejection decided here, and `eject` applies one decided
+by another worker (within the same cap, not counted again in `aygolog_lb_ejections_total`);
+`export_state`/`import_state` give a restarted worker the others' ejections and probe verdicts.
+
 Where the pool connects: the registration's `ip` when it is an IP address (the load balancer sets
 it to the address it checked against the allowed networks when the instance registered, see
 `aygolog.lb.networks.check_network`), else the URL's host. So a name that resolves elsewhere later
@@ -64,7 +69,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -83,7 +88,7 @@ from aygolog.models import (
 )
 from aygolog.registry import ServiceRegistry
 
-__all__ = ["InstancePool", "InstanceView", "PoolOptions", "Upstream"]
+__all__ = ["InstancePool", "InstanceView", "MemberState", "PoolOptions", "Upstream"]
 
 log = logging.getLogger("aygolog.lb.pool")
 
@@ -138,6 +143,29 @@ class PoolOptions:
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
     heartbeat_ttl: float = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """One instance's shared verdicts, as one worker tells another (`export_state`).
+
+    Args:
+        instance: the registry's record.
+        ejected_for: seconds its ejection still lasts (0: not ejected).
+        ejection_length: the length of its last ejection (the next one doubles it).
+        probe_ok: whether it passes its health checks.
+        probe_passes: passed probes in a row.
+        probe_fails: failed probes in a row.
+        heard_ago: seconds since its last heartbeat reached the load balancer (None: never).
+    """
+
+    instance: ServiceInstance
+    ejected_for: float
+    ejection_length: float
+    probe_ok: bool
+    probe_passes: int
+    probe_fails: int
+    heard_ago: float | None
 
 
 class _Member:
@@ -263,6 +291,9 @@ class InstancePool:
         self._touched: set[str] = set()
         self.registry_error: str | None = None
         """Why the registry cannot be read right now, or None while it answers."""
+        self.on_ejected: Callable[[str, str, float], None] | None = None
+        """Called with (name, url, seconds) when this pool ejects an instance (not when it
+        applies another worker's ejection): how the other workers hear of it."""
         self.last_sync: float | None = None
         """Monotonic time of the last successful reload."""
         metrics = metrics or Metrics()
@@ -316,6 +347,7 @@ class InstancePool:
             read=lambda: {
                 (name,): float(self.strategy.outstanding(name)) for name in self._members
             },
+            merge="sum",  # each worker has its own requests in flight
         )
 
     # -- the proxy's picker (the hot path: no I/O, no awaits) --------------------------------
@@ -412,6 +444,75 @@ class InstancePool:
             why,
             member.ejections,
         )
+        self._rebuild(now)
+        if self.on_ejected is not None:
+            self.on_ejected(member.name, member.instance.url, length)
+
+    def eject(self, name: str, url: str, seconds: float) -> bool:
+        """Apply an ejection another worker decided: the instance at `url` gets no new request
+        for `seconds`, unless that would pass the max-ejected share here. Returns whether it
+        was applied (or it was already ejected at least that long)."""
+        member = self._members.get(name)
+        if member is None or member.instance.url != url or seconds <= 0:
+            return False
+        now = self._clock()
+        until = now + seconds
+        if member.ejected_until > now:
+            if until > member.ejected_until:
+                member.ejected_until = member.ejection_ended = until
+                member.ejection_length = max(member.ejection_length, seconds)
+            return True
+        if not self._may_eject(now):
+            return False
+        member.ejection_length = seconds
+        member.ejected_until = member.ejection_ended = until
+        member.ejections += 1
+        member.failure_streak = 0
+        log.info("%s ejected for %.0f s by another worker", name, seconds)
+        self._rebuild(now)
+        return True
+
+    def export_state(self) -> list[MemberState]:
+        """Every live instance's ejection and health-check verdicts, for a restarted worker."""
+        now = self._clock()
+        return [
+            MemberState(
+                instance=m.instance,
+                ejected_for=max(0.0, m.ejected_until - now),
+                ejection_length=m.ejection_length,
+                probe_ok=m.probe_ok,
+                probe_passes=m.probe_passes,
+                probe_fails=m.probe_fails,
+                heard_ago=None if m.heard_at == -math.inf else now - m.heard_at,
+            )
+            for m in self._members.values()
+            if not m.deregistered
+        ]
+
+    def import_state(self, states: Iterable[MemberState]) -> None:
+        """Take another worker's verdicts (`export_state`): its ejections and failing health
+        checks, and the instances it knows that this pool has not read yet (the registry may be
+        down while this worker starts)."""
+        now = self._clock()
+        for state in states:
+            inst = state.instance
+            member = self._members.get(inst.name)
+            if member is None:
+                if self.loaded:
+                    continue  # the registry, read here, no longer has it
+                member = self._members[inst.name] = _Member(inst)
+            elif member.instance.url != inst.url:
+                continue
+            if state.ejected_for > 0 and member.ejected_until <= now:
+                member.ejected_until = member.ejection_ended = now + state.ejected_for
+            # So that its next ejection here doubles the last one, as in the other worker.
+            member.ejection_length = max(member.ejection_length, state.ejection_length)
+            member.probe_ok = state.probe_ok
+            member.probe_passes = state.probe_passes
+            member.probe_fails = state.probe_fails
+            if state.heard_ago is not None:
+                member.heard_at = max(member.heard_at, now - state.heard_ago)
+                self._keep_if_heard(member)
         self._rebuild(now)
 
     def _may_eject(self, now: float) -> bool:
