@@ -15,9 +15,10 @@ How it behaves:
   message, which msgspec encodes); other records are mapped and encoded at once, so that later
   changes to their values cannot change what is sent. `handle` does not take `logging`'s
   per-handler lock around `emit`, which has its own, shorter one.
-- When the queue is full (`capacity`, default 10,000) the `overflow` policy drops the oldest or
-  the newest record; `dropped` counts them, and stderr says so at most once a `report_interval`.
-  `peak_queued` says how close the bursts so far came to `capacity`.
+- When the queue is full (`capacity`, default 10,000; the batches being sent are held besides)
+  the `overflow` policy drops the oldest or the newest record; `dropped` counts them, and stderr
+  says so at most once a `report_interval`. `peak_queued` says how close the bursts so far came
+  to `capacity`.
 - `max_in_flight` daemon threads (default 3) send a batch once `batch_size` records (default
   1,000) are queued or the oldest is `flush_interval` old (default 0.2 s), to `POST /api/logs`,
   so up to `max_in_flight` requests are in flight at once. A sender that finds more than
@@ -236,7 +237,8 @@ class AygologHandler(logging.Handler):
         target: the LB's (or an instance's) URL, or a `LogClient` to use (not closed by us).
         service: the service of every entry.
         level: the handler's level.
-        capacity: the most records waiting in memory.
+        capacity: the most records waiting in the queue (the batches being sent, at most
+            `max_in_flight` x `max_batch_size` records, are held besides).
         overflow: which record to drop when full: `"drop_oldest"` or `"drop_newest"`.
         batch_size: a batch is sent once this many records are queued (or the oldest is
             `flush_interval` old).
