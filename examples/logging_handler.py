@@ -4,7 +4,7 @@
 
 URL is the load balancer (or one Log API instance); default `$AYGOLOG_URL`, else
 http://127.0.0.1:8080. The handler never blocks your code on the network: records are queued and
-sent in batches by a background thread, retried through outages, and (with `--spool`) kept on
+sent in batches by background threads, retried through outages, and (with `--spool`) kept on
 disk until the server is back, even across restarts of this program.
 """
 

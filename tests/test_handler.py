@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -258,7 +261,8 @@ def test_emit_does_not_wait_for_the_network(
 def test_batches_by_size_then_by_age(
     make: Callable[..., AygologHandler], server: FakeServer
 ) -> None:
-    handler = make(batch_size=10, flush_interval=0.5, max_in_flight=1)  # in order
+    # max_batch_size=10: never more per request, however deep the queue (in order: one sender)
+    handler = make(batch_size=10, max_batch_size=10, flush_interval=0.5, max_in_flight=1)
     log = logger_with(handler, "size")
     for i in range(25):
         log.info("s%d", i)
@@ -534,7 +538,9 @@ def test_up_to_max_in_flight_requests_at_once(server: FakeServer, in_flight: int
 
     server.gate.clear()
     client = LogClient(URL, transport=httpx.MockTransport(transport), retries=0)
-    handler = AygologHandler(client, batch_size=10, max_in_flight=in_flight, stream=io.StringIO())
+    handler = AygologHandler(
+        client, batch_size=10, max_batch_size=10, max_in_flight=in_flight, stream=io.StringIO()
+    )
     try:
         log = logger_with(handler, f"inflight{in_flight}")
         for i in range(100):
@@ -563,3 +569,141 @@ def test_a_partial_batch_goes_out_within_the_default_flush_interval(
     started = time.monotonic()
     assert wait_until(lambda: server.messages == ["alone"], 3)
     assert time.monotonic() - started < 0.6
+
+
+# -- keeping up with a burst: larger batches when behind, cheaper emit and encoding -------------
+
+
+def test_a_deep_queue_goes_out_in_larger_batches(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """Behind (more than `batch_size` queued), a sender takes up to `max_batch_size` at once."""
+    server.gate.clear()
+    handler = make(batch_size=10, max_batch_size=50, flush_interval=0.01, max_in_flight=1)
+    log = logger_with(handler, "deep")
+    log.info("first")
+    assert wait_until(lambda: handler.queued == 1 and not handler._queue)  # in flight, stuck
+    for i in range(205):
+        log.info("d%d", i)
+    assert handler.peak_queued == 205
+    server.gate.set()
+    assert handler.drain(5)
+    assert [len(items) for _, items in server.requests] == [1, 50, 50, 50, 50, 5]
+    assert server.messages == ["first", *(f"d{i}" for i in range(205))]  # one sender: in order
+    assert len({key for key, _ in server.requests}) == 6  # a key per batch
+
+
+def test_idle_senders_share_a_deep_queue(make: Callable[..., AygologHandler]) -> None:
+    handler = make(batch_size=10, max_batch_size=40, max_in_flight=3, flush_interval=60)
+    records = [(time.monotonic(), b'{"message":"x"}') for _ in range(90)]
+    with handler._cond:  # the senders wait for the lock: the queue is as we make it
+        handler._queue.extend(records)
+        assert len(handler._take()) == 30  # 90 queued, 3 idle senders: a third each
+        handler._slots[0].preparing = 30
+        assert len(handler._take()) == 30  # 60 left, 2 idle
+        handler._slots[1].preparing = 30
+        handler._queue.extend(records)  # 120 queued, 1 idle: all, up to max_batch_size
+        assert len(handler._take()) == 40
+        handler._queue.clear()
+        handler._queue.extend(records[:15])  # a little over batch_size, 1 idle: all of it
+        assert len(handler._take()) == 15
+        handler._queue.extend(records[:5])  # under batch_size (sent for its age): all of it
+        assert len(handler._take()) == 5
+        handler._slots[0].preparing = handler._slots[1].preparing = 0
+
+
+def test_max_batch_size_is_never_below_batch_size_nor_above_the_clients_limit(
+    server: FakeServer,
+) -> None:
+    client = LogClient(URL, transport=httpx.MockTransport(server), max_batch_items=300)
+    handlers = [
+        AygologHandler(client, batch_size=100, max_batch_size=50, stream=io.StringIO()),
+        AygologHandler(client, batch_size=100, stream=io.StringIO()),
+    ]
+    try:
+        assert handlers[0].max_batch_size == 100
+        assert handlers[0]._max_take == 100
+        assert handlers[1]._max_take == 300  # capped by the client's max_batch_items
+    finally:
+        for handler in handlers:
+            handler.close(timeout=1)
+        client.close()
+
+
+def test_plain_timestamps_are_encoded_as_datetime_would(
+    make: Callable[..., AygologHandler],
+) -> None:
+    """The sender's own timestamp text equals msgspec's for `datetime.fromtimestamp(created)`,
+    rounding included (half microseconds, whole seconds, the next second)."""
+    handler = make(service="svc")
+    rng = random.Random(16)
+    now = time.time()
+    created = [0.0, 1.0, 1.5, now, float(int(now)), int(now) + 0.9999996, int(now) + 0.0000005]
+    created += [rng.uniform(0, 4e9) for _ in range(2000)]
+    created += [int(now) + rng.randrange(1_000_000) / 1e6 for _ in range(2000)]
+    for value in created:
+        record = logging.LogRecord("app.x", logging.INFO, __file__, 1, "at %r", (value,), None)
+        record.created = value
+        item = (record.created, record.levelname, record.levelno, record.name, record.getMessage())
+        assert handler._encode_plain(item) == encode_log(handler.map_record(record)), value
+
+
+def test_plain_encoding_with_many_loggers_and_levels(make: Callable[..., AygologHandler]) -> None:
+    handler = make()  # no service: the field is left out
+    for n in range(1500):  # more loggers than the cache of their JSON parts holds
+        level = (logging.DEBUG, logging.INFO, logging.WARNING, 35)[n % 4]
+        record = logging.LogRecord(f"app.{n}", level, __file__, 1, 'q"\\\n%d', (n,), None)
+        item = (record.created, record.levelname, record.levelno, record.name, record.getMessage())
+        assert handler._encode_plain(item) == encode_log(handler.map_record(record))
+    assert len(handler._parts) <= 1024
+
+
+def test_emit_does_not_take_the_handlers_io_lock(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """`handle` skips `logging`'s per-handler lock (`emit` has its own); filters still apply."""
+    handler = make(flush_interval=0.01)
+    handler.addFilter(lambda record: not record.getMessage().startswith("secret"))
+    log = logger_with(handler, "nolock")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        lock = handler.lock
+        assert lock is not None
+        with lock:  # e.g. another thread inside a slow `flush`
+            holding.set()
+            release.wait(10)
+
+    def log_two() -> None:
+        log.info("kept")
+        log.info("secret")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(5)
+        logging_thread = threading.Thread(target=log_two)
+        logging_thread.start()
+        logging_thread.join(5)
+        assert not logging_thread.is_alive()  # it did not wait for the lock
+    finally:
+        release.set()
+        holder.join(5)
+    assert handler.drain(5)
+    assert server.messages == ["kept"]
+
+
+def test_refused_arguments_leave_nothing_for_logging_shutdown() -> None:
+    """A handler whose arguments are refused never joins `logging`'s list of handlers, so the
+    flush at interpreter exit does not trip over it."""
+    program = (
+        "from aygolog.client import AygologHandler\n"
+        "AygologHandler('http://127.0.0.1:9', capacity=0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "ValueError: capacity, batch_size and max_in_flight must be at least 1" in result.stderr
+    assert "atexit" not in result.stderr
+    assert "AttributeError" not in result.stderr

@@ -11,18 +11,25 @@ How it behaves:
 - `emit` puts the record on a bounded in-memory queue; it never touches the network and never
   raises (a failure goes to `logging.Handler.handleError`). It does as little as it can: for a
   plain record (no `extra=` fields, exception or stack) it formats only the message and leaves
-  building and encoding the entry (msgspec) to the sender threads; other records are mapped and
-  encoded at once, so that later changes to their values cannot change what is sent.
-- When the queue is full (`capacity`, default 10,000) the `overflow` policy drops the oldest or
-  the newest record; `dropped` counts them, and stderr says so at most once a `report_interval`.
-- `max_in_flight` daemon threads (default 3) send batches of up to `batch_size` records (default
-  1,000), or whatever is queued once the oldest record is `flush_interval` old (default 0.2 s), to
-  `POST /api/logs`, so up to `max_in_flight` requests are in flight at once: one process keeps up
-  with a burst of `logging` calls in a tight loop (`benchmarks/handler_burst.py`). Batches sent
-  at the same time may be stored in either order (each entry keeps its record's `timestamp`);
-  `max_in_flight=1` keeps the order of records as stored. Each batch gets an `Idempotency-Key`
-  when it is formed and keeps it through every retry and the spool, so the server stores it
-  exactly once.
+  building and encoding the entry to the sender threads (the JSON from cached parts around the
+  message, which msgspec encodes); other records are mapped and encoded at once, so that later
+  changes to their values cannot change what is sent. `handle` does not take `logging`'s
+  per-handler lock around `emit`, which has its own, shorter one.
+- When the queue is full (`capacity`, default 10,000; the batches being sent are held besides)
+  the `overflow` policy drops the oldest or the newest record; `dropped` counts them, and stderr
+  says so at most once a `report_interval`. `peak_queued` says how close the bursts so far came
+  to `capacity`.
+- `max_in_flight` daemon threads (default 3) send a batch once `batch_size` records (default
+  1,000) are queued or the oldest is `flush_interval` old (default 0.2 s), to `POST /api/logs`,
+  so up to `max_in_flight` requests are in flight at once. A sender that finds more than
+  `batch_size` queued (it is behind, in a burst) takes its share of the queue (divided among the
+  idle senders) up to `max_batch_size` (default 5,000): fewer, larger requests cost less per
+  record here, where the senders share the GIL with the code that logs, and at the LB. So one
+  process keeps up with a burst of `logging` calls in a tight loop
+  (`benchmarks/handler_burst.py`). Batches sent at the same time may be stored in either order
+  (each entry keeps its record's `timestamp`); `max_in_flight=1` keeps the order of records as
+  stored. Each batch gets an `Idempotency-Key` when it is formed and keeps it through every
+  retry and the spool, so the server stores it exactly once.
 - Failures: connection errors, 429 and 5xx are retried with exponential backoff and full jitter,
   honouring `Retry-After`, for as long as it takes (the batch waits in memory; the queue keeps
   its bound). Entries the server refuses (422) are counted in `invalid`, reported, and the rest
@@ -230,9 +237,15 @@ class AygologHandler(logging.Handler):
         target: the LB's (or an instance's) URL, or a `LogClient` to use (not closed by us).
         service: the service of every entry.
         level: the handler's level.
-        capacity: the most records waiting in memory.
+        capacity: the most records waiting in the queue (the batches being sent, at most
+            `max_in_flight` x `max_batch_size` records, are held besides).
         overflow: which record to drop when full: `"drop_oldest"` or `"drop_newest"`.
-        batch_size: the most records per request.
+        batch_size: a batch is sent once this many records are queued (or the oldest is
+            `flush_interval` old).
+        max_batch_size: the most records per request: a sender that finds more than
+            `batch_size` queued takes its share of them (the queue divided among the idle
+            senders), up to this and the client's `max_batch_items` (never fewer than
+            `batch_size`).
         max_in_flight: the most requests at once (each from its own sender thread).
         flush_interval: send whatever is queued once the oldest record is this many seconds old.
         close_timeout: how long `close()` may take to deliver what is queued.
@@ -255,6 +268,7 @@ class AygologHandler(logging.Handler):
         capacity: int = 10_000,
         overflow: Overflow = "drop_oldest",
         batch_size: int = 1000,
+        max_batch_size: int = 5000,
         max_in_flight: int = 3,
         flush_interval: float = 0.2,
         close_timeout: float = 5.0,
@@ -269,7 +283,6 @@ class AygologHandler(logging.Handler):
         balance: Literal["lb", "client"] = "lb",
         stream: TextIO | None = None,
     ) -> None:
-        super().__init__(level)
         if overflow not in ("drop_oldest", "drop_newest"):
             raise ValueError(f"overflow must be 'drop_oldest' or 'drop_newest', not {overflow!r}")
         if capacity < 1 or batch_size < 1 or max_in_flight < 1:
@@ -283,6 +296,7 @@ class AygologHandler(logging.Handler):
         self.capacity = capacity
         self.overflow: Overflow = overflow
         self.batch_size = batch_size
+        self.max_batch_size = max(batch_size, max_batch_size)
         self.max_in_flight = max_in_flight
         self.flush_interval = flush_interval
         self.close_timeout = close_timeout
@@ -301,6 +315,7 @@ class AygologHandler(logging.Handler):
             self.client = self._make_client()
         self._owns_client = self._make_client is not None
         self._max_batch_bytes = self.client._core.max_batch_bytes
+        self._max_take = max(batch_size, min(max_batch_size, self.client._core.max_batch_items))
         self.spool = Spool(spool_dir, max_bytes=spool_max_bytes) if spool_dir else None
 
         self.dropped = 0
@@ -313,12 +328,18 @@ class AygologHandler(logging.Handler):
         """Records neither delivered nor spooled (counted at close)."""
         self.failed_attempts = 0
         """Sends that failed and were (or will be) retried: a sign of outages."""
+        self.peak_queued = 0
+        """The most records that waited in the queue at once (not counting those being sent):
+        how close the bursts so far came to `capacity`."""
 
         # `emit` may leave the mapping of plain records to the sender thread unless a subclass
         # maps records its own way.
         self._plain_ok = type(self).map_record is AygologHandler.map_record
-        self._levels: dict[tuple[str, int], LogLevel] = {}
-        self._cond = threading.Condition(threading.Lock())
+        self._parts: dict[tuple[str, int, str], tuple[bytes, bytes]] = {}
+        self._second = (-1, b"")  # the last timestamp second seen, and its text
+        self._max_message_bytes = self.limits.max_message_bytes
+        self._lock = threading.Lock()  # `emit` takes it bare: `with` on a Condition costs more
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[tuple[float, _Item]] = deque()
         self._slots: list[_Slot] = []
         self._failures = 0
@@ -332,6 +353,9 @@ class AygologHandler(logging.Handler):
         self._keys = random.Random()  # seeded from os.urandom; reseeded in a forked child
         self._reported = {"dropped": 0, "invalid": 0, "undelivered": 0}
         self._last_report = -math.inf
+        # Last: `logging` keeps a reference to every handler made and flushes them at exit, so a
+        # handler whose arguments are refused above must not have become one.
+        super().__init__(level)
         self._start_workers()
 
     def _start_workers(self) -> None:
@@ -358,7 +382,8 @@ class AygologHandler(logging.Handler):
     def _after_fork(self) -> None:
         """In a forked child: the parent's worker thread did not come along, its lock may be
         held for ever and its queue is the parent's to send. Start afresh."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue = deque()
         self._keys = random.Random()  # never the parent's keys: its batches would replay ours
         self._failures = 0
@@ -378,6 +403,16 @@ class AygologHandler(logging.Handler):
         with self._cond:
             held = sum(s.preparing + (s.current.count if s.current else 0) for s in self._slots)
             return len(self._queue) + held
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit the record, as `logging.Handler.handle` does but without taking the
+        handler's I/O lock around `emit`: `emit` is thread-safe on its own (a shorter lock)."""
+        passed: object = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12+: a filter may return a record
+            record = passed
+        if passed:
+            self.emit(record)
+        return bool(passed)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Queue the record (never blocks on the network, never raises)."""
@@ -403,7 +438,7 @@ class AygologHandler(logging.Handler):
             else:
                 item = encode_log(self.map_record(record))
             now = time.monotonic()
-            with self._cond:
+            with self._lock:
                 if self._closing:
                     self.dropped += 1
                     return
@@ -414,6 +449,8 @@ class AygologHandler(logging.Handler):
                     self._queue.popleft()
                 self._queue.append((now, item))
                 size = len(self._queue)
+                if size > self.peak_queued:
+                    self.peak_queued = size
                 if size == 1 or size == self.batch_size:
                     self._cond.notify_all()
         except Exception:
@@ -582,9 +619,17 @@ class AygologHandler(logging.Handler):
                 self.undelivered += batch.count
 
     def _take(self) -> list[_Item]:
-        """The next batch's records from the queue, not yet encoded (lock held)."""
+        """The next batch's records from the queue, not yet encoded (lock held).
+
+        Up to `batch_size`, or, when more are queued (a burst the senders are behind on), this
+        sender's share of them: fewer, larger requests cost less per record in this process
+        (whose senders share the GIL with the code that logs) and on the server.
+        """
         queue = self._queue
-        count = min(len(queue), self.batch_size)
+        count = len(queue)
+        if count > self.batch_size:
+            idle = sum(s.current is None and not s.preparing for s in self._slots) or 1
+            count = min(count, max(self.batch_size, min(self._max_take, -(-count // idle))))
         return [queue.popleft()[1] for _ in range(count)]
 
     def _encode(self, items: list[_Item]) -> tuple[PreparedBatch, list[bytes]]:
@@ -613,21 +658,53 @@ class AygologHandler(logging.Handler):
         return f"{self._keys.getrandbits(128):032x}"
 
     def _encode_plain(self, item: _Plain) -> bytes:
-        """The JSON of a record that `emit` found plain (no extras, exception or stack)."""
+        """The JSON of a record that `emit` found plain (no extras, exception or stack): the
+        bytes `encode_log(self.map_record(record))` gives, built from cached parts (the fields
+        that depend on the level and the logger, and the timestamp's second) around the one
+        string that must be encoded, the message."""
         created, levelname, levelno, name, message = item
-        level = self._levels.get((levelname, levelno))
-        if level is None:
-            level = self._levels[levelname, levelno] = _record_level(levelname, levelno)
-        max_bytes = self.limits.max_message_bytes
-        return _encode_new_log(
-            NewLog(
-                message=_trim(message, max_bytes) if message.strip() else "(empty)",
-                level=level,
-                service=self.service,
-                timestamp=datetime.fromtimestamp(created, UTC),
-                attributes={"logger": _trim(name, self.limits.max_attribute_value_bytes)},
-            )
+        parts = self._parts.get((levelname, levelno, name))
+        if parts is None:
+            parts = self._plain_parts(levelname, levelno, name)
+        if not message or message.isspace():
+            message = "(empty)"
+        elif len(message) * 4 > self._max_message_bytes:
+            message = _trim(message, self._max_message_bytes)
+        # The timestamp as datetime.fromtimestamp(created, UTC) rounds it, as msgspec writes it.
+        fraction, whole = math.modf(created)
+        micros = round(fraction * 1e6)
+        if micros >= 1_000_000:
+            whole += 1
+            micros -= 1_000_000
+        elif micros < 0:
+            whole -= 1
+            micros += 1_000_000
+        second = int(whole)
+        cached = self._second
+        if cached[0] != second:  # one tuple, so that senders never see half an update
+            cached = self._second = (second, _second_text(second))
+        stamp = b"%s.%06d" % (cached[1], micros) if micros else cached[1]
+        return b"".join((b'{"message":', _encode_json(message), parts[0], stamp, parts[1]))
+
+    def _plain_parts(self, levelname: str, levelno: int, name: str) -> tuple[bytes, bytes]:
+        """What a plain record's JSON holds between the message and the timestamp's digits
+        (up to its opening quote), and after them (from its `Z`), for this level and logger."""
+        level = _record_level(levelname, levelno)
+        entry = NewLog(
+            message="",
+            level=level,
+            service=self.service,
+            timestamp=datetime(2000, 1, 1, tzinfo=UTC),
+            attributes={"logger": _trim(name, self.limits.max_attribute_value_bytes)},
         )
+        data = _encode_json(entry)
+        start = len(b'{"message":""')
+        middle = data.index(b'"2000-01-01T00:00:00Z"', start)
+        parts = (data[start : middle + 1], data[middle + len(b'"2000-01-01T00:00:00') :])
+        if len(self._parts) >= 1024:  # loggers named at run time: keep the cache bounded
+            self._parts.clear()
+        self._parts[levelname, levelno, name] = parts
+        return parts
 
     def _decide(self, slot: _Slot) -> tuple[str, float | None]:
         """What `slot`'s sender does next, and how long to wait first (lock held)."""
@@ -842,7 +919,12 @@ _Plain = tuple[float, str, int, str, str]
 """A plain record as `emit` queues it: created, levelname, levelno, logger name, message."""
 _Item = bytes | _Plain
 """A queued record: its JSON, or a plain record still to be encoded by the sender thread."""
-_encode_new_log: Final = msgspec.json.Encoder().encode
+_encode_json: Final = msgspec.json.Encoder().encode
+
+
+def _second_text(second: int) -> bytes:
+    """A time in whole seconds since the epoch as RFC 3339 in UTC, without the zone."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
 
 
 def _record_level(levelname: str, levelno: int) -> LogLevel:
