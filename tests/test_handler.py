@@ -403,7 +403,7 @@ def test_close_with_the_server_down_returns_in_time_and_reports(
     started = time.monotonic()
     handler.close()
     took = time.monotonic() - started
-    assert took < 1.0 + 0.1
+    assert took < 1.0 + 1.0  # the close_timeout, not the 5 s backoff (margin for a busy machine)
     assert handler.undelivered == 1234
     assert "1234 log records could not be delivered" in stream.getvalue()
     log.info("after close")
