@@ -13,7 +13,7 @@ import pytest
 
 from aygolog.embedded import EmbeddedRedis
 from aygolog.errors import Unavailable
-from aygolog.server.reads import ReadGate
+from aygolog.server.reads import PageCache, ReadGate
 from support import ServiceProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,3 +116,22 @@ def test_reads_over_the_limit_wait_then_get_503_with_retry_after(api: ServicePro
     metrics = httpx.get(api.url + "/metrics").text
     assert "aygolog_reads_refused_total" in metrics
     assert httpx.get(api.url + "/api/logs", params={"limit": "1"}).status_code == 200
+
+
+def test_the_page_cache_serves_a_page_only_at_the_version_it_was_read_at() -> None:
+    cache = PageCache(max_pages=2, max_bytes=10)
+    assert cache.get(100, "v1") is None
+    cache.put(100, "v1", b"[1]")
+    assert cache.get(100, "v1") == b"[1]"
+    assert cache.get(100, "v2") is None  # the store changed: read again
+    assert cache.get(10, "v1") is None  # another page size
+    cache.put(100, "v2", b"[2]")
+    assert cache.get(100, "v1") is None
+    assert cache.get(100, "v2") == b"[2]"
+    cache.put(10, "v2", b"[3]")
+    cache.put(5, "v2", b"[4]")  # a third size: the oldest kept (100) goes
+    assert cache.get(100, "v2") is None
+    assert cache.get(10, "v2") == b"[3]"
+    cache.put(1, "v2", b"x" * 11)  # too big to keep
+    assert cache.get(1, "v2") is None
+    assert (cache.hits, cache.misses) == (3, 6)

@@ -31,7 +31,7 @@ from aygolog.models import (
 )
 from aygolog.querystring import parse_query_params
 from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
-from aygolog.server.reads import ReadGate
+from aygolog.server.reads import PageCache, ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
@@ -40,6 +40,7 @@ from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
 
+_encode_seed: Final = msgspec.json.Encoder().encode
 _NDJSON: Final = ("application/x-ndjson", "application/jsonl", "application/json-seq")
 
 
@@ -57,6 +58,8 @@ class ApiState:
     keepalive_seconds: float = 15.0
     reads: ReadGate = field(default_factory=lambda: ReadGate(8, 2.0))
     """Bounds the queries running against the store at once."""
+    pages: PageCache = field(default_factory=PageCache)
+    """The seed's list pages, kept while the store's version does not change."""
     started_at: float = field(default_factory=time.time)
     registration: dict[str, Any] = field(default_factory=dict)
     """What the registration agent reports (state, lb_url, last error)."""
@@ -271,12 +274,22 @@ def _query_params(
 )
 async def list_logs_seed(
     state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
-) -> list[SeedLog]:
-    """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
+) -> Response[bytes]:
+    """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp).
+
+    The encoded page is kept with the store's version and served again while the version is
+    the same (one small Redis call instead of reading, decoding and encoding the page; see
+    `PageCache` for why it is never stale).
+    """
     api = _api(state)
     async with api.reads.slot():
-        page = await api.store.query(LogQuery(limit=limit))
-    return [SeedLog.from_entry(e) for e in page.items]
+        version = await api.store.version()
+        body = api.pages.get(limit, version)
+        if body is None:
+            page = await api.store.query(LogQuery(limit=limit))
+            body = _encode_seed([SeedLog.from_entry(e) for e in page.items])
+            api.pages.put(limit, version, body)
+    return Response(body, media_type=JSON)
 
 
 @get(
