@@ -155,6 +155,12 @@ class ClientProcess:
         return line.split()
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` so far (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -235,6 +241,7 @@ def run(tails: int, processes: int, logs: int) -> None:
                         client.tell(f"watch {marker}")
                     for client in clients:
                         client.hear()
+                    cpu = {"lb": cpu_seconds(lb_pid), "instance": cpu_seconds(worker)}
                     sent = time.monotonic()
                     http.post("/api/log", json={"message": marker}).raise_for_status()
                     answered = time.monotonic()
@@ -244,10 +251,15 @@ def run(tails: int, processes: int, logs: int) -> None:
                     count = sum(int(s[1]) for s in seen)
                     first = min(float(s[2]) for s in seen)
                     last = max(float(s[3]) for s in seen)
+                    used = {
+                        "lb": cpu_seconds(lb_pid) - cpu["lb"],
+                        "instance": cpu_seconds(worker) - cpu["instance"],
+                    }
                     print(
                         f"log {n + 1}: reached {count} of {tails}; the last"
                         f" {last - answered:.3f} s after the POST's answer ({last - sent:.3f} s"
-                        f" after it was sent; the first {first - answered:+.3f} s)",
+                        f" after it was sent; the first {first - answered:+.3f} s); CPU the"
+                        f" instance {used['instance']:.2f} s, the LB {used['lb']:.2f} s",
                         flush=True,
                     )
                     time.sleep(0.5)
