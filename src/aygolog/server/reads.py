@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aygolog.errors import Unavailable
 
@@ -82,6 +82,9 @@ class PageCache:
     page is exactly what a fresh read would return. A log acknowledged by any instance has
     changed the version before its answer was sent, so the next read on every instance misses.
 
+    When the version changes under many readers at once, one of them reads the new page and
+    the others wait for it (`load`), rather than all reading the same page from the store.
+
     Args:
         max_pages: page sizes kept at once (the oldest kept is forgotten first).
         max_bytes: pages larger than this are not kept.
@@ -91,6 +94,7 @@ class PageCache:
         self.max_pages = max_pages
         self.max_bytes = max_bytes
         self._pages: dict[int, tuple[str, bytes]] = {}
+        self._loading: dict[tuple[int, str], asyncio.Future[bytes]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -103,6 +107,30 @@ class PageCache:
         self.misses += 1
         return None
 
+    async def load(self, size: int, version: str, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The page for `size` at `version`, read by `read()` once however many ask at once.
+
+        `read` must read the page after `version` was read from the store (so the page is at
+        least as new as `version`); a reader that saw the same `version` may share that page.
+        An error of `read` is raised to every reader waiting for it; the next call reads again.
+        """
+        key = (size, version)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key, read))
+            loading.add_done_callback(_retrieve)
+            self._loading[key] = loading
+        # Shielded: a reader that goes away does not cancel the read the others wait for.
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: tuple[int, str], read: Callable[[], Awaitable[bytes]]) -> bytes:
+        try:
+            body = await read()
+            self.put(key[0], key[1], body)
+            return body
+        finally:
+            del self._loading[key]
+
     def put(self, size: int, version: str, body: bytes) -> None:
         """Keep `body`, read at `version`, as the page for `size`."""
         if len(body) > self.max_bytes:
@@ -112,3 +140,9 @@ class PageCache:
         if len(pages) >= self.max_pages:
             del pages[next(iter(pages))]
         pages[size] = (version, body)
+
+
+def _retrieve(future: asyncio.Future[bytes]) -> None:
+    # Every reader may have gone away: mark the error seen, so asyncio does not log it.
+    if not future.cancelled():
+        future.exception()

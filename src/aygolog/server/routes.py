@@ -287,11 +287,15 @@ async def list_logs_seed(
     api = _api(state)
     async with api.reads.slot():
         version = await api.store.version()
-        body = api.pages.get(limit, version)
-        if body is None:
-            page = await api.store.query(LogQuery(limit=limit))
-            body = _encode_seed([SeedLog.from_entry(e) for e in page.items])
-            api.pages.put(limit, version, body)
+    body = api.pages.get(limit, version)
+    if body is None:
+
+        async def read() -> bytes:
+            async with api.reads.slot():
+                page = await api.store.query(LogQuery(limit=limit))
+            return _encode_seed([SeedLog.from_entry(e) for e in page.items])
+
+        body = await api.pages.load(limit, version, read)
     return Response(body, media_type=JSON)
 
 
