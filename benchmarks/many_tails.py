@@ -28,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, cast
@@ -177,7 +178,7 @@ def timed_gets(url: str, times: int = 100) -> list[float]:
 
 
 def summary(name: str, took: list[float]) -> str:
-    p99 = statistics.quantiles(took, n=100)[98]
+    p99 = statistics.quantiles(took, n=100, method="inclusive")[98]
     return (
         f"{name} p50 {statistics.median(took) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms,"
         f" max {max(took) * 1000:.1f} ms"
@@ -234,6 +235,20 @@ def run(tails: int, processes: int, logs: int) -> None:
             print(f"instance subscribers: {ready['tail']['subscribers']}")
             print(summary("/health of the instance:", timed_gets(api.url + "/health")))
             print(summary("/health of the LB:      ", timed_gets(lb.url + "/health")))
+            during_fan_out: list[float] = []
+            probing = threading.Event()
+
+            def probe() -> None:  # /health of the instance while the logs go out
+                with httpx.Client(timeout=10) as client:
+                    while probing.wait(30) and not stopping.is_set():
+                        sent = time.perf_counter()
+                        client.get(api.url + "/health").raise_for_status()
+                        during_fan_out.append(time.perf_counter() - sent)
+                        time.sleep(0.01)
+
+            stopping = threading.Event()
+            prober = threading.Thread(target=probe, daemon=True)
+            prober.start()
             with httpx.Client(base_url=lb.url, timeout=30) as http:
                 for n in range(logs):
                     marker = f"fan-out-{os.getpid()}-{n}-{time.time_ns()}"
@@ -242,12 +257,14 @@ def run(tails: int, processes: int, logs: int) -> None:
                     for client in clients:
                         client.hear()
                     cpu = {"lb": cpu_seconds(lb_pid), "instance": cpu_seconds(worker)}
+                    probing.set()
                     sent = time.monotonic()
                     http.post("/api/log", json={"message": marker}).raise_for_status()
                     answered = time.monotonic()
                     for client in clients:
                         client.tell("report 30")
                     seen = [client.hear() for client in clients]
+                    probing.clear()
                     count = sum(int(s[1]) for s in seen)
                     first = min(float(s[2]) for s in seen)
                     last = max(float(s[3]) for s in seen)
@@ -263,6 +280,11 @@ def run(tails: int, processes: int, logs: int) -> None:
                         flush=True,
                     )
                     time.sleep(0.5)
+            stopping.set()
+            probing.set()
+            prober.join(10)
+            if len(during_fan_out) >= 2:
+                print(summary("/health of the instance during the fan-outs:", during_fan_out))
             during = {"lb": open_files(lb_pid), "instance": open_files(worker)}
             for client in clients:
                 client.tell("close")

@@ -92,3 +92,25 @@ async def test_an_unfiltered_subscription_takes_every_entry_without_matching() -
     assert getattr(await errors.get(1), "message", None) == "bad"
     assert await errors.get(0.01) is None
     await hub.stop()
+
+
+async def test_a_fan_out_to_thousands_lets_other_work_run_in_between() -> None:
+    """Other ready work (a `/health`, the answer to the write) runs while an entry goes out to
+    thousands of subscribers, not after all of them."""
+    store = InMemoryLogStore()
+    hub = TailHub(store)
+    subscriptions = [await hub.subscribe() for _ in range(3000)]
+    seen: list[int] = []
+
+    async def probe() -> None:
+        while len(seen) < 1000 and (not seen or seen[-1] < len(subscriptions)):
+            seen.append(sum(1 for s in subscriptions if s.waiting))
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    await store.append(NewLog(message="to all"))
+    await asyncio.wait_for(watching, 5)
+    assert seen[-1] == len(subscriptions)
+    assert any(0 < n < len(subscriptions) for n in seen), seen  # it ran part-way through
+    await hub.stop()

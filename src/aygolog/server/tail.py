@@ -26,6 +26,9 @@ __all__ = ["END", "Dropped", "End", "Subscription", "TailHub"]
 
 log = logging.getLogger("aygolog.server.tail")
 
+_FAN_OUT_SLICE = 256
+"""Subscribers offered an entry between two yields to the event loop."""
+
 
 class Dropped:
     """Marks a gap: `count` entries for this subscriber were dropped because it fell behind."""
@@ -65,6 +68,11 @@ class Subscription:
         self.dropped = 0
         """Entries dropped since the last `Dropped` marker was queued."""
         self.dropped_total = 0
+
+    @property
+    def waiting(self) -> int:
+        """Entries and markers queued for this subscriber now."""
+        return len(self._items)
 
     def _put(self, item: LogEntry | Dropped | End) -> None:
         self._items.append(item)
@@ -235,7 +243,7 @@ class TailHub:
                 async for entry in self._store.tail(self._last_id):
                     delay = 0.1
                     self._last_id = entry.id
-                    self._fan_out(entry)
+                    await self._fan_out(entry)
             except Unavailable as exc:
                 if self.connected.is_set():
                     log.warning("live tail lost the store (%s); retrying", exc)
@@ -243,10 +251,17 @@ class TailHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _fan_out(self, entry: LogEntry) -> None:
+    async def _fan_out(self, entry: LogEntry) -> None:
+        # In slices, yielding to the loop between them: the wake-ups of thousands of streams
+        # would otherwise all be queued ahead of anything else ready (a `/health`, the answer
+        # to the POST that wrote this entry), which then waited for the whole fan-out.
+        subscriptions = list(self._subscriptions)
         dropped = 0
-        for subscription in self._subscriptions:
-            if not subscription.offer(entry):
-                dropped += 1
+        for start in range(0, len(subscriptions), _FAN_OUT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for subscription in subscriptions[start : start + _FAN_OUT_SLICE]:
+                if not subscription.offer(entry):
+                    dropped += 1
         if dropped and self._on_drop is not None:
             self._on_drop(dropped)
