@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from _common import sample_logs
 from aygolog.embedded import EmbeddedRedis
+from aygolog.errors import Unavailable
 from aygolog.store import RedisStreamLogStore, Retention, StoreOptions
 from support import ServiceProcess, children, wait_until
 
@@ -69,11 +70,17 @@ async def fill(url: str, entries: int) -> None:
     todo = entries // len(batch)
     gate = asyncio.Semaphore(4)
 
-    async def one() -> None:
+    async def one(n: int) -> None:
         async with gate:
-            await store.append_many(batch)
+            for attempt in range(3):  # a busy machine can time a batch out; the key dedupes
+                try:
+                    await store.append_many(batch, idempotency_key=f"fill-{n}")
+                    return
+                except Unavailable:
+                    if attempt == 2:
+                        raise
 
-    await asyncio.gather(*(one() for _ in range(todo)))
+    await asyncio.gather(*(one(n) for n in range(todo)))
     await client.aclose()
 
 

@@ -57,8 +57,10 @@ class ApiState:
     max_batch_items: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     keepalive_seconds: float = 15.0
-    frames: dict[str, bytes] = field(default_factory=dict)
-    """The SSE frames of the latest live-tail entries, by id: each is encoded once for all."""
+    frames: dict[str, tuple[LogEntry, bytes]] = field(default_factory=dict)
+    """The SSE frames of the latest live-tail entries, by id, each with the entry it encodes
+    (an entry fanned out to thousands of streams is encoded once; an id seen again with another
+    entry, as after a wiped store, is encoded afresh)."""
     reads: ReadGate = field(default_factory=lambda: ReadGate(8, 2.0))
     """Bounds the queries running against the store at once."""
     pages: PageCache = field(default_factory=PageCache)
@@ -388,12 +390,13 @@ def _log_event(api: ApiState, entry: LogEntry) -> bytes:
     """The entry's SSE frame (`id:` and one `data:` line: JSON holds no raw line break),
     encoded once however many subscribers it goes to."""
     frames = api.frames
-    frame = frames.get(entry.id)
-    if frame is None:
-        frame = b"id: %s\r\ndata: %s\r\n\r\n" % (entry.id.encode(), _encode_entry(entry))
-        if len(frames) >= _FRAMES_KEPT:
-            frames.clear()
-        frames[entry.id] = frame
+    kept = frames.get(entry.id)
+    if kept is not None and kept[0] is entry:  # the very object the hub fanned out
+        return kept[1]
+    frame = b"id: %s\r\ndata: %s\r\n\r\n" % (entry.id.encode(), _encode_entry(entry))
+    if len(frames) >= _FRAMES_KEPT:
+        frames.clear()
+    frames[entry.id] = (entry, frame)
     return frame
 
 
