@@ -86,6 +86,26 @@ def test_seed_post_and_list(a: ServiceProcess, b: ServiceProcess) -> None:
     assert "timestamp" in listed[0]
 
 
+def test_the_seed_list_is_never_staler_than_a_write_on_another_instance(
+    a: ServiceProcess, b: ServiceProcess
+) -> None:
+    """`GET /api/log` keeps its encoded page while the store's version stays the same: a log
+    acknowledged by one instance is in the next list from the other, every time."""
+    with httpx.Client() as client:
+        for i in range(20):
+            for limit in (None, 3):
+                params = {"limit": limit} if limit else {}
+                client.get(b.url + "/api/log", params=params).raise_for_status()  # kept
+                client.get(b.url + "/api/log", params=params).raise_for_status()  # served kept
+            stored = client.post(a.url + "/api/log", json={"name": f"fresh {i}"}).json()
+            for limit in (None, 3):
+                params = {"limit": limit} if limit else {}
+                listed = client.get(b.url + "/api/log", params=params).json()
+                assert listed[0]["id"] == stored["id"], (i, limit)
+                assert listed[0]["name"] == f"fresh {i}"
+                assert len(listed) == min(limit or 100, count(a))
+
+
 @pytest.mark.parametrize(
     "body",
     [

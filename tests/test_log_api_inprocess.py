@@ -10,9 +10,14 @@ import pytest
 import uvicorn
 
 from aygolog.embedded import free_port
+from aygolog.metrics import Metrics
+from aygolog.models import LogEntry, NewLog
 from aygolog.server import create_log_api
+from aygolog.server.routes import ApiState, _log_event
+from aygolog.server.tail import TailHub
 from aygolog.settings import ApiScope, LogApiSettings
 from aygolog.store import InMemoryLogStore
+from aygolog.store.base import stored_entry
 
 
 async def serve(settings: LogApiSettings) -> AsyncIterator[str]:
@@ -98,3 +103,16 @@ async def test_app_works_over_the_memory_store(base_url: str) -> None:
         assert stored.json()["instance"] == "mem-1"
         page = (await client.get("/api/logs", params={"min_level": "warning"})).json()
         assert [i["message"] for i in page["items"]] == ["in memory"]
+
+
+def test_a_live_entry_is_encoded_once_and_a_reused_id_is_encoded_afresh() -> None:
+    store = InMemoryLogStore()
+    api = ApiState(instance="i", store=store, hub=TailHub(store), metrics=Metrics())
+    entry: LogEntry = stored_entry(NewLog(message="first"), "1700000000000-0", "i")
+    frame = _log_event(api, entry)
+    assert frame.startswith(b"id: 1700000000000-0\r\ndata: {")
+    assert frame.endswith(b"}\r\n\r\n")
+    assert b'"message":"first"' in frame
+    assert _log_event(api, entry) is frame  # encoded once for every stream it goes to
+    other = stored_entry(NewLog(message="second"), "1700000000000-0", "i")  # a wiped store
+    assert b'"message":"second"' in _log_event(api, other)

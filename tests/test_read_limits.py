@@ -13,7 +13,7 @@ import pytest
 
 from aygolog.embedded import EmbeddedRedis
 from aygolog.errors import Unavailable
-from aygolog.server.reads import ReadGate
+from aygolog.server.reads import PageCache, ReadGate
 from support import ServiceProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,3 +116,68 @@ def test_reads_over_the_limit_wait_then_get_503_with_retry_after(api: ServicePro
     metrics = httpx.get(api.url + "/metrics").text
     assert "aygolog_reads_refused_total" in metrics
     assert httpx.get(api.url + "/api/logs", params={"limit": "1"}).status_code == 200
+
+
+def test_the_page_cache_serves_a_page_only_at_the_version_it_was_read_at() -> None:
+    cache = PageCache(max_pages=2, max_bytes=10)
+    assert cache.get(100, "v1") is None
+    cache.put(100, "v1", b"[1]")
+    assert cache.get(100, "v1") == b"[1]"
+    assert cache.get(100, "v2") is None  # the store changed: read again
+    assert cache.get(10, "v1") is None  # another page size
+    cache.put(100, "v2", b"[2]")
+    assert cache.get(100, "v1") is None
+    assert cache.get(100, "v2") == b"[2]"
+    cache.put(10, "v2", b"[3]")
+    cache.put(5, "v2", b"[4]")  # a third size: the oldest kept (100) goes
+    assert cache.get(100, "v2") is None
+    assert cache.get(10, "v2") == b"[3]"
+    cache.put(1, "v2", b"x" * 11)  # too big to keep
+    assert cache.get(1, "v2") is None
+    assert (cache.hits, cache.misses) == (3, 6)
+
+
+async def test_readers_missing_the_same_version_read_the_page_once() -> None:
+    """When a write changes the version under many readers, one reads the page, the others
+    wait for it (all of them reading it was a burst of full queries at every write)."""
+    cache = PageCache()
+    reads: list[int] = []
+    release = asyncio.Event()
+
+    async def read() -> bytes:
+        reads.append(1)
+        await release.wait()
+        return b"[page]"
+
+    readers = [asyncio.create_task(cache.load(100, "v1", read)) for _ in range(10)]
+    gone = asyncio.create_task(cache.load(100, "v1", read))
+    await asyncio.sleep(0.01)
+    gone.cancel()  # a reader that goes away does not cancel the read the others wait for
+    release.set()
+    assert await asyncio.gather(*readers) == [b"[page]"] * 10
+    assert len(reads) == 1
+    assert cache.get(100, "v1") == b"[page]"
+    await cache.load(100, "v2", read)  # a new version is read again
+    assert len(reads) == 2
+
+
+async def test_a_failed_page_read_fails_every_waiting_reader_and_the_next_reads_again() -> None:
+    cache = PageCache()
+    calls: list[int] = []
+
+    async def failing() -> bytes:
+        calls.append(1)
+        await asyncio.sleep(0.01)
+        raise Unavailable("redis is down", retry_after=1.0)
+
+    results = await asyncio.gather(
+        *(cache.load(10, "v", failing) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert len(calls) == 1
+    assert cache.get(10, "v") is None
+
+    async def working() -> bytes:
+        return b"[]"
+
+    assert await cache.load(10, "v", working) == b"[]"

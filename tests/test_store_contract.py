@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from aygolog.embedded import EmbeddedRedis
 from aygolog.errors import Conflict, Unavailable, ValidationError
 from aygolog.models import Direction, LogEntry, LogLevel, LogQuery, NewLog
+from aygolog.redis import KeySpace
 from aygolog.store import (
     InMemoryLogStore,
     LogStore,
@@ -586,3 +587,57 @@ async def test_big_entries_are_read_in_small_xranges(
     assert page.next_cursor is not None
     assert max(counts) <= 32, counts
     assert sum(counts) <= len(page.items) + 32, counts
+
+
+# -- version: what a reader keeping a page checks ---------------------------------------------
+
+
+async def test_version_changes_with_every_write_and_only_then(store: LogStore) -> None:
+    empty = await store.version()
+    assert await store.version() == empty
+    await store.append(log("one"))
+    one = await store.version()
+    assert one != empty
+    assert await store.version() == one  # reads change nothing
+    await store.query(LogQuery(limit=10))
+    assert await store.version() == one
+    await store.append_many([log("two"), log("three")])
+    assert await store.version() not in (empty, one)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_version_changes_when_retention_trims(
+    kind: str, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    options = StoreOptions(retention=Retention(max_entries=5))
+    store: LogStore = (
+        InMemoryLogStore(options=options)
+        if kind == "memory"
+        else RedisStreamLogStore(redis_client, instance="a", prefix=prefix, options=options)
+    )
+    await store.append_many([log(f"m{i}") for i in range(5)])
+    seen = {await store.version()}
+    for i in range(3):
+        await store.append(log(f"more {i}"))
+        version = await store.version()
+        assert version not in seen
+        seen.add(version)
+
+
+async def test_redis_version_tells_a_rewritten_stream_from_the_one_it_replaced(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """Same newest id and length (a stream deleted and written again in the same
+    millisecond): the newest entry's digest still tells them apart."""
+    store = RedisStreamLogStore(redis_client, instance="a", prefix=prefix)
+    stream = KeySpace(prefix).key("logs")
+    fields = {"l": "2", "s": "", "i": "a", "d": b'{"message":"first"}'}
+    await redis_client.xadd(stream, fields, id="1700000000000-0")  # type: ignore[arg-type]
+    before = await store.version()
+    assert before.startswith("1700000000000-0:1:")
+    await redis_client.delete(stream)
+    fields["d"] = b'{"message":"second"}'
+    await redis_client.xadd(stream, fields, id="1700000000000-0")  # type: ignore[arg-type]
+    assert await store.version() != before
+    (entry,) = (await store.query(LogQuery())).items
+    assert entry.message == "second"

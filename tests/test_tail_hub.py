@@ -61,3 +61,56 @@ async def test_drain_ends_open_and_later_streams() -> None:
     later = await hub.subscribe()
     assert await asyncio.wait_for(later.get(5), 1) is END
     await hub.stop()
+
+
+async def test_thousands_of_waiting_subscribers_cost_no_task_each() -> None:
+    """A subscriber waiting with a timeout holds one future and one timer, not a task of its
+    own (`asyncio.wait_for` made one per read: at each entry, thousands of tasks were made)."""
+    store = InMemoryLogStore()
+    hub = TailHub(store)
+    subscriptions = [await hub.subscribe() for _ in range(1000)]
+    before = len(asyncio.all_tasks())
+    readers = [asyncio.create_task(s.get(5)) for s in subscriptions]
+    await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) == before + len(readers)
+    await store.append(NewLog(message="to all"))
+    got = await asyncio.wait_for(asyncio.gather(*readers), 5)
+    assert {getattr(g, "message", None) for g in got} == {"to all"}
+    assert [await s.get(0.01) for s in subscriptions[:3]] == [None] * 3  # timeouts still work
+    await hub.stop()
+
+
+async def test_an_unfiltered_subscription_takes_every_entry_without_matching() -> None:
+    store = InMemoryLogStore()
+    hub = TailHub(store)
+    plain = await hub.subscribe(LogQuery(limit=1000))  # the route's query with no filter
+    errors = await hub.subscribe(LogQuery(min_level=LogLevel.ERROR))
+    await store.append(NewLog(message="info"))
+    await store.append(NewLog(message="bad", level=LogLevel.ERROR))
+    assert getattr(await plain.get(1), "message", None) == "info"
+    assert getattr(await plain.get(1), "message", None) == "bad"
+    assert getattr(await errors.get(1), "message", None) == "bad"
+    assert await errors.get(0.01) is None
+    await hub.stop()
+
+
+async def test_a_fan_out_to_thousands_lets_other_work_run_in_between() -> None:
+    """Other ready work (a `/health`, the answer to the write) runs while an entry goes out to
+    thousands of subscribers, not after all of them."""
+    store = InMemoryLogStore()
+    hub = TailHub(store)
+    subscriptions = [await hub.subscribe() for _ in range(3000)]
+    seen: list[int] = []
+
+    async def probe() -> None:
+        while len(seen) < 1000 and (not seen or seen[-1] < len(subscriptions)):
+            seen.append(sum(1 for s in subscriptions if s.waiting))
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    await store.append(NewLog(message="to all"))
+    await asyncio.wait_for(watching, 5)
+    assert seen[-1] == len(subscriptions)
+    assert any(0 < n < len(subscriptions) for n in seen), seen  # it ran part-way through
+    await hub.stop()

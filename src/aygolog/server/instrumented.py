@@ -59,6 +59,10 @@ class InstrumentedStore:
         """See `LogStore.query`."""
         return await self._timed("query", self._inner.query(query))
 
+    async def version(self) -> str:
+        """See `LogStore.version`."""
+        return await self._timed("version", self._inner.version())
+
     def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
         """See `LogStore.tail` (not timed: it blocks by design)."""
         return self._inner.tail(after_id)

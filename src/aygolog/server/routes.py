@@ -13,7 +13,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 
 from aygolog.errors import ValidationError
 from aygolog.metrics import Metrics
@@ -31,7 +31,7 @@ from aygolog.models import (
 )
 from aygolog.querystring import parse_query_params
 from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
-from aygolog.server.reads import ReadGate
+from aygolog.server.reads import PageCache, ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
@@ -40,6 +40,8 @@ from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
 
+_encode_seed: Final = msgspec.json.Encoder().encode
+_encode_entry: Final = msgspec.json.Encoder().encode
 _NDJSON: Final = ("application/x-ndjson", "application/jsonl", "application/json-seq")
 
 
@@ -55,8 +57,14 @@ class ApiState:
     max_batch_items: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     keepalive_seconds: float = 15.0
+    frames: dict[str, tuple[LogEntry, bytes]] = field(default_factory=dict)
+    """The SSE frames of the latest live-tail entries, by id, each with the entry it encodes
+    (an entry fanned out to thousands of streams is encoded once; an id seen again with another
+    entry, as after a wiped store, is encoded afresh)."""
     reads: ReadGate = field(default_factory=lambda: ReadGate(8, 2.0))
     """Bounds the queries running against the store at once."""
+    pages: PageCache = field(default_factory=PageCache)
+    """The seed's list pages, kept while the store's version does not change."""
     started_at: float = field(default_factory=time.time)
     registration: dict[str, Any] = field(default_factory=dict)
     """What the registration agent reports (state, lb_url, last error)."""
@@ -271,12 +279,26 @@ def _query_params(
 )
 async def list_logs_seed(
     state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
-) -> list[SeedLog]:
-    """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp)."""
+) -> Response[bytes]:
+    """GET /api/log: a flat list, newest first (the seed's React client reads name/timestamp).
+
+    The encoded page is kept with the store's version and served again while the version is
+    the same (one small Redis call instead of reading, decoding and encoding the page; see
+    `PageCache` for why it is never stale).
+    """
     api = _api(state)
     async with api.reads.slot():
-        page = await api.store.query(LogQuery(limit=limit))
-    return [SeedLog.from_entry(e) for e in page.items]
+        version = await api.store.version()
+    body = api.pages.get(limit, version)
+    if body is None:
+
+        async def read() -> bytes:
+            async with api.reads.slot():
+                page = await api.store.query(LogQuery(limit=limit))
+            return _encode_seed([SeedLog.from_entry(e) for e in page.items])
+
+        body = await api.pages.load(limit, version, read)
+    return Response(body, media_type=JSON)
 
 
 @get(
@@ -338,7 +360,7 @@ async def stream_logs(
     attr: FromQuery[list[str] | None] = None,
     last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id")] = None,
     last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
-) -> ServerSentEvent:
+) -> Stream:
     """GET /api/logs/stream: new entries as SSE; event id = stream id.
 
     `Last-Event-ID` (header, or `last_event_id` query parameter) resumes after that entry with
@@ -350,22 +372,42 @@ async def stream_logs(
     resume = last_event_id_header or last_event_id_query
     if resume:
         parse_stream_id(resume, "last_event_id")
-    return ServerSentEvent(
+    # A plain byte stream of ready-made frames: Litestar's ServerSentEvent hops to a thread
+    # when a stream opens and formats every event per subscriber.
+    return Stream(
         _events(api, query, resume),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _log_event(entry: LogEntry) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=msgspec.json.encode(entry).decode(), id=entry.id)
+_CONNECTED: Final = b": connected\r\nretry: 2000\r\n\r\n"
+_KEEPALIVE: Final = b": keep-alive\r\n\r\n"
+_FRAMES_KEPT: Final = 512
 
 
-async def _events(
-    api: ApiState, query: LogQuery, resume: str | None
-) -> AsyncIterator[ServerSentEventMessage]:
+def _log_event(api: ApiState, entry: LogEntry) -> bytes:
+    """The entry's SSE frame (`id:` and one `data:` line: JSON holds no raw line break),
+    encoded once however many subscribers it goes to."""
+    frames = api.frames
+    kept = frames.get(entry.id)
+    if kept is not None and kept[0] is entry:  # the very object the hub fanned out
+        return kept[1]
+    frame = b"id: %s\r\ndata: %s\r\n\r\n" % (entry.id.encode(), _encode_entry(entry))
+    if len(frames) >= _FRAMES_KEPT:
+        frames.clear()
+    frames[entry.id] = (entry, frame)
+    return frame
+
+
+def _dropped_event(count: int) -> bytes:
+    return b"event: dropped\r\ndata: %s\r\n\r\n" % msgspec.json.encode({"count": count})
+
+
+async def _events(api: ApiState, query: LogQuery, resume: str | None) -> AsyncIterator[bytes]:
     subscription = await api.hub.subscribe(query)
     try:
-        yield ServerSentEventMessage(data=None, comment="connected", retry=2000)
+        yield _CONNECTED
         last = parse_stream_id(resume) if resume else None
         if last is not None and api.hub.last_id != "$":
             # An id past the newest entry (a wiped store, a made-up id) must not hide the new
@@ -383,24 +425,22 @@ async def _events(
                     )
                 for entry in page.items:
                     last = parse_stream_id(entry.id)
-                    yield _log_event(entry)
+                    yield _log_event(api, entry)
                 cursor = page.next_cursor
         while True:
             item = await subscription.get(api.keepalive_seconds)
             if item is None:
-                yield ServerSentEventMessage(data=None, comment="keep-alive")
+                yield _KEEPALIVE
             elif isinstance(item, End):
                 return  # the instance is stopping; the client resumes (Last-Event-ID) elsewhere
             elif isinstance(item, Dropped):
                 api.dropped.inc(amount=item.count)
-                yield ServerSentEventMessage(
-                    event="dropped", data=msgspec.json.encode({"count": item.count}).decode()
-                )
+                yield _dropped_event(item.count)
             else:
                 if last is not None and parse_stream_id(item.id) <= last:
                     continue
                 last = None  # past the catch-up: ids only grow from here
-                yield _log_event(item)
+                yield _log_event(api, item)
     finally:
         subscription.close()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from aygolog.errors import Unavailable
@@ -24,6 +25,9 @@ from aygolog.store import LogStore, matches
 __all__ = ["END", "Dropped", "End", "Subscription", "TailHub"]
 
 log = logging.getLogger("aygolog.server.tail")
+
+_FAN_OUT_SLICE = 256
+"""Subscribers offered an entry between two yields to the event loop."""
 
 
 class Dropped:
@@ -43,33 +47,54 @@ END = End()
 
 
 class Subscription:
-    """One subscriber's queue and filter; iterate it for entries and `Dropped` markers."""
+    """One subscriber's queue and filter; iterate it for entries and `Dropped` markers.
+
+    The queue is a deque and one waiter future (not an `asyncio.Queue` read through
+    `asyncio.wait_for`, which made a task and a timer per read: with thousands of subscribers,
+    most of an instance's time went there at each entry).
+    """
 
     def __init__(self, hub: TailHub, query: LogQuery | None, size: int) -> None:
         self._hub = hub
+        if query is not None and not _filters(query):
+            query = None  # every entry matches: skip `matches` for each one
         self._query = query
         self._severities = query.level_severities() if query is not None else None
-        self._queue: asyncio.Queue[LogEntry | Dropped | End] = asyncio.Queue(size)
+        self._items: deque[LogEntry | Dropped | End] = deque()
+        self._size = size
+        self._waiter: asyncio.Future[None] | None = None
         self.ended = False
         """Set when the hub drains: `get` returns `END` from then on."""
         self.dropped = 0
         """Entries dropped since the last `Dropped` marker was queued."""
         self.dropped_total = 0
 
+    @property
+    def waiting(self) -> int:
+        """Entries and markers queued for this subscriber now."""
+        return len(self._items)
+
+    def _put(self, item: LogEntry | Dropped | End) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def offer(self, entry: LogEntry) -> bool:
         """Queue the entry if it matches; count it as dropped if the queue is full."""
         if self._query is not None and not matches(entry, self._query, self._severities):
             return True
-        queue = self._queue
+        waiting = len(self._items)
         # The gap marker goes where the gap is: after what was queued before it, before this.
-        if self.dropped and queue.qsize() < queue.maxsize - 1:
-            queue.put_nowait(Dropped(self.dropped))
+        if self.dropped and waiting < self._size - 1:
+            self._put(Dropped(self.dropped))
             self.dropped = 0
-        if self.dropped or queue.full():
+            waiting += 1
+        if self.dropped or waiting >= self._size:
             self.dropped += 1
             self.dropped_total += 1
             return False
-        queue.put_nowait(entry)
+        self._put(entry)
         return True
 
     async def get(
@@ -80,23 +105,48 @@ class Subscription:
         `END` once the hub drains."""
         if self.ended:
             return END
-        if self._queue.empty() and self.dropped:
-            count, self.dropped = self.dropped, 0
-            return Dropped(count)
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        items = self._items
+        if not items:
+            if self.dropped:
+                count, self.dropped = self.dropped, 0
+                return Dropped(count)
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not items:
+                return None
+        return items.popleft()
 
     def end(self) -> None:
         """Make `get` return `END` now (also to a caller waiting in it)."""
         self.ended = True
-        if not self._queue.full():
-            self._queue.put_nowait(END)
+        self._put(END)
 
     def close(self) -> None:
         """Stop receiving entries."""
         self._hub.unsubscribe(self)
+
+
+def _filters(query: LogQuery) -> bool:
+    """Whether `query` filters entries (its time range and paging do not apply to a tail)."""
+    return bool(
+        query.levels is not None
+        or query.min_level is not None
+        or query.services is not None
+        or query.text
+        or query.attributes
+    )
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class TailHub:
@@ -193,7 +243,7 @@ class TailHub:
                 async for entry in self._store.tail(self._last_id):
                     delay = 0.1
                     self._last_id = entry.id
-                    self._fan_out(entry)
+                    await self._fan_out(entry)
             except Unavailable as exc:
                 if self.connected.is_set():
                     log.warning("live tail lost the store (%s); retrying", exc)
@@ -201,10 +251,17 @@ class TailHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _fan_out(self, entry: LogEntry) -> None:
+    async def _fan_out(self, entry: LogEntry) -> None:
+        # In slices, yielding to the loop between them: the wake-ups of thousands of streams
+        # would otherwise all be queued ahead of anything else ready (a `/health`, the answer
+        # to the POST that wrote this entry), which then waited for the whole fan-out.
+        subscriptions = list(self._subscriptions)
         dropped = 0
-        for subscription in self._subscriptions:
-            if not subscription.offer(entry):
-                dropped += 1
+        for start in range(0, len(subscriptions), _FAN_OUT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for subscription in subscriptions[start : start + _FAN_OUT_SLICE]:
+                if not subscription.offer(entry):
+                    dropped += 1
         if dropped and self._on_drop is not None:
             self._on_drop(dropped)

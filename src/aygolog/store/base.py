@@ -114,6 +114,14 @@ class LogStore(Protocol):
         """Entries matching `query`, one page at a time."""
         ...
 
+    async def version(self) -> str:
+        """A token that changes whenever an entry is added or removed (cheap: no entries read).
+
+        A page read after this call is at least as new as the token, so a reader may keep the
+        page with the token and serve it again while `version()` still returns the same token.
+        """
+        ...
+
     def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
         """New entries after `after_id` as they arrive ("$": from now; "0": from the start)."""
         ...

@@ -127,6 +127,10 @@ class InMemoryLogStore:
                     return LogPage(items=items, next_cursor=entry.id)
         return LogPage(items=items)
 
+    async def version(self) -> str:
+        """Changes whenever an entry is added or removed (see `LogStore.version`)."""
+        return f"{self._last[0]}-{self._last[1]}:{len(self._keys)}"
+
     async def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
         """New entries after `after_id` as they arrive ("$": from now; "0": from the start)."""
         last = self._last if after_id == "$" else parse_stream_id(after_id, "after_id")

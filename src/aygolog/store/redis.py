@@ -13,7 +13,8 @@ Layout (all keys share the deployment's hash tag, so the scripts stay valid on a
 A batch is written by one EVALSHA (`lua/append.lua`); queries run `lua/scan.lua`, which reads at
 most `StoreOptions.scan_budget` entries per call and returns where to continue. It reads in
 XRANGEs of about 1 MiB each (sized by the entries seen so far), and, unfiltered, no more entries
-than the page still needs (the seed's list of 10 reads 10).
+than the page still needs (the seed's list of 10 reads 10). `version` (`lua/version.lua`) reads
+only the newest entry and the length, for readers that keep a page while it is current.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ __all__ = ["RedisStreamLogStore"]
 
 _APPEND: Final = files("aygolog.store").joinpath("lua/append.lua").read_text()
 _SCAN: Final = files("aygolog.store").joinpath("lua/scan.lua").read_text()
+_VERSION: Final = files("aygolog.store").joinpath("lua/version.lua").read_text()
 _SHA_APPEND: Final = hashlib.sha1(_APPEND.encode()).hexdigest()
 _SHA_SCAN: Final = hashlib.sha1(_SCAN.encode()).hexdigest()
+_SHA_VERSION: Final = hashlib.sha1(_VERSION.encode()).hexdigest()
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DECODE_BODY: Final = msgspec.json.Decoder(NewLog).decode
 _DIGITS: Final = tuple(str(i).encode() for i in range(len(LogLevel)))
@@ -212,6 +215,12 @@ class RedisStreamLogStore:
                 break
             start = "(" + last
         return LogPage(items=items, next_cursor=None if done else cursor)
+
+    async def version(self) -> str:
+        """The stream's newest id, length and a digest of its newest entry, in one EVALSHA
+        (`lua/version.lua`; see `LogStore.version`)."""
+        reply = await self._eval("version", _SHA_VERSION, _VERSION, (self._stream,), ())
+        return bytes(reply).decode()
 
     async def tail(self, after_id: str = "$") -> AsyncIterator[LogEntry]:
         """New entries after `after_id` as they arrive ("$": from now; "0": from the start).
