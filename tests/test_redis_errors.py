@@ -3,6 +3,7 @@ hashes; Redis's own text goes to the server log. Real Redis servers throughout."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -12,12 +13,14 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis import exceptions as rex
 
 from aygolog.embedded import EmbeddedRedis, free_port
 from aygolog.errors import Unavailable
 from aygolog.models import LogQuery, NewLog
+from aygolog.redis import create_redis
 from aygolog.store import RedisStreamLogStore
-from aygolog.store.redis_errors import unavailable
+from aygolog.store.redis_errors import POOL_BUSY, unavailable
 from support import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -143,6 +146,26 @@ async def test_nothing_listening_is_cannot_be_reached() -> None:
         assert info.value.retry_after == 1.0
     finally:
         await store.aclose()
+
+
+async def test_every_pooled_connection_busy_is_not_cannot_be_reached(
+    small_redis: EmbeddedRedis,
+) -> None:
+    """Redis is up but the instance's one connection is held: the answer says so (it said
+    "cannot be reached", sending users to look for a Redis that was running)."""
+    client = create_redis(small_redis.url, max_connections=1, pool_timeout=0.2)
+    try:
+        held = asyncio.ensure_future(client.blpop(["never-pushed"], timeout=2))
+        await asyncio.sleep(0.2)
+        with pytest.raises(rex.ConnectionError) as raised:
+            await client.ping()
+        answer = unavailable(raised.value, "query")
+        assert str(answer) == POOL_BUSY
+        assert "cannot be reached" not in str(answer)
+        assert answer.retry_after == 1.0
+        await held
+    finally:
+        await client.aclose()
 
 
 def test_the_server_log_says_it_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:

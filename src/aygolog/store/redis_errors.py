@@ -14,6 +14,7 @@ logged, so a full store under load does not flood the log).
 | NOPERM, NOAUTH, WRONGPASS | the log store refused this instance's user or password | 5 s |
 | BUSY | the log store is busy running a script | 1 s |
 | timeout | the log store did not answer in time | 1 s |
+| all pooled connections busy (pool timeout) | too many requests are waiting for the store | 1 s |
 | connection errors | the log store cannot be reached | 1 s |
 | anything else | the log store failed; the server log has the details | 1 s |
 """
@@ -28,7 +29,7 @@ from redis import exceptions as rex
 
 from aygolog.errors import Unavailable
 
-__all__ = ["LOG_EVERY", "unavailable"]
+__all__ = ["LOG_EVERY", "POOL_BUSY", "STORE_FULL", "unavailable"]
 
 log = logging.getLogger("aygolog.store")
 
@@ -40,6 +41,13 @@ STORE_FULL: Final = (
     "stored. Raise Redis's maxmemory, or keep fewer logs (AYGOLOG_RETENTION_MAX_ENTRIES, "
     "AYGOLOG_RETENTION_MAX_AGE)"
 )
+
+POOL_BUSY: Final = (
+    "too many requests are waiting for the log store (Redis): every connection of this "
+    "instance was busy (AYGOLOG_REDIS_MAX_CONNECTIONS, AYGOLOG_REDIS_POOL_TIMEOUT)"
+)
+_POOL_EXHAUSTED: Final = "No connection available"
+"""What redis-py's asyncio BlockingConnectionPool raises (as a ConnectionError) on its timeout."""
 
 _last_logged: dict[str, float] = {}
 _not_logged: dict[str, int] = {}
@@ -68,9 +76,13 @@ def _describe(exc: rex.RedisError) -> tuple[str, str, float]:
             5.0,
         )
     if isinstance(exc, rex.MaxConnectionsError):
-        return "pool", "too many requests are waiting for the log store (Redis)", 1.0
+        return "pool", POOL_BUSY, 1.0
     if isinstance(exc, rex.TimeoutError):
         return "timeout", "the log store (Redis) did not answer in time", 1.0
+    if isinstance(exc, rex.ConnectionError) and text.startswith(_POOL_EXHAUSTED):
+        # redis-py's BlockingConnectionPool after its timeout: Redis is up, this instance's
+        # connections (AYGOLOG_REDIS_MAX_CONNECTIONS) were all busy for AYGOLOG_REDIS_POOL_TIMEOUT
+        return "pool", POOL_BUSY, 1.0
     if isinstance(exc, rex.ConnectionError):
         return "connection", "the log store (Redis) cannot be reached", 1.0
     if text.startswith("BUSY"):
