@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -157,13 +158,23 @@ class ClientProcess:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far (seconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of `pid` and its live children so far (seconds): with `aygolog lb
+    --workers N` the LB is a supervisor and its N workers."""
+    total = 0
+    for one in (pid, *children(pid)):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open files of `pid` and its live children (the LB's workers)."""
+    total = 0
+    for one in (pid, *children(pid)):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{one}/fd"))
+    return total
 
 
 def timed_gets(url: str, times: int = 100) -> list[float]:
@@ -222,7 +233,8 @@ def run(tails: int, processes: int, logs: int) -> None:
             print(
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load average"
                 f" {load:.2f}; {tails} tails through the LB onto one instance, {processes}"
-                f" client processes; pids lb {lb_pid}, instance worker {worker}",
+                f" client processes; pids lb {lb_pid} (workers {children(lb_pid) or 'none'}),"
+                f" instance worker {worker}",
                 flush=True,
             )
             started = time.monotonic()
