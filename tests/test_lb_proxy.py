@@ -336,6 +336,57 @@ async def test_get_and_post_are_proxied_with_body_headers_and_request_ids() -> N
         assert h.picker.outcomes == [("a", 200, None), ("a", 201, None)]
 
 
+async def test_generated_request_ids_are_a_process_prefix_and_a_counter() -> None:
+    async with harness(Upstream("a")) as h:
+        ids = [(await h.client.get("/api/log")).headers["x-request-id"] for _ in range(3)]
+        assert len(set(ids)) == 3
+        assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+        assert {i[:16] for i in ids} == {ids[0][:16]}  # one prefix per process
+        counters = [int(i[16:], 16) for i in ids]
+        assert counters == sorted(counters)
+        assert counters[2] - counters[0] == 2
+
+
+async def test_plain_requests_are_answered_without_a_task_per_request() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        made.append(getattr(coro, "__qualname__", ""))
+        if factory is not None:
+            return factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async with harness(Upstream("a")) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port, b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\n"
+        )
+        assert (await read_response(reader))[0] == 200  # opens the pooled connection
+        loop.set_task_factory(counting)
+        try:
+            for _ in range(20):
+                writer.write(b"POST /api/log HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n\r\n{}")
+                status, headers, body = await read_response(reader)
+                assert status == 201
+                assert json.loads(body)["body"] == "{}"
+                assert headers["x-served-by"] == "a"
+        finally:
+            loop.set_task_factory(factory)
+        writer.close()
+        assert [name for name in made if name.startswith("_Client.")] == []
+        seen = h.upstreams["a"].seen[-1]
+        assert seen.header("host") == "lb"
+        assert seen.header("content-length") == "2"
+        assert seen.header("x-forwarded-for") == "127.0.0.1"
+        assert seen.header("x-forwarded-proto") == "http"
+        assert seen.header("x-forwarded-host") == "lb"
+        assert seen.header("x-request-id") is not None
+        assert h.upstreams["a"].accepts == 1
+        assert h.picker.outcomes[-1] == ("a", 201, None)
+        assert len(h.picker.attempts) == len(h.picker.outcomes) == 21
+
+
 async def test_forwarded_headers_are_appended_and_set() -> None:
     async with harness(Upstream("a")) as h:
         await h.client.get(
