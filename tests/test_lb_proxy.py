@@ -178,6 +178,12 @@ class Upstream:
             )
             await writer.drain()
             return True
+        if path == "/api/as-sent":
+            writer.write(b"HTTP/1.1 201 Made\r\nX-Mixed-Case: v\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+            return True
+        if path == "/api/slow":
+            await asyncio.sleep(5)
         if path == "/api/until-close":
             writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
             await writer.drain()
@@ -678,6 +684,47 @@ async def test_response_timeout_gives_504() -> None:
         assert 0.25 < time.monotonic() - began < 2
         assert h.picker.outcomes == [("a", None, UpstreamFailure.TIMEOUT)]
         assert h.upstreams["b"].seen == []
+
+
+async def test_response_timeout_on_a_kept_alive_connection_gives_504() -> None:
+    # The second request goes out on the pooled connection, in callbacks (no per-request timer:
+    # the server's sweeper times it out).
+    config = ProxyConfig(response_timeout=0.3)
+    async with harness(Upstream("a"), config=config) as h:
+        assert (await h.client.get("/api/log")).status_code == 200
+        began = time.monotonic()
+        response = await h.client.post("/api/slow", json={})
+        assert response.status_code == 504
+        assert 0.25 < time.monotonic() - began < 2
+        assert h.picker.outcomes[-1] == ("a", None, UpstreamFailure.TIMEOUT)
+        assert h.upstreams["a"].accepts == 1
+        assert (await h.client.get("/api/log")).status_code == 200
+
+
+async def test_a_response_without_headers_to_change_is_passed_on_as_sent() -> None:
+    async with harness(Upstream("a")) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port,
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\n"  # opens the pooled connection
+            b"GET /api/as-sent HTTP/1.1\r\nHost: lb\r\n\r\n",
+        )
+        await read_response(reader)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(
+            b"HTTP/1.1 201 Made\r\nX-Mixed-Case: v\r\ncontent-length: 2\r\nx-served-by: a\r\n"
+            b"x-request-id: "
+        )
+        assert b"connection" not in head.lower()
+        assert await reader.readexactly(2) == b"{}"
+        for request, connection in [
+            (b"GET /api/as-sent HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "keep-alive"),
+            (b"GET /api/as-sent HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n", "close"),
+        ]:
+            writer.write(request)
+            status, headers, body = await read_response(reader)
+            assert (status, headers["connection"], body) == (201, connection, b"{}")
+            assert headers["x-mixed-case"] == "v"
+        writer.close()
 
 
 async def test_retry_budget_caps_retries() -> None:

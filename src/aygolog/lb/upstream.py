@@ -153,6 +153,7 @@ class UpstreamResponse:
         "_interim",
         "_sink",
         "complete",
+        "first",
         "head_only",
         "headers",
         "keep_alive",
@@ -175,6 +176,9 @@ class UpstreamResponse:
         self.complete = False
         self.sent = False
         self.received = 0
+        self.first: bytes | None = None
+        """The first bytes read of the response (None after an interim 1xx answer): when they
+        are all of it, the proxy can pass its head on as received."""
         self._interim = False
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -400,6 +404,8 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes nobody asked for: the instance is not speaking HTTP/1.1 as agreed.
             self.close()
             return
+        if not response.received:
+            response.first = data
         response.received += len(data)
         try:
             parser.feed_data(data)
@@ -465,6 +471,7 @@ class UpstreamConnection(asyncio.Protocol):
                 raise _Refused("the instance switched protocols unasked")
             # An interim answer (103 Early Hints, an unasked 100 Continue): wait for the real one.
             response._interim = True
+            response.first = None
             response.headers = []
             return
         response.status = status
