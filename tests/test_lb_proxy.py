@@ -1031,6 +1031,7 @@ async def test_cors_headers_on_proxied_responses_for_allowed_origins_only() -> N
         assert "access-control-allow-origin" not in stranger.headers
         plain = await h.client.get("/api/log")
         assert "access-control-allow-origin" not in plain.headers
+        assert plain.headers["vary"] == "origin"  # without Origin, the answer still depends on it
         # A streamed response gets it too.
         streamed = await h.client.get(
             "/api/logs/chunked", headers={"Origin": "https://other.example"}

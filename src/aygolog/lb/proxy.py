@@ -279,7 +279,8 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one original request."""
-        self._advance()
+        if int(self._clock() / self._slot_length) != self._slot:
+            self._advance()
         self._requests[self._slot % len(self._requests)] += 1
         self._request_sum += 1
 
@@ -344,6 +345,11 @@ _RESPONSE_CHANGED: Final = re.compile(
     re.IGNORECASE,
 )
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
+# What a plain request head gets added (`_Client._upstream_request`), then its body.
+_PLAIN_ADDED: Final = (
+    b"%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s\r\n"
+    b"x-request-id: %s\r\n\r\n%s"
+)
 # Request headers the proxy acts on or relies on: naming one in `Connection` does not strip it
 # (`Connection: host` must not send a request upstream without its Host).
 _END_TO_END: Final = frozenset(
@@ -607,6 +613,9 @@ class ProxyServer:
         self._cors_prefixes = tuple(p for p in config.cors_paths if p.endswith("/"))
         self._gated = self._api_keys is not None or self._cors
         """Whether proxied requests need the API-key or CORS step (off: no work at all)."""
+        self._gate_without_origin = self._api_keys is None and self._cors_any
+        """Whether that step does nothing for a request without `Origin` (no keys, CORS for any
+        origin: no `Vary: Origin` either)."""
         self._server: asyncio.Server | None = None
         self._connections: set[_Client] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -916,10 +925,10 @@ class _Client(asyncio.Protocol):
             while data:
                 left = self.body_left
                 if not left:
-                    if self.head_began < 0:
-                        self.head_began = self.loop.time()
                     got = scanner.feed(data)
                     if got is None:
+                        if self.head_began < 0:  # (a head that comes whole needs no deadline)
+                            self.head_began = self.loop.time()
                         return
                     head, data = got
                     self.raw_head = head
@@ -1243,7 +1252,7 @@ class _Client(asyncio.Protocol):
         if not server.route(method, path):
             return self._handle(req)
         server.stats.proxied += 1
-        if server._gated:
+        if server._gated and (req.origin is not None or not server._gate_without_origin):
             answered = self._gate(req, method, path)
             if answered is not None:
                 self._done(req, answered)
@@ -1626,6 +1635,7 @@ class _Client(asyncio.Protocol):
     ) -> bool:
         """Send a complete response to the client in one write; True to keep the connection."""
         status = response.status
+        body = response.take_body()
         first = response.first
         if (
             first is not None
@@ -1640,7 +1650,11 @@ class _Client(asyncio.Protocol):
             and not req.cors_vary
         ):
             end = first.find(b"\r\n\r\n") + 2
-            if end > 1 and _RESPONSE_CHANGED.search(first, 0, end) is None:
+            if (
+                end > 1
+                and len(first) - end - 2 == len(body)
+                and _RESPONSE_CHANGED.search(first, 0, end) is None
+            ):
                 # All of it came in one read, with a Content-Length (an HTTP/1.1 response to
                 # keep the connection for, without Transfer-Encoding) and no header to change.
                 keep = req.keep_alive and not self.server.closing and not self.eof
@@ -1668,7 +1682,6 @@ class _Client(asyncio.Protocol):
         if framing == _FRAME_NONE:
             self._write(head)
         else:
-            body = response.take_body()
             if framing == _FRAME_CHUNKED:
                 body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
             self._write(head + body)
@@ -1778,6 +1791,15 @@ class _Client(asyncio.Protocol):
         if req.plain:
             # The head as received (its header lines as the client wrote them), then ours.
             raw = req.raw
+            if not (req.forwarded_proto or req.forwarded_host):
+                return _PLAIN_ADDED % (
+                    raw[: len(raw) - 2],
+                    xff,
+                    server._scheme,
+                    req.host or b"",  # (an HTTP/1.1 request has one)
+                    req.request_id,
+                    req.body,
+                )
             parts = [raw[: len(raw) - 2], b"x-forwarded-for: ", xff, b"\r\n"]
             if not (req.forwarded_proto and trust):
                 parts += (b"x-forwarded-proto: ", server._scheme, b"\r\n")
