@@ -560,6 +560,37 @@ async def test_client_leaving_a_quiet_sse_stream_closes_the_upstream_within_a_se
         assert h.proxy.stats.connections == 0
 
 
+async def test_sse_on_a_pooled_connection_streams_and_closes_when_the_client_leaves() -> None:
+    # After a first request, the stream goes out on the pooled connection: begun in callbacks,
+    # its head comes without the body and a task relays the rest.
+    config = ProxyConfig(response_timeout=0.2)
+    async with harness(Upstream("a"), config=config) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port,
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\n"
+            b"GET /api/sse HTTP/1.1\r\nHost: lb\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        assert (await read_response(reader))[0] == 200
+        status, headers, body = await asyncio.wait_for(read_response(reader), 5)
+        assert (status, headers["content-type"]) == (200, "text/event-stream")
+        assert body.count(b"data: event") == 3
+        writer.write(b"GET /api/quiet-sse HTTP/1.1\r\nHost: lb\r\n\r\n")
+        received = b""
+        while b"data: 1" not in received:
+            received += await reader.read(65536)
+        writer.close()
+        left = time.monotonic()
+        upstream = h.upstreams["a"]
+        for _ in range(150):
+            if upstream.disconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert upstream.disconnects == 1
+        assert time.monotonic() - left < 1.0
+        assert upstream.accepts == 1
+        assert h.picker.outcomes == [("a", 200, None)] * 3
+
+
 async def test_connect_refused_post_is_retried_on_another_instance() -> None:
     dead = dead_target("dead")
     async with harness(dead, Upstream("b")) as h:

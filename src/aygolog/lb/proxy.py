@@ -183,7 +183,9 @@ class ProxyConfig:
         max_header_line: largest single header line, in bytes; 431 beyond.
         connect_timeout: seconds to open a connection to an instance.
         response_timeout: seconds to wait for the response headers, and at most between two
-            body chunks; 504 when the headers do not come. Not applied to SSE.
+            body chunks; 504 when the headers do not come. Not applied to SSE. On a pooled
+            connection it is checked by a sweeper, so the 504 may come up to a quarter of it
+            (at most 1 s) late.
         max_retries: extra attempts per request at most.
         retry_ratio: the retry budget: retries may add this share of extra requests...
         retry_min_per_second: ...plus this many retries per second, over...
