@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -715,6 +719,49 @@ async def test_response_timeout_gives_504() -> None:
         assert 0.25 < time.monotonic() - began < 2
         assert h.picker.outcomes == [("a", None, UpstreamFailure.TIMEOUT)]
         assert h.upstreams["b"].seen == []
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_plain_and_streamed_answers_over_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    upstream = await Upstream("a").start()
+    picker = StaticPicker([upstream.target])
+    proxy = ProxyServer(picker=picker, route=default_route)
+    await proxy.start(HOST, 0, ssl=context)
+    try:
+        url = f"https://{HOST}:{proxy.port}"
+        trust = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(base_url=url, verify=trust, timeout=5) as client:
+            for i in range(5):  # the first opens the pooled connection, the rest are plain
+                posted = await client.post("/api/log", json={"i": i})
+                assert posted.status_code == 201
+                assert json.loads(posted.json()["body"]) == {"i": i}
+                assert posted.headers["x-served-by"] == "a"
+            chunked = await client.get("/api/chunked")
+            assert chunked.text == "part1part2part3"
+            async with client.stream("GET", "/api/sse") as response:
+                events = [line async for line in response.aiter_lines() if line.startswith("data:")]
+            assert events == ["data: event 0", "data: event 1", "data: event 2"]
+        assert upstream.seen[0].header("x-forwarded-proto") == "http"  # config.scheme
+        assert upstream.accepts == 1
+        assert [status for _, status, _ in picker.outcomes] == [201] * 5 + [200, 200]
+    finally:
+        await proxy.aclose(grace=1)
+        await upstream.close()
 
 
 async def test_response_timeout_on_a_kept_alive_connection_gives_504() -> None:
