@@ -1057,7 +1057,11 @@ class _Client(asyncio.Protocol):
                 plain = False
         if not req.request_id:
             req.request_id = server._request_id()
-        refused = _refusal(version, version11, hosts, chunked, expect)
+        refused = (
+            None
+            if version11 and hosts == 1 and expect is None and coding is None
+            else _refusal(version, version11, hosts, chunked, expect)
+        )
         if refused is None and coding is not None and version11:
             refused = (501, "Transfer-Encoding: only chunked is supported")
         if refused is not None:
@@ -1269,7 +1273,7 @@ class _Client(asyncio.Protocol):
         conn = pool.take_idle()
         if conn is None:
             return self._proxy(req, method, url, first=target)
-        _Exchange(self, req, method, url, target, conn).start()
+        _Exchange(self, req, method, url, target, conn)
         return None
 
     def _no_instance(self, req: _Request, exc: NoHealthyInstance) -> bool:
@@ -1984,7 +1988,7 @@ class _Failed:
 class _Exchange:
     """One attempt on an instance run in callbacks (the plain path of `_Client._start`).
 
-    It writes the request on an idle pooled connection and listens to the response
+    Made, it writes the request on an idle pooled connection and listens to the response
     (`aygolog.lb.upstream.ResponseListener`): a complete response goes to the client in one
     write from the instance connection's `data_received`; anything else (a body still to come,
     SSE, a failure: retries, 502/504) is handed to a task that goes on with the same state.
@@ -2008,16 +2012,12 @@ class _Exchange:
         self.target = target
         self.conn = conn
         self.response: UpstreamResponse | None = None
-        self.began = 0.0
-
-    def start(self) -> None:
-        client = self.client
-        req = self.req
+        # Begin at once: the request goes out now (the listener may be told before `request`
+        # returns, if the connection turns out closed).
         client.exchange = self
-        client.server.picker.started(self.target.name)
+        client.server.picker.started(target.name)
         self.began = time.perf_counter()
-        conn = self.conn
-        data = client._upstream_request(req, self.target, self.url)
+        data = client._upstream_request(req, target, url)
         self.response = conn.request(data, head_only=req.head, listener=self)
 
     def tick(self, clock: float) -> None:

@@ -581,7 +581,8 @@ class UpstreamPool:
         now = time.monotonic()
         conn.idle_since = now
         conn._response = None
-        conn.resume_reading()  # so that an idle connection's close is noticed
+        if conn._reading_paused:
+            conn.resume_reading()  # so that an idle connection's close is noticed
         idle = self._idle
         idle.append(conn)
         # Close an expired connection at the old end now and then, so an instance that gets few
