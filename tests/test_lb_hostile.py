@@ -159,6 +159,27 @@ async def test_a_pipelined_head_begun_in_a_read_is_still_limited() -> None:
         )
 
 
+async def test_a_pipelined_request_line_begun_in_the_same_read_is_limited() -> None:
+    # The first request and the start of the second arrive in one read: the second's request
+    # line is checked like any other (it used to go to the parser unchecked).
+    async with harness(Upstream("a")) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port,
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\nGET /api/log?q=" + b"a" * 20_000,
+        )
+        await asyncio.sleep(0.05)
+        writer.write(b" HTTP/1.1\r\nHost: lb\r\n\r\n")
+        first = await asyncio.wait_for(read_response(reader), 5)
+        second = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert first[0] == 200
+        assert (second[0], json.loads(second[2])["error"]) == (
+            414,
+            "request line too long (over 16384 bytes)",
+        )
+        assert len(h.upstreams["a"].seen) == 1
+
+
 async def test_request_trailers_are_not_forwarded_as_headers() -> None:
     async with harness(Upstream("a")) as h:
         reader, writer = await raw_exchange(

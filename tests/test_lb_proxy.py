@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -178,6 +182,12 @@ class Upstream:
             )
             await writer.drain()
             return True
+        if path == "/api/as-sent":
+            writer.write(b"HTTP/1.1 201 Made\r\nX-Mixed-Case: v\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+            return True
+        if path == "/api/slow":
+            await asyncio.sleep(5)
         if path == "/api/until-close":
             writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
             await writer.drain()
@@ -334,6 +344,57 @@ async def test_get_and_post_are_proxied_with_body_headers_and_request_ids() -> N
         assert second.header("content-length") == str(len(b'{"name":"hello"}'))
         assert h.picker.attempts == ["a", "a"]
         assert h.picker.outcomes == [("a", 200, None), ("a", 201, None)]
+
+
+async def test_generated_request_ids_are_a_process_prefix_and_a_counter() -> None:
+    async with harness(Upstream("a")) as h:
+        ids = [(await h.client.get("/api/log")).headers["x-request-id"] for _ in range(3)]
+        assert len(set(ids)) == 3
+        assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+        assert {i[:16] for i in ids} == {ids[0][:16]}  # one prefix per process
+        counters = [int(i[16:], 16) for i in ids]
+        assert counters == sorted(counters)
+        assert counters[2] - counters[0] == 2
+
+
+async def test_plain_requests_are_answered_without_a_task_per_request() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        made.append(getattr(coro, "__qualname__", ""))
+        if factory is not None:
+            return factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async with harness(Upstream("a")) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port, b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\n"
+        )
+        assert (await read_response(reader))[0] == 200  # opens the pooled connection
+        loop.set_task_factory(counting)
+        try:
+            for _ in range(20):
+                writer.write(b"POST /api/log HTTP/1.1\r\nHost: lb\r\nContent-Length: 2\r\n\r\n{}")
+                status, headers, body = await read_response(reader)
+                assert status == 201
+                assert json.loads(body)["body"] == "{}"
+                assert headers["x-served-by"] == "a"
+        finally:
+            loop.set_task_factory(factory)
+        writer.close()
+        assert [name for name in made if name.startswith("_Client.")] == []
+        seen = h.upstreams["a"].seen[-1]
+        assert seen.header("host") == "lb"
+        assert seen.header("content-length") == "2"
+        assert seen.header("x-forwarded-for") == "127.0.0.1"
+        assert seen.header("x-forwarded-proto") == "http"
+        assert seen.header("x-forwarded-host") == "lb"
+        assert seen.header("x-request-id") is not None
+        assert h.upstreams["a"].accepts == 1
+        assert h.picker.outcomes[-1] == ("a", 201, None)
+        assert len(h.picker.attempts) == len(h.picker.outcomes) == 21
 
 
 async def test_forwarded_headers_are_appended_and_set() -> None:
@@ -503,6 +564,37 @@ async def test_client_leaving_a_quiet_sse_stream_closes_the_upstream_within_a_se
         assert h.proxy.stats.connections == 0
 
 
+async def test_sse_on_a_pooled_connection_streams_and_closes_when_the_client_leaves() -> None:
+    # After a first request, the stream goes out on the pooled connection: begun in callbacks,
+    # its head comes without the body and a task relays the rest.
+    config = ProxyConfig(response_timeout=0.2)
+    async with harness(Upstream("a"), config=config) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port,
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\n"
+            b"GET /api/sse HTTP/1.1\r\nHost: lb\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        assert (await read_response(reader))[0] == 200
+        status, headers, body = await asyncio.wait_for(read_response(reader), 5)
+        assert (status, headers["content-type"]) == (200, "text/event-stream")
+        assert body.count(b"data: event") == 3
+        writer.write(b"GET /api/quiet-sse HTTP/1.1\r\nHost: lb\r\n\r\n")
+        received = b""
+        while b"data: 1" not in received:
+            received += await reader.read(65536)
+        writer.close()
+        left = time.monotonic()
+        upstream = h.upstreams["a"]
+        for _ in range(150):
+            if upstream.disconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert upstream.disconnects == 1
+        assert time.monotonic() - left < 1.0
+        assert upstream.accepts == 1
+        assert h.picker.outcomes == [("a", 200, None)] * 3
+
+
 async def test_connect_refused_post_is_retried_on_another_instance() -> None:
     dead = dead_target("dead")
     async with harness(dead, Upstream("b")) as h:
@@ -627,6 +719,90 @@ async def test_response_timeout_gives_504() -> None:
         assert 0.25 < time.monotonic() - began < 2
         assert h.picker.outcomes == [("a", None, UpstreamFailure.TIMEOUT)]
         assert h.upstreams["b"].seen == []
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_plain_and_streamed_answers_over_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    upstream = await Upstream("a").start()
+    picker = StaticPicker([upstream.target])
+    proxy = ProxyServer(picker=picker, route=default_route)
+    await proxy.start(HOST, 0, ssl=context)
+    try:
+        url = f"https://{HOST}:{proxy.port}"
+        trust = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(base_url=url, verify=trust, timeout=5) as client:
+            for i in range(5):  # the first opens the pooled connection, the rest are plain
+                posted = await client.post("/api/log", json={"i": i})
+                assert posted.status_code == 201
+                assert json.loads(posted.json()["body"]) == {"i": i}
+                assert posted.headers["x-served-by"] == "a"
+            chunked = await client.get("/api/chunked")
+            assert chunked.text == "part1part2part3"
+            async with client.stream("GET", "/api/sse") as response:
+                events = [line async for line in response.aiter_lines() if line.startswith("data:")]
+            assert events == ["data: event 0", "data: event 1", "data: event 2"]
+        assert upstream.seen[0].header("x-forwarded-proto") == "http"  # config.scheme
+        assert upstream.accepts == 1
+        assert [status for _, status, _ in picker.outcomes] == [201] * 5 + [200, 200]
+    finally:
+        await proxy.aclose(grace=1)
+        await upstream.close()
+
+
+async def test_response_timeout_on_a_kept_alive_connection_gives_504() -> None:
+    # The second request goes out on the pooled connection, in callbacks (no per-request timer:
+    # the server's sweeper times it out).
+    config = ProxyConfig(response_timeout=0.3)
+    async with harness(Upstream("a"), config=config) as h:
+        assert (await h.client.get("/api/log")).status_code == 200
+        began = time.monotonic()
+        response = await h.client.post("/api/slow", json={})
+        assert response.status_code == 504
+        assert 0.25 < time.monotonic() - began < 2
+        assert h.picker.outcomes[-1] == ("a", None, UpstreamFailure.TIMEOUT)
+        assert h.upstreams["a"].accepts == 1
+        assert (await h.client.get("/api/log")).status_code == 200
+
+
+async def test_a_response_without_headers_to_change_is_passed_on_as_sent() -> None:
+    async with harness(Upstream("a")) as h:
+        reader, writer = await raw_exchange(
+            h.proxy.port,
+            b"GET /api/log HTTP/1.1\r\nHost: lb\r\n\r\n"  # opens the pooled connection
+            b"GET /api/as-sent HTTP/1.1\r\nHost: lb\r\n\r\n",
+        )
+        await read_response(reader)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(
+            b"HTTP/1.1 201 Made\r\nX-Mixed-Case: v\r\ncontent-length: 2\r\nx-served-by: a\r\n"
+            b"x-request-id: "
+        )
+        assert b"connection" not in head.lower()
+        assert await reader.readexactly(2) == b"{}"
+        for request, connection in [
+            (b"GET /api/as-sent HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "keep-alive"),
+            (b"GET /api/as-sent HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n", "close"),
+        ]:
+            writer.write(request)
+            status, headers, body = await read_response(reader)
+            assert (status, headers["connection"], body) == (201, connection, b"{}")
+            assert headers["x-mixed-case"] == "v"
+        writer.close()
 
 
 async def test_retry_budget_caps_retries() -> None:
@@ -933,6 +1109,7 @@ async def test_cors_headers_on_proxied_responses_for_allowed_origins_only() -> N
         assert "access-control-allow-origin" not in stranger.headers
         plain = await h.client.get("/api/log")
         assert "access-control-allow-origin" not in plain.headers
+        assert plain.headers["vary"] == "origin"  # without Origin, the answer still depends on it
         # A streamed response gets it too.
         streamed = await h.client.get(
             "/api/logs/chunked", headers={"Origin": "https://other.example"}

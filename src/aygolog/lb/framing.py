@@ -67,15 +67,6 @@ class HeadScanner:
         self._seen_line = False
 
     @property
-    def fast_limit(self) -> int:
-        """A head up to this many bytes (with its empty line) cannot break any limit."""
-        return self._fast
-
-    def resume(self) -> None:
-        """The parser already holds the start of the next head: what comes is header lines."""
-        self._seen_line = True
-
-    @property
     def pending(self) -> bool:
         """Whether part of a head has been received and kept."""
         return bool(self._buffer)

@@ -8,6 +8,16 @@ handed, in-process, to an ASGI app (the LB's Litestar control plane: registratio
 project's calibration (ARCHITECTURE.md) a Litestar route in front of the same pooled sockets
 reached 0.48x nginx's throughput, this design 0.66x.
 
+The plain case costs no task, no future and no timer: a proxied request with an origin-form
+target, for which an idle pooled connection to the instance picked exists, is written to the
+instance from the client's parser callback (its head as received, with X-Forwarded-* and
+X-Request-Id appended, when it has no header the proxy drops or sets), and a response that
+arrives whole in one read goes to the client from the instance connection's callback, in one
+write (its head as received, plus X-Served-By and X-Request-Id, when it has no header to drop or
+change). Its `response_timeout` is checked by the server's sweeper, so a 504 there may come up to
+a quarter of the timeout (at most 1 s) late. Anything else (a new connection to open, a body still
+to come, SSE, a failure with its retries, the ASGI app, pipelined requests) goes on in a task.
+
 Per client connection, requests are answered one at a time, in order (pipelining-safe). What a
 client sends is bounded before httptools sees it (`aygolog.lb.framing`): the request line, each
 header line and the whole head are limited on the bytes received (414/431 at once, however much
@@ -62,12 +72,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import math
+import os
 import re
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from ssl import SSLContext
@@ -172,7 +183,9 @@ class ProxyConfig:
         max_header_line: largest single header line, in bytes; 431 beyond.
         connect_timeout: seconds to open a connection to an instance.
         response_timeout: seconds to wait for the response headers, and at most between two
-            body chunks; 504 when the headers do not come. Not applied to SSE.
+            body chunks; 504 when the headers do not come. Not applied to SSE. On a pooled
+            connection it is checked by a sweeper, so the 504 may come up to a quarter of it
+            (at most 1 s) late.
         max_retries: extra attempts per request at most.
         retry_ratio: the retry budget: retries may add this share of extra requests...
         retry_min_per_second: ...plus this many retries per second, over...
@@ -268,7 +281,8 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one original request."""
-        self._advance()
+        if int(self._clock() / self._slot_length) != self._slot:
+            self._advance()
         self._requests[self._slot % len(self._requests)] += 1
         self._request_sum += 1
 
@@ -325,9 +339,19 @@ _REQUEST_OWN: Final = _HOP_BY_HOP | {
 _FORWARDED_PROTO_HOST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 # Response headers the proxy drops or sets itself.
 _RESPONSE_OWN: Final = _HOP_BY_HOP | {b"content-length", b"x-served-by", b"x-request-id"}
-_HEAD_END: Final = b"\r\n\r\n"
-_CRLF: Final = b"\r\n"
+# A response header line the proxy must drop or change (hop-by-hop, its own, CORS); a response
+# head without one goes to the client as received, with the proxy's headers added.
+_RESPONSE_CHANGED: Final = re.compile(
+    rb"\n(?:connection|keep-alive|proxy-[^:\r\n]*|te|trailer|transfer-encoding|upgrade|"
+    rb"x-served-by|x-request-id|access-control-[^:\r\n]*)[ \t]*:",
+    re.IGNORECASE,
+)
 _CONNECTION_KEEPS: Final = frozenset({b"keep-alive", b"close"})
+# What a plain request head gets added (`_Client._upstream_request`), then its body.
+_PLAIN_ADDED: Final = (
+    b"%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s\r\n"
+    b"x-request-id: %s\r\n\r\n%s"
+)
 # Request headers the proxy acts on or relies on: naming one in `Connection` does not strip it
 # (`Connection: host` must not send a request upstream without its Host).
 _END_TO_END: Final = frozenset(
@@ -347,6 +371,37 @@ _IDEMPOTENT: Final = frozenset({"GET", "HEAD"})
 _METHODS: Final = {
     m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
+# What `on_headers_complete` does with a request header (one dict lookup per header; most
+# headers are none of these).
+_H_LENGTH: Final = 1
+_H_CODING: Final = 2
+_H_HOST: Final = 3
+_H_XFF: Final = 4
+_H_REQUEST_ID: Final = 5
+_H_IDEMPOTENCY: Final = 6
+_H_ACCEPT: Final = 7
+_H_EXPECT: Final = 8
+_H_CONNECTION: Final = 9
+_H_ORIGIN: Final = 10
+_H_PROTO: Final = 11
+_H_FORWARDED_HOST: Final = 12
+_H_HOP: Final = 13  # another hop-by-hop header: dropped
+_HEADER_KINDS: Final = {
+    b"content-length": _H_LENGTH,
+    b"transfer-encoding": _H_CODING,
+    b"host": _H_HOST,
+    b"x-forwarded-for": _H_XFF,
+    b"x-request-id": _H_REQUEST_ID,
+    b"idempotency-key": _H_IDEMPOTENCY,
+    b"accept": _H_ACCEPT,
+    b"expect": _H_EXPECT,
+    b"connection": _H_CONNECTION,
+    b"origin": _H_ORIGIN,
+    b"x-forwarded-proto": _H_PROTO,
+    b"x-forwarded-host": _H_FORWARDED_HOST,
+    **{name: _H_HOP for name in _HOP_BY_HOP if name not in (b"connection", b"transfer-encoding")},
+}
+_NO_EXCLUDE: Final[set[str]] = set()  # `Picker.pick` of a first attempt (never changed)
 _REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,200}")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
@@ -427,6 +482,8 @@ class _Request:
         "keep_alive",
         "method",
         "origin",
+        "plain",
+        "raw",
         "reject",
         "request_id",
         "size",
@@ -438,6 +495,11 @@ class _Request:
     def __init__(self) -> None:
         self.method = b""
         self.url = b""
+        self.raw = b""
+        """The head as received (the request line, the header lines and the empty line)."""
+        self.plain = False
+        """The head may go to the instance as received, with the proxy's headers added: HTTP/1.1,
+        an origin-form target, and no header the proxy drops or sets itself."""
         self.headers: list[tuple[bytes, bytes]] = []
         self.version11 = True
         self.keep_alive = False
@@ -553,12 +615,19 @@ class ProxyServer:
         self._cors_prefixes = tuple(p for p in config.cors_paths if p.endswith("/"))
         self._gated = self._api_keys is not None or self._cors
         """Whether proxied requests need the API-key or CORS step (off: no work at all)."""
+        self._gate_without_origin = self._api_keys is None and self._cors_any
+        """Whether that step does nothing for a request without `Origin` (no keys, CORS for any
+        origin: no `Vary: Origin` either)."""
         self._server: asyncio.Server | None = None
         self._connections: set[_Client] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._all_closed: asyncio.Future[None] | None = None
         self._names: dict[str, bytes] = {}
         self._port: int | None = None
+        # Request ids: 16 random hex digits for this process, then a 16-digit counter (unique
+        # across processes and restarts without the cost of `uuid4`, and still 32 hex digits).
+        self._id_prefix = os.urandom(8).hex().encode()
+        self._id_count = itertools.count(1).__next__
 
     @property
     def server(self) -> asyncio.Server:
@@ -645,6 +714,9 @@ class ProxyServer:
     def _cors_path(self, path: str) -> bool:
         return path in self._cors_exact or path.startswith(self._cors_prefixes)
 
+    def _request_id(self) -> bytes:
+        return b"%s%016x" % (self._id_prefix, self._id_count())
+
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)
         if encoded is None:
@@ -665,11 +737,20 @@ class ProxyServer:
             waiter.set_result(None)
 
     async def _sweep(self) -> None:
-        """Close idle and too-slow client connections (one timer for all, once a second)."""
+        """Close idle and too-slow client connections, and time out the exchanges run in
+        callbacks: one timer for all, once a second (more often for a `response_timeout` under
+        4 s, so that none is more than a quarter late), instead of a timer per request."""
+        timeout = self.config.response_timeout
+        interval = min(1.0, timeout / 4) if timeout > 0 else 1.0
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(1.0)
-            now = asyncio.get_running_loop().time()
+            await asyncio.sleep(interval)
+            now = loop.time()
+            clock = time.perf_counter()
             for conn in list(self._connections):
+                exchange = conn.exchange
+                if exchange is not None:
+                    exchange.tick(clock)
                 conn.tick(now)
 
 
@@ -694,7 +775,9 @@ class _Client(asyncio.Protocol):
         self.head_began = -1.0
         """When the first byte of the head being read arrived (-1: no head being read)."""
         self.in_head = False
-        """The parser has begun a head it has not finished (a pipelined head's start)."""
+        """The parser has begun a head it has not finished."""
+        self.raw_head = b""
+        """The head being parsed, as received."""
         self.body_began = 0.0
         """When the body being read was asked for (end of its head, or `100 Continue`)."""
         self.idle_since = loop.time()
@@ -710,6 +793,9 @@ class _Client(asyncio.Protocol):
         self.queue: collections.deque[_Request] = collections.deque()
         self.parsing: _Request | None = None
         self.task: asyncio.Task[None] | None = None
+        """The task answering requests, when the plain path in callbacks could not."""
+        self.exchange: _Exchange | None = None
+        """The exchange with an instance run in callbacks (the plain path), if one is on."""
         self.lost = False
         self.eof = False
         self.ignore_input = False
@@ -725,7 +811,9 @@ class _Client(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No request in progress, queued or being read."""
-        return self.task is None and not self.queue and self.parsing is None
+        return (
+            self.task is None and self.exchange is None and not self.queue and self.parsing is None
+        )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -740,9 +828,15 @@ class _Client(asyncio.Protocol):
             self.transport.abort()
 
     def tick(self, now: float) -> None:
-        """Called once a second: close the connection if it has been idle too long, or answer
+        """Called about once a second: close the connection if it has been idle too long, or answer
         408 and close it if a request has not arrived whole within its deadline."""
-        if self.task is not None or self.queue or self.lost or self.ignore_input:
+        if (
+            self.task is not None
+            or self.exchange is not None
+            or self.queue
+            or self.lost
+            or self.ignore_input
+        ):
             return
         config = self.config
         if self.body_left:
@@ -787,6 +881,8 @@ class _Client(asyncio.Protocol):
             self._linger.cancel()
         if self.task is not None and self.cancel_on_lost:
             self.task.cancel()
+        if self.exchange is not None:
+            self.exchange.cancel()
         for waiter in (self._drain, self._disconnect):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -800,7 +896,7 @@ class _Client(asyncio.Protocol):
             # the exchange and closes the instance's connection too.
             return False
         # Keep the write side open to answer what was asked before the client half-closed.
-        return self.task is not None or bool(self.queue)
+        return self.task is not None or self.exchange is not None or bool(self.queue)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -825,30 +921,19 @@ class _Client(asyncio.Protocol):
         parser = self.parser
         scanner = self.scanner
         try:
-            if not self.body_left and not self.in_head and not scanner.pending:
-                end = data.find(_HEAD_END) + 4
-                if (
-                    4 < end <= scanner.fast_limit
-                    and data[0] not in _CRLF
-                    and data.find(_HEAD_END, end) < 0
-                ):
-                    # The plain case, in one call: one whole head, too small to break a
-                    # limit, then its body or part of it, and no other whole head.
-                    self._feed_whole(data, end)
-                    return
-            # Heads go to the parser whole, after the scanner checked their size; bodies go
-            # as they come, cut where they end so the next head is scanned again.
+            # Heads go to the parser whole, after the scanner checked their size (a whole head
+            # in one read costs it one `find`); bodies go as they come, cut where they end, so
+            # that the next head is scanned again.
             while data:
                 left = self.body_left
                 if not left:
-                    if self.head_began < 0:
-                        self.head_began = self.loop.time()
-                    if self.in_head and not scanner.pending:
-                        scanner.resume()  # the parser holds this head's start (see below)
                     got = scanner.feed(data)
                     if got is None:
+                        if self.head_began < 0:  # (a head that comes whole needs no deadline)
+                            self.head_began = self.loop.time()
                         return
                     head, data = got
+                    self.raw_head = head
                     parser.feed_data(head)
                 elif left > 0:
                     if len(data) <= left:
@@ -886,19 +971,6 @@ class _Client(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
 
-    def _feed_whole(self, data: bytes, end: int) -> None:
-        """Feed a read holding one whole head (ending at `end`) and what follows it."""
-        self.parser.feed_data(data)
-        left = self.body_left
-        if left > 0:  # the body goes on in the next reads
-            self.body_left = left - (len(data) - end)
-        elif left < 0 and self.chunked is not None:
-            self.chunked.feed(data[end:])
-        elif self.in_head:
-            # Pipelined: the start of the next head came along (it has no end in this read, so
-            # it is shorter than the read). The scanner takes over from its next bytes.
-            self.head_began = self.loop.time()
-
     def on_message_begin(self) -> None:
         if self.ignore_input:
             raise _Stop
@@ -922,58 +994,84 @@ class _Client(asyncio.Protocol):
         self.head_began = -1.0
         self.in_head = False
         parser = self.parser
-        req.method = parser.get_method()
-        req.head = req.method == b"HEAD"
+        req.method = method = parser.get_method()
+        req.head = method == b"HEAD"
         version = parser.get_http_version()
-        req.version11 = version == "1.1"
+        req.version11 = version11 = version == "1.1"
         req.keep_alive = parser.should_keep_alive()
+        server = self.server
         length = -1
         chunked = False
         coding: bytes | None = None
         hosts = 0
         expect: bytes | None = None
+        plain = version11 and req.url[:1] == b"/"
+        trust = self.config.trust_forwarded
+        kinds = _HEADER_KINDS
         for name, value in req.headers:
-            if name == b"content-length":
+            kind = kinds.get(name)
+            if kind is None:
+                if plain and name[:6] == b"proxy-":
+                    plain = False
+                continue
+            if kind == _H_LENGTH:
                 length = int(value)
-            elif name == b"transfer-encoding":
-                if chunked or value.strip().lower() != b"chunked":
-                    coding = value  # a coding the proxy cannot pass on (it re-frames bodies)
-                chunked = True
-            elif name == b"host":
+            elif kind == _H_HOST:
                 hosts += 1
                 if req.host is None:
                     req.host = value
-            elif name == b"x-forwarded-for":
-                req.xff = value if req.xff is None else req.xff + b", " + value
-            elif name == b"x-request-id":
-                if _REQUEST_ID.fullmatch(value):
-                    req.request_id = value
-            elif name == b"idempotency-key":
-                req.has_idempotency_key = True
-            elif name == b"accept":
+            elif kind == _H_ACCEPT:
                 if _SSE in value:
                     req.event_stream = True
-            elif name == b"expect":
+            elif kind == _H_ORIGIN:
+                req.origin = value
+            elif kind == _H_IDEMPOTENCY:
+                req.has_idempotency_key = True
+            elif kind == _H_CODING:
+                plain = False
+                if chunked or value.strip().lower() != b"chunked":
+                    coding = value  # a coding the proxy cannot pass on (it re-frames bodies)
+                chunked = True
+            elif kind == _H_XFF:
+                plain = False
+                req.xff = value if req.xff is None else req.xff + b", " + value
+            elif kind == _H_REQUEST_ID:
+                plain = False
+                if _REQUEST_ID.fullmatch(value):
+                    req.request_id = value
+            elif kind == _H_EXPECT:
+                plain = False
                 expect = value
-            elif name == b"connection":
+            elif kind == _H_CONNECTION:
+                plain = False
                 extra = _tokens(value) - _CONNECTION_KEEPS - _END_TO_END
                 if extra:
                     req.connection_tokens = (req.connection_tokens or set()) | extra
-            elif name == b"origin":
-                req.origin = value
-            elif name == b"x-forwarded-proto":
+            elif kind == _H_PROTO:
                 req.forwarded_proto = True
-            elif name == b"x-forwarded-host":
+                plain = plain and trust
+            elif kind == _H_FORWARDED_HOST:
                 req.forwarded_host = True
+                plain = plain and trust
+            else:  # _H_HOP
+                plain = False
         if not req.request_id:
-            req.request_id = uuid.uuid4().hex.encode()
-        refused = _refusal(version, req.version11, hosts, chunked, expect)
-        if refused is None and coding is not None and req.version11:
+            req.request_id = server._request_id()
+        refused = (
+            None
+            if version11 and hosts == 1 and expect is None and coding is None
+            else _refusal(version, version11, hosts, chunked, expect)
+        )
+        if refused is None and coding is not None and version11:
             refused = (501, "Transfer-Encoding: only chunked is supported")
         if refused is not None:
             self._reject(req, *refused)
             return
-        if expect is not None and req.version11:
+        if plain and (length >= 0 or method not in _BODY_METHODS):
+            # (A body method without Content-Length gets `content-length: 0` from the builder.)
+            req.plain = True
+            req.raw = self.raw_head
+        if expect is not None and version11:
             req.expect_continue = True
         if length > self.config.max_body_size:
             self._reject(req, 413, "request body too large")
@@ -989,7 +1087,7 @@ class _Client(asyncio.Protocol):
         else:
             return  # no body
         self.body_began = self.loop.time()
-        if req.expect_continue and self.task is None and not self.queue:
+        if req.expect_continue and self.task is None and self.exchange is None and not self.queue:
             self._send_continue(req)
 
     def on_body(self, body: bytes) -> None:
@@ -1037,8 +1135,11 @@ class _Client(asyncio.Protocol):
             self.transport.write(_CONTINUE)
 
     def _enqueue(self, req: _Request) -> None:
+        if self.task is None and self.exchange is None and not self.queue:
+            self._begin(req)
+            return
         self.queue.append(req)
-        if self.task is None:
+        if self.task is None and self.exchange is None:
             self.task = self.loop.create_task(self._serve_queue())
         elif (
             len(self.queue) >= self.config.max_pipelined
@@ -1048,8 +1149,51 @@ class _Client(asyncio.Protocol):
             self.transport.pause_reading()
             self.reading_paused = True
 
-    async def _serve_queue(self) -> None:
+    def _begin(self, req: _Request) -> None:
+        """Answer `req` (nothing else is being answered): in callbacks if it is a plain proxied
+        request, else in a task."""
+        pending = self._start(req)
+        if pending is not None:
+            self.task = self.loop.create_task(self._serve_queue(req, pending))
+
+    def _done(self, req: _Request, keep: bool) -> None:
+        """An answer given in callbacks is complete: go on with the connection."""
+        if self.write_paused or self.queue:
+            # Wait for the client to take the answer, or answer pipelined requests, in a task.
+            self.task = self.loop.create_task(self._serve_queue(req, None, keep))
+            return
+        self._after(req, keep)
+
+    def _after(self, req: _Request, keep: bool) -> bool:
+        """After an answer: close the connection (False) or get ready for the next request."""
+        self.idle_since = self.loop.time()
+        self.answered = True
+        if not keep or self.lost or self.server.closing or self.eof:
+            # No lingering after a timeout: the client is too slow to be worth waiting.
+            self._end(drain_input=req.reject is not None and req.reject[0] != 408)
+            return False
+        waiting = self.parsing
+        if waiting is not None and waiting.expect_continue and not waiting.continue_sent:
+            self._send_continue(waiting)
+        return True
+
+    async def _serve_queue(
+        self,
+        req: _Request | None = None,
+        pending: Coroutine[Any, Any, bool] | None = None,
+        keep: bool = True,
+    ) -> None:
+        """Answer the queued requests in turn; first finish `req` (by awaiting `pending`, or
+        already answered with `keep`) when given."""
         try:
+            if req is not None:
+                if pending is not None:
+                    keep = await pending
+                if self.write_paused:
+                    # Read no further request until the client has taken this answer.
+                    await self._drain_writes()
+                if not self._after(req, keep):
+                    return
             while self.queue and not self.lost:
                 req = self.queue.popleft()
                 if self.reading_paused and len(self.queue) < self.config.max_pipelined // 2:
@@ -1058,17 +1202,9 @@ class _Client(asyncio.Protocol):
                         self.transport.resume_reading()
                 keep = await self._handle(req)
                 if self.write_paused:
-                    # Read no further request until the client has taken this answer.
                     await self._drain_writes()
-                self.idle_since = self.loop.time()
-                self.answered = True
-                if not keep or self.lost or self.server.closing or self.eof:
-                    # No lingering after a timeout: the client is too slow to be worth waiting.
-                    self._end(drain_input=req.reject is not None and req.reject[0] != 408)
+                if not self._after(req, keep):
                     return
-                waiting = self.parsing
-                if waiting is not None and waiting.expect_continue and not waiting.continue_sent:
-                    self._send_continue(waiting)
         except asyncio.CancelledError:
             pass  # the client went away, or the server is cutting connections
         except Exception:
@@ -1076,6 +1212,8 @@ class _Client(asyncio.Protocol):
             self.abort()
         finally:
             self.task = None
+            if pending is not None:
+                pending.close()  # (never started if the task was cancelled at once)
 
     def _end(self, *, drain_input: bool) -> None:
         """Close after the last answer; after a rejection, first read and drop what the client
@@ -1091,12 +1229,57 @@ class _Client(asyncio.Protocol):
             transport.write_eof()
             self._linger = self.loop.call_later(_LINGER, transport.close)
         else:
+            self.ignore_input = True  # (this may run inside `data_received`)
             transport.close()
 
     async def _drain_writes(self) -> None:
         if self.write_paused and not self.lost:
             self._drain = self.loop.create_future()
             await self._drain
+
+    def _start(self, req: _Request) -> Coroutine[Any, Any, bool] | None:
+        """Begin to answer `req` in callbacks: None when that is under way or done, else the
+        coroutine that answers it (to be run in a task).
+
+        The plain case, a proxied request with an origin-form target, an idle connection to the
+        instance picked and nothing to answer from the proxy itself, runs with no task and no
+        future: the request is written to the instance here, and the instance's response goes
+        to the client from the instance connection's callback (`_Exchange`).
+        """
+        method = _METHODS.get(req.method)
+        url = req.url
+        if req.reject is not None or method is None or method == "OPTIONS" or url[:1] != b"/":
+            return self._handle(req)
+        mark = url.find(b"?")
+        path = (url if mark < 0 else url[:mark]).decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        server = self.server
+        if not server.route(method, path):
+            return self._handle(req)
+        server.stats.proxied += 1
+        if server._gated and (req.origin is not None or not server._gate_without_origin):
+            answered = self._gate(req, method, path)
+            if answered is not None:
+                self._done(req, answered)
+                return None
+        server.budget.record_request()
+        try:
+            target = server.picker.pick(_NO_EXCLUDE)
+        except NoHealthyInstance as exc:
+            self._done(req, self._no_instance(req, exc))
+            return None
+        pool = server.pools.get(target.host, target.port)
+        conn = pool.take_idle()
+        if conn is None:
+            return self._proxy(req, method, url, first=target)
+        _Exchange(self, req, method, url, target, conn)
+        return None
+
+    def _no_instance(self, req: _Request, exc: NoHealthyInstance) -> bool:
+        return self._error(
+            req, 503, str(exc) or "no healthy instance", retry_after=exc.retry_after or 1.0
+        )
 
     async def _handle(self, req: _Request) -> bool:
         """Answer one request; True to keep the connection for the next."""
@@ -1282,11 +1465,28 @@ class _Client(asyncio.Protocol):
 
     # -- proxying -------------------------------------------------------------------------------
 
-    async def _proxy(self, req: _Request, method: str, url: bytes) -> bool:
+    async def _proxy(
+        self,
+        req: _Request,
+        method: str,
+        url: bytes,
+        *,
+        first: Target | None = None,
+        failed: _Failed | None = None,
+    ) -> bool:
+        """Send `req` to the instances (with retries) and relay the answer.
+
+        Args:
+            first: the instance already picked for the first attempt (the request counted in
+                the retry budget).
+            failed: a first attempt made in callbacks failed before anything reached the client:
+                go on from there (the request counted in the retry budget).
+        """
         server = self.server
         config = self.config
         budget = server.budget
-        budget.record_request()
+        if first is None and failed is None:
+            budget.record_request()
         idempotent = method in _IDEMPOTENT or req.has_idempotency_key
         exclude: set[str] = set()
         retries = 0
@@ -1296,19 +1496,35 @@ class _Client(asyncio.Protocol):
         self.cancel_on_lost = True
         try:
             while True:
-                try:
-                    target = server.picker.pick(exclude)
-                except NoHealthyInstance as exc:
-                    if failure is not None:
-                        break
-                    return self._error(
-                        req,
-                        503,
-                        str(exc) or "no healthy instance",
-                        retry_after=exc.retry_after or 1.0,
-                    )
-                attempts += 1
-                outcome = await self._exchange(req, target, url, idempotent)
+                outcome: bool | UpstreamError | None
+                if failed is not None:
+                    target = failed.target
+                    attempts += 1
+                    if failed.stale:
+                        if self.lost:
+                            seconds = time.perf_counter() - failed.began
+                            server.picker.finished(
+                                target.name, CLIENT_CLOSED_REQUEST, seconds, None
+                            )
+                            return False
+                        outcome = await self._exchange(
+                            req, target, url, idempotent, began=failed.began
+                        )
+                    else:
+                        outcome = failed.error
+                    failed = None
+                else:
+                    if first is not None:
+                        target, first = first, None
+                    else:
+                        try:
+                            target = server.picker.pick(exclude)
+                        except NoHealthyInstance as exc:
+                            if failure is not None:
+                                break
+                            return self._no_instance(req, exc)
+                    attempts += 1
+                    outcome = await self._exchange(req, target, url, idempotent)
                 if outcome is None:
                     return False
                 if isinstance(outcome, bool):
@@ -1317,6 +1533,8 @@ class _Client(asyncio.Protocol):
                 exclude.add(target.name)
                 if retries >= config.max_retries or not outcome.retryable(idempotent):
                     break
+                if self.lost:
+                    return False
                 if not budget.try_spend():
                     server.stats.retries_denied += 1
                     break
@@ -1332,9 +1550,19 @@ class _Client(asyncio.Protocol):
         return self._error(req, 502, f"instance {failed_name} failed: {failure.failure}{tried}")
 
     async def _exchange(
-        self, req: _Request, target: Target, url: bytes, idempotent: bool
+        self,
+        req: _Request,
+        target: Target,
+        url: bytes,
+        idempotent: bool,
+        *,
+        began: float | None = None,
     ) -> bool | UpstreamError | None:
         """One attempt on one instance.
+
+        Args:
+            began: the attempt began in callbacks, on a kept-alive connection that the instance
+                closed as it was used: make it again on a fresh connection (it is `started`).
 
         Returns True/False (answered; keep the client connection or not), None (the answer was
         cut after its head went out), or the `UpstreamError` that happened before anything was
@@ -1344,13 +1572,14 @@ class _Client(asyncio.Protocol):
         picker = server.picker
         name = target.name
         pool = server.pools.get(target.host, target.port)
-        picker.started(name)
-        began = time.perf_counter()
+        fresh = began is not None
+        if began is None:
+            picker.started(name)
+            began = time.perf_counter()
         conn: UpstreamConnection | None = None
         status: int | None = None
         try:
             data = self._upstream_request(req, target, url)
-            fresh = False
             while True:
                 try:
                     conn = await pool.acquire(fresh=fresh)
@@ -1364,13 +1593,7 @@ class _Client(asyncio.Protocol):
                 except UpstreamError as exc:
                     conn.close()
                     conn = None
-                    if (
-                        not fresh
-                        and exc.reused
-                        and exc.received == 0
-                        and exc.failure is UpstreamFailure.RESET
-                        and exc.retryable(idempotent)
-                    ):
+                    if not fresh and _stale(exc, idempotent):
                         # The instance closed this kept-alive connection as we used it.
                         fresh = True
                         server.stats.stale_retries += 1
@@ -1391,10 +1614,11 @@ class _Client(asyncio.Protocol):
     async def _response_head(
         self, conn: UpstreamConnection, response: UpstreamResponse, event_stream: bool
     ) -> None:
-        head = response.head
-        if head.done():
-            head.result()
+        if response.status:
             return
+        if response.error is not None:
+            raise response.error
+        head = response.wait_head()
         timeout = self.config.response_timeout
         if event_stream or timeout <= 0:
             await head
@@ -1407,6 +1631,95 @@ class _Client(asyncio.Protocol):
         finally:
             handle.cancel()
 
+    def _relay_whole(
+        self,
+        req: _Request,
+        conn: UpstreamConnection,
+        response: UpstreamResponse,
+        name: str,
+        began: float,
+    ) -> bool:
+        """Send a complete response to the client in one write; True to keep the connection."""
+        status = response.status
+        body = response.take_body()
+        first = response.first
+        if (
+            first is not None
+            and response.keep_alive
+            and len(first) == response.received
+            and first[:9] == b"HTTP/1.1 "
+            and status >= 200
+            and status != 204
+            and status != 304
+            and not req.head
+            and req.cors_origin is None
+            and not req.cors_vary
+        ):
+            end = first.find(b"\r\n\r\n") + 2
+            if (
+                end > 1
+                and len(first) - end - 2 == len(body)
+                and _RESPONSE_CHANGED.search(first, 0, end) is None
+            ):
+                # All of it came in one read, with a Content-Length (an HTTP/1.1 response to
+                # keep the connection for, without Transfer-Encoding) and no header to change.
+                keep = req.keep_alive and not self.server.closing and not self.eof
+                self._write(
+                    b"".join(
+                        (
+                            first[:end],
+                            b"x-served-by: ",
+                            self.server._name(name),
+                            b"\r\nx-request-id: ",
+                            req.request_id,
+                            b"\r\n"
+                            if keep and req.version11
+                            else b"\r\nconnection: keep-alive\r\n"
+                            if keep
+                            else b"\r\nconnection: close\r\n",
+                            first[end:],
+                        )
+                    )
+                )
+                conn.pool.release(conn)
+                self.server.picker.finished(name, status, time.perf_counter() - began, None)
+                return keep
+        head, framing, keep, _ = self._client_head(req, response, name)
+        if framing == _FRAME_NONE:
+            self._write(head)
+        else:
+            if framing == _FRAME_CHUNKED:
+                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+            self._write(head + body)
+        conn.pool.release(conn)
+        self.server.picker.finished(name, status, time.perf_counter() - began, None)
+        return keep
+
+    async def _relay_rest(self, exchange: _Exchange) -> bool:
+        """Relay a response whose head came, in callbacks, without its whole body."""
+        conn = exchange.conn
+        response = exchange.response
+        assert response is not None
+        name = exchange.target.name
+        if self.lost:
+            conn.close()
+            self.server.picker.finished(
+                name, response.status, time.perf_counter() - exchange.began, None
+            )
+            return False
+        self.cancel_on_lost = True
+        try:
+            kept = await self._relay(exchange.req, conn, response, name, exchange.began)
+        except asyncio.CancelledError:
+            conn.close()
+            self.server.picker.finished(
+                name, response.status, time.perf_counter() - exchange.began, None
+            )
+            raise
+        finally:
+            self.cancel_on_lost = False
+        return bool(kept)
+
     async def _relay(
         self,
         req: _Request,
@@ -1416,21 +1729,12 @@ class _Client(asyncio.Protocol):
         began: float,
     ) -> bool | None:
         """Send the instance's response to the client; return as `_exchange` does."""
+        if response.complete:
+            return self._relay_whole(req, conn, response, name, began)
         picker = self.server.picker
         pool = conn.pool
         status = response.status
         head, framing, keep, event_stream = self._client_head(req, response, name)
-        if response.complete:
-            if framing == _FRAME_NONE:
-                self._write(head)
-            else:
-                body = response.take_body()
-                if framing == _FRAME_CHUNKED:
-                    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
-                self._write(head + body)
-            pool.release(conn)
-            picker.finished(name, status, time.perf_counter() - began, None)
-            return keep
         # Stream the body as it comes.
         transport = self.transport
         assert transport is not None
@@ -1456,7 +1760,7 @@ class _Client(asyncio.Protocol):
             if self.lost or not chunk:
                 return
             if chunked:
-                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             else:
                 transport.write(chunk)
             if timer is not None:
@@ -1488,6 +1792,27 @@ class _Client(asyncio.Protocol):
     def _upstream_request(self, req: _Request, target: Target, url: bytes) -> bytes:
         """The request as sent to the instance: hop-by-hop headers out, X-Forwarded-* in."""
         server = self.server
+        trust = self.config.trust_forwarded
+        xff = self.client_ip if req.xff is None else req.xff + b", " + self.client_ip
+        if req.plain:
+            # The head as received (its header lines as the client wrote them), then ours.
+            raw = req.raw
+            if not (req.forwarded_proto or req.forwarded_host):
+                return _PLAIN_ADDED % (
+                    raw[: len(raw) - 2],
+                    xff,
+                    server._scheme,
+                    req.host or b"",  # (an HTTP/1.1 request has one)
+                    req.request_id,
+                    req.body,
+                )
+            parts = [raw[: len(raw) - 2], b"x-forwarded-for: ", xff, b"\r\n"]
+            if not (req.forwarded_proto and trust):
+                parts += (b"x-forwarded-proto: ", server._scheme, b"\r\n")
+            if req.host is not None and not (req.forwarded_host and trust):
+                parts += (b"x-forwarded-host: ", req.host, b"\r\n")
+            parts += (b"x-request-id: ", req.request_id, b"\r\n\r\n", req.body)
+            return b"".join(parts)
         own = server._request_own
         drop = req.connection_tokens
         parts = [req.method, b" ", url, b" HTTP/1.1\r\n"]
@@ -1497,11 +1822,10 @@ class _Client(asyncio.Protocol):
             parts += (name, b": ", value, b"\r\n")
         if req.host is None:
             parts.append(b"host: %s:%d\r\n" % (target.host.encode(), target.port))
-        xff = self.client_ip if req.xff is None else req.xff + b", " + self.client_ip
         parts += (b"x-forwarded-for: ", xff, b"\r\n")
-        if not (req.forwarded_proto and self.config.trust_forwarded):
+        if not (req.forwarded_proto and trust):
             parts += (b"x-forwarded-proto: ", server._scheme, b"\r\n")
-        if req.host is not None and not (req.forwarded_host and self.config.trust_forwarded):
+        if req.host is not None and not (req.forwarded_host and trust):
             parts += (b"x-forwarded-host: ", req.host, b"\r\n")
         parts += (b"x-request-id: ", req.request_id, b"\r\n")
         body = req.body
@@ -1637,6 +1961,120 @@ class _Client(asyncio.Protocol):
         if self._disconnect is None or self._disconnect.done():
             self._disconnect = self.loop.create_future()
         await self._disconnect
+
+
+def _stale(exc: UpstreamError, idempotent: bool) -> bool:
+    """Whether a failure is a kept-alive connection the instance closed as it was used (try the
+    same instance again, once, on a fresh connection)."""
+    return (
+        exc.reused
+        and exc.received == 0
+        and exc.failure is UpstreamFailure.RESET
+        and exc.retryable(idempotent)
+    )
+
+
+@dataclass(slots=True)
+class _Failed:
+    """A first attempt made in callbacks that failed before anything reached the client."""
+
+    target: Target
+    began: float
+    error: UpstreamError
+    stale: bool
+    """The connection was a stale kept-alive one: the attempt is not over (not `finished`)."""
+
+
+class _Exchange:
+    """One attempt on an instance run in callbacks (the plain path of `_Client._start`).
+
+    Made, it writes the request on an idle pooled connection and listens to the response
+    (`aygolog.lb.upstream.ResponseListener`): a complete response goes to the client in one
+    write from the instance connection's `data_received`; anything else (a body still to come,
+    SSE, a failure: retries, 502/504) is handed to a task that goes on with the same state.
+    """
+
+    __slots__ = ("began", "client", "conn", "method", "req", "response", "target", "url")
+
+    def __init__(
+        self,
+        client: _Client,
+        req: _Request,
+        method: str,
+        url: bytes,
+        target: Target,
+        conn: UpstreamConnection,
+    ) -> None:
+        self.client = client
+        self.req = req
+        self.method = method
+        self.url = url
+        self.target = target
+        self.conn = conn
+        self.response: UpstreamResponse | None = None
+        # Begin at once: the request goes out now (the listener may be told before `request`
+        # returns, if the connection turns out closed).
+        client.exchange = self
+        client.server.picker.started(target.name)
+        self.began = time.perf_counter()
+        data = client._upstream_request(req, target, url)
+        self.response = conn.request(data, head_only=req.head, listener=self)
+
+    def tick(self, clock: float) -> None:
+        """Called by the server's sweeper: fail the exchange if the response is late (504)."""
+        timeout = self.client.config.response_timeout
+        if timeout > 0 and not self.req.event_stream and clock - self.began >= timeout:
+            self.conn.abort(UpstreamFailure.TIMEOUT, f"no response within {timeout:g} s")
+
+    def _over(self) -> _Client:
+        client = self.client
+        client.exchange = None
+        return client
+
+    def cancel(self) -> None:
+        """The client went away: drop the instance's connection (nginx's 499)."""
+        self._over()
+        response = self.response
+        if response is not None:
+            response.listener = None
+        self.conn.close()
+        status = response.status if response is not None else 0
+        seconds = time.perf_counter() - self.began
+        self.client.server.picker.finished(
+            self.target.name, status or CLIENT_CLOSED_REQUEST, seconds, None
+        )
+
+    # -- ResponseListener -----------------------------------------------------------------------
+
+    def upstream_complete(self, response: UpstreamResponse) -> None:
+        client = self._over()
+        req = self.req
+        keep = client._relay_whole(req, self.conn, response, self.target.name, self.began)
+        client._done(req, keep)
+
+    def upstream_partial(self, response: UpstreamResponse) -> None:
+        client = self._over()
+        client.task = client.loop.create_task(
+            client._serve_queue(self.req, client._relay_rest(self))
+        )
+
+    def upstream_failed(self, response: UpstreamResponse, error: UpstreamError) -> None:
+        if response.status:  # after the head: relaying it will cut the client off
+            self.upstream_partial(response)
+            return
+        client = self._over()
+        self.conn.close()
+        req = self.req
+        stale = _stale(error, self.method in _IDEMPOTENT or req.has_idempotency_key)
+        if stale:
+            client.server.stats.stale_retries += 1
+        else:
+            seconds = time.perf_counter() - self.began
+            client.server.picker.finished(self.target.name, None, seconds, error.failure)
+        failed = _Failed(self.target, self.began, error, stale)
+        client.task = client.loop.create_task(
+            client._serve_queue(req, client._proxy(req, self.method, self.url, failed=failed))
+        )
 
 
 class _AsgiExchange:

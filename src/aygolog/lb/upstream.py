@@ -6,9 +6,13 @@ idle connection that the instance closes is noticed at once (its EOF arrives as 
 dropped from the pool before a request is written into it.
 
 An exchange is `conn.request(data)`, which writes the whole request and returns an
-`UpstreamResponse`: await `response.head` for the status and headers, then either take the body
-(`response.complete`, the usual small answer, arrives with the head) or `response.stream(sink)`,
-which hands each body chunk to `sink` the moment it is parsed, with no buffering (SSE).
+`UpstreamResponse`: await `response.wait_head()` for the status and headers, then either take
+the body (`response.complete`, the usual small answer, arrives with the head) or
+`response.stream(sink)`, which hands each body chunk to `sink` the moment it is parsed, with no
+buffering (SSE). The proxy's plain path awaits nothing: it gives `request` a `ResponseListener`,
+which hears, in the connection's own callbacks, that the response is complete, that its head came
+without the whole body (then it switches to `wait_head`/`stream`), or that it failed. No future
+or task is made per exchange on that path.
 
 Failures raise `UpstreamError`, which records how far the exchange got: whether the request had
 been fully handed to the kernel (`sent`), how many response bytes had arrived (`received`), and
@@ -24,13 +28,14 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable, Iterator
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
 from aygolog.errors import Unavailable
 
 __all__ = [
+    "ResponseListener",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamFailure",
@@ -107,6 +112,25 @@ class UpstreamError(Unavailable):
         return idempotent
 
 
+class ResponseListener(Protocol):
+    """Hears how a response goes, in the connection's callbacks (at most one call per response).
+
+    Called after the bytes read have been parsed, never from inside the parser.
+    """
+
+    def upstream_complete(self, response: UpstreamResponse) -> None:
+        """The whole response is in (`take_body` has it)."""
+        ...
+
+    def upstream_partial(self, response: UpstreamResponse) -> None:
+        """The head is in but not the whole body: follow it with `stream` from now on."""
+        ...
+
+    def upstream_failed(self, response: UpstreamResponse, error: UpstreamError) -> None:
+        """The exchange failed (before or after the head: see `response.status`)."""
+        ...
+
+
 _HOLD_BYTES: Final = 256 * 1024
 """Most body bytes a response holds before `stream` is called (then the instance is not read)."""
 
@@ -114,9 +138,9 @@ _HOLD_BYTES: Final = 256 * 1024
 class UpstreamResponse:
     """One response being received from an instance.
 
-    `head` resolves when the status and headers are in (or raises `UpstreamError`); then
-    `status`, `headers` (raw names as sent, values) and `keep_alive` are set. The body is either
-    taken whole once `complete` is true (`take_body`) or followed with `stream`.
+    `wait_head()` resolves when the status and headers are in (or raises `UpstreamError`); then
+    `status` (0 until then), `headers` (raw names as sent, values) and `keep_alive` are set. The
+    body is either taken whole once `complete` is true (`take_body`) or followed with `stream`.
     """
 
     __slots__ = (
@@ -125,21 +149,26 @@ class UpstreamResponse:
         "_conn",
         "_done",
         "_error",
+        "_head",
         "_interim",
         "_sink",
         "complete",
-        "head",
+        "first",
         "head_only",
         "headers",
         "keep_alive",
+        "listener",
         "received",
         "sent",
         "status",
     )
 
-    def __init__(self, conn: UpstreamConnection, head_only: bool) -> None:
+    def __init__(
+        self, conn: UpstreamConnection, head_only: bool, listener: ResponseListener | None = None
+    ) -> None:
         self._conn = conn
-        self.head: asyncio.Future[None] = conn.loop.create_future()
+        self._head: asyncio.Future[None] | None = None
+        self.listener = listener
         self.head_only = head_only
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -147,12 +176,31 @@ class UpstreamResponse:
         self.complete = False
         self.sent = False
         self.received = 0
+        self.first: bytes | None = None
+        """The first bytes read of the response (None after an interim 1xx answer): when they
+        are all of it, the proxy can pass its head on as received."""
         self._interim = False
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._sink: Callable[[bytes], None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
+
+    @property
+    def error(self) -> UpstreamError | None:
+        """The failure that ended the exchange, if any."""
+        return self._error
+
+    def wait_head(self) -> asyncio.Future[None]:
+        """A future that resolves when the head is in, or raises `UpstreamError`."""
+        head = self._head
+        if head is None:
+            head = self._head = self._conn.loop.create_future()
+            if self.status:
+                head.set_result(None)
+            elif self._error is not None:
+                head.set_exception(self._error)
+        return head
 
     def take_body(self) -> bytes:
         """The body received so far (all of it once `complete`), which is then forgotten."""
@@ -202,15 +250,39 @@ class UpstreamResponse:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
+    def _head_in(self) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(None)
+
     def _fail(self, error: UpstreamError) -> None:
         if self.complete or self._error is not None:
             return
         self._error = error
         self._sink = None
-        if not self.head.done():
-            self.head.set_exception(error)
+        head = self._head
+        if not self.status:
+            if head is not None and not head.done():
+                head.set_exception(error)
         elif self._done is not None and not self._done.done():
             self._done.set_exception(error)
+        listener = self.listener
+        if listener is not None:
+            self.listener = None
+            listener.upstream_failed(self, error)
+
+    def _heard(self) -> None:
+        """After a read was parsed: tell the listener if the response is complete, or if its
+        head came without the rest."""
+        listener = self.listener
+        if listener is None or self._error is not None:
+            return
+        if self.complete:
+            self.listener = None
+            listener.upstream_complete(self)
+        elif self.status:
+            self.listener = None
+            listener.upstream_partial(self)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -230,20 +302,29 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange ---------------------------------------------------------------------------
 
-    def request(self, data: bytes, *, head_only: bool = False) -> UpstreamResponse:
+    def request(
+        self,
+        data: bytes,
+        *,
+        head_only: bool = False,
+        listener: ResponseListener | None = None,
+    ) -> UpstreamResponse:
         """Write a complete request (head and body) and return its response, still to come.
 
         Args:
             data: the request's bytes.
             head_only: the request was HEAD, so the response has no body whatever it says.
+            listener: told how the response goes (see `ResponseListener`); may be called before
+                this returns if the connection is found closed.
         """
         transport = self.transport
-        response = UpstreamResponse(self, head_only)
+        response = UpstreamResponse(self, head_only, listener)
         self._response = response
         if transport is None or self.closed or transport.is_closing():
             response._fail(self._error(UpstreamFailure.RESET, "the connection is closed"))
             return response
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
         # The last response may have ended while reading was paused for a slow client.
         self.resume_reading()
         transport.write(data)
@@ -323,24 +404,32 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes nobody asked for: the instance is not speaking HTTP/1.1 as agreed.
             self.close()
             return
+        if not response.received:
+            response.first = data
         response.received += len(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            response._fail(self._error(UpstreamFailure.INVALID_RESPONSE, f"bad response: {exc}"))
             self.close()
+            response._fail(self._error(UpstreamFailure.INVALID_RESPONSE, f"bad response: {exc}"))
+            return
+        if response.listener is not None:
+            response._heard()
 
     def eof_received(self) -> bool:
         response = self._response
         if (
             response is not None
-            and response.head.done()
+            and response.status
             and not response.complete
             and response._error is None
             and self._until_close(response)
         ):
             response.keep_alive = False
             response._on_complete()
+            self._lost("the instance closed the connection")
+            response._heard()
+            return False
         self._lost("the instance closed the connection")
         return False
 
@@ -382,12 +471,12 @@ class UpstreamConnection(asyncio.Protocol):
                 raise _Refused("the instance switched protocols unasked")
             # An interim answer (103 Early Hints, an unasked 100 Continue): wait for the real one.
             response._interim = True
+            response.first = None
             response.headers = []
             return
         response.status = status
         response.keep_alive = parser.should_keep_alive()
-        if not response.head.done():
-            response.head.set_result(None)
+        response._head_in()
         if response.head_only:
             # httptools cannot be told that a HEAD response has no body: end it here and parse
             # the next response with a new parser.
@@ -456,24 +545,33 @@ class UpstreamPool:
             UpstreamError: the connection could not be made (refused, timed out, unreachable).
         """
         if not fresh:
-            idle = self._idle
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()
-                if conn.closed:
-                    continue
-                if now - conn.idle_since > self.idle_timeout:
-                    conn.close()
-                    while idle:  # the rest are older still
-                        idle.pop().close()
-                    break
-                transport = conn.transport
-                if transport is None or transport.is_closing():
-                    conn.close()
-                    continue
-                conn.reused = True
+            conn = self.take_idle()
+            if conn is not None:
                 return conn
         return await self._connect()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection still fit to use, or None (then `acquire` opens one)."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self.idle_timeout:
+                conn.close()
+                while idle:  # the rest are older still
+                    idle.pop().close()
+                return None
+            transport = conn.transport
+            if transport is None or transport.is_closing():
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return None
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give a connection back after its exchange; it is closed unless it can serve again."""
@@ -483,7 +581,8 @@ class UpstreamPool:
         now = time.monotonic()
         conn.idle_since = now
         conn._response = None
-        conn.resume_reading()  # so that an idle connection's close is noticed
+        if conn._reading_paused:
+            conn.resume_reading()  # so that an idle connection's close is noticed
         idle = self._idle
         idle.append(conn)
         # Close an expired connection at the old end now and then, so an instance that gets few
