@@ -33,7 +33,6 @@ from aygolog.client._base import (
     TailFilters,
     TailState,
     build_log,
-    decode_response,
     give_up_error,
     make_query,
     note_partial,
@@ -172,17 +171,7 @@ class AsyncLogClient:
     ) -> T:
         attempts = self._core.attempts(spec, policy)
         response = await self._send(spec, attempts=attempts, timeout=timeout)
-        try:
-            return decode_response(
-                response.status_code,
-                response.headers,
-                response.content,
-                kind,
-                ClientCore.where(spec),
-            )
-        except AygologError as exc:
-            attempts.gave_up(exc)
-            raise
+        return self._core.answer(spec, attempts, response, kind)
 
     # -- the API --------------------------------------------------------------------------------
 

@@ -950,6 +950,20 @@ class ClientCore:
         """How a request is named in error messages."""
         return f"{spec.method} {spec.path}"
 
+    @classmethod
+    def answer(
+        cls, spec: RequestSpec, attempts: Attempts, response: httpx.Response, kind: type[T]
+    ) -> T:
+        """The final response of a call decoded as `kind`; an error answer is raised as the
+        `AygologError` it means, after `attempts` is told the call gave up."""
+        try:
+            return decode_response(
+                response.status_code, response.headers, response.content, kind, cls.where(spec)
+            )
+        except AygologError as exc:
+            attempts.gave_up(exc)
+            raise
+
     # Requests.
 
     def log_request(self, log: NewLog) -> RequestSpec:
