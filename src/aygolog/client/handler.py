@@ -350,7 +350,6 @@ class AygologHandler(logging.Handler):
         self._deadline = math.inf
         self._spool_ok_at = 0.0
         self._rng = random.Random()
-        self._keys = random.Random()  # seeded from os.urandom; reseeded in a forked child
         self._reported = {"dropped": 0, "invalid": 0, "undelivered": 0}
         self._last_report = -math.inf
         # Last: `logging` keeps a reference to every handler made and flushes them at exit, so a
@@ -385,7 +384,6 @@ class AygologHandler(logging.Handler):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue = deque()
-        self._keys = random.Random()  # never the parent's keys: its batches would replay ours
         self._failures = 0
         self._next_attempt = 0.0
         if self._make_client is not None:  # never share pooled sockets with the parent
@@ -650,12 +648,7 @@ class AygologHandler(logging.Handler):
                     encoded, rest = encoded[:i], encoded[i:]
                     break
                 size += len(data)
-        return PreparedBatch(tuple(encoded), self._new_key()), rest
-
-    def _new_key(self) -> str:
-        """A fresh idempotency key: 128 random bits from a generator seeded from the OS once
-        (and again after a fork), so making one is no system call."""
-        return f"{self._keys.getrandbits(128):032x}"
+        return PreparedBatch(tuple(encoded), new_idempotency_key()), rest
 
     def _encode_plain(self, item: _Plain) -> bytes:
         """The JSON of a record that `emit` found plain (no extras, exception or stack): the
