@@ -117,12 +117,7 @@ def decode_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
     Raises:
         ValidationError: malformed JSON, a wrong type, or a value out of bounds.
     """
-    wire = _decode(_ONE, body)
-    errors: list[FieldError] = []
-    log = _normalise(wire, limits, datetime.now(UTC), None, errors)
-    if log is None:
-        raise ValidationError(errors)
-    return log
+    return _one(_decode(_ONE, body), limits)
 
 
 def decode_seed_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> NewLog:
@@ -139,6 +134,11 @@ def decode_seed_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> Ne
         raise
     except ValidationError as exc:
         wire = _case_insensitive(body, exc)
+    return _one(wire, limits)
+
+
+def _one(wire: _WireLog, limits: Limits) -> NewLog:
+    """One decoded entry normalised and checked, or `ValidationError` naming what is wrong."""
     errors: list[FieldError] = []
     log = _normalise(wire, limits, datetime.now(UTC), None, errors)
     if log is None:
