@@ -17,6 +17,8 @@ import msgspec
 __all__ = [
     "AttributeValue",
     "BatchResult",
+    "CountResult",
+    "CountSeries",
     "Direction",
     "ErrorBody",
     "EventKind",
@@ -225,6 +227,8 @@ class LogQuery(msgspec.Struct, kw_only=True):
     cursor: str | None = None
     """The `next_cursor` of the previous page; the page starts after that entry."""
     direction: Direction = Direction.BACKWARD
+    query: str | None = None
+    """A query in the query language (docs/query.md), ANDed with the filters above."""
 
     def level_severities(self) -> frozenset[int] | None:
         """The severities a matching entry may have, or None when any level matches."""
@@ -243,6 +247,25 @@ class LogPage(msgspec.Struct, kw_only=True):
 
     items: list[LogEntry]
     next_cursor: str | None = None
+
+
+class CountSeries(msgspec.Struct, kw_only=True):
+    """One group of a count: its labels (e.g. {"level": "error"}; {} without `by`) and one
+    count per bucket of the `CountResult`."""
+
+    labels: dict[str, str]
+    counts: list[int]
+
+
+class CountResult(msgspec.Struct, kw_only=True):
+    """The answer to `| count() by (...) step ...`: bucket start times (one bucket for the
+    whole range without `step`) and a series per group, newest group order unspecified."""
+
+    buckets: list[datetime]
+    step_seconds: float | None = None
+    series: list[CountSeries]
+    complete: bool = True
+    """False when a scan limit stopped the count early (the counts are then lower bounds)."""
 
 
 class LogStats(msgspec.Struct, kw_only=True):
