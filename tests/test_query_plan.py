@@ -44,17 +44,19 @@ old_queries = st.builds(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(old_queries, entries)
 def test_old_parameters_match_like_store_matches(query: LogQuery, entry: LogEntry) -> None:
     assert plan_for(query).matches(entry) == matches(entry, query)
 
 
+@settings(deadline=None)
 @given(old_queries, entries)
 def test_old_parameters_give_necessary_conditions(query: LogQuery, entry: LogEntry) -> None:
     _check_necessary(plan_for(query), entry)
 
 
+@settings(deadline=None)
 @given(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=4)),
     st.one_of(st.sampled_from(VALUES), st.text(max_size=4), st.sampled_from(["1_0", " 5 ", "nan"])),
@@ -319,14 +321,14 @@ def reference(expr: Expr, e: LogEntry) -> bool:
     return fields.get(expr.field) is not None
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(exprs, entries)
 def test_plan_matches_the_reference(expr: Expr, e: LogEntry) -> None:
     plan = plan_for(LogQuery(query=format_query(Query(filter=expr))))
     assert plan.matches(e) == reference(expr, e)
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(exprs, entries)
 def test_necessary_conditions_hold(expr: Expr, e: LogEntry) -> None:
     _check_necessary(plan_for(LogQuery(query=format_query(Query(filter=expr)))), e)
