@@ -26,7 +26,7 @@ from aygolog.query.ast import (
     Regex,
     Text,
 )
-from aygolog.query.predicates import attribute_equals
+from aygolog.query.predicates import MAX_CLAUSES, attribute_equals
 from aygolog.store.base import attribute_matches, matches
 from test_query_strategies import ATTRIBUTE_KEYS, VALUES, WORDS, entries, exprs
 
@@ -207,6 +207,38 @@ def test_necessary_conditions_of_a_query() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "exact"),
+    [
+        ("level:error", True),
+        ("level:(error OR critical) service:(a OR b) -level:debug", True),
+        ("_time:5m service:a", True),
+        ("", True),
+        ("level:error OR service:a", False),
+        ("-service:a", False),
+        ("service:*", False),
+        ("level:error x", False),
+        ('service:~"a"', False),
+    ],
+)
+def test_exact_plans(text: str, exact: bool) -> None:
+    assert plan_for(LogQuery(query=text)).exact is exact
+    assert not plan_for(LogQuery(query=text, text="x")).exact
+    assert not plan_for(LogQuery(query=text, attributes={"a": "b"})).exact
+
+
+def test_clauses_are_bounded() -> None:
+    def group(prefix: str, j: int) -> str:
+        return "(" + " ".join(f"{prefix}{j}x{i}" for i in range(8)) + ")"
+
+    text = " ".join(f"({group('a', j)} OR {group('b', j)})" for j in range(16))
+    plan = plan_for(LogQuery(query=text))
+    assert len(plan.clauses) == MAX_CLAUSES
+    wide = " OR ".join(group("c", j) for j in range(3))  # 8**3 clauses in full
+    (clause,) = plan_for(LogQuery(query=wide)).clauses
+    assert clause == {"c0x0", "c1x0", "c2x0"}
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "level:error level:info",
@@ -338,6 +370,11 @@ def _check_necessary(plan: object, e: LogEntry) -> None:
     from aygolog.query import Plan
 
     assert isinstance(plan, Plan)
+    if plan.exact:
+        assert plan.matches(e) == (
+            (plan.severities is None or e.level.severity in plan.severities)
+            and (plan.services is None or (e.service or "") in plan.services)
+        )
     if not plan.matches(e):
         return
     assert not plan.empty
