@@ -15,6 +15,7 @@ __all__ = [
     "DATE_RE",
     "DURATION_RE",
     "FIELD_RE",
+    "INTEGER_RE",
     "KEYWORDS",
     "LEVELS_HINT",
     "LEVEL_FIELD",
@@ -48,6 +49,7 @@ RESERVED_FIELDS: Final = frozenset({LEVEL_FIELD, TIME_FIELD, *MESSAGE_FIELDS})
 KEYWORDS: Final = frozenset({"AND", "OR", "NOT"})
 
 FIELD_RE: Final = re.compile(r"([^\W\d][\w.\-]*)(:|>=|<=|>|<)")
+INTEGER_RE: Final = re.compile(r"\d{1,7}")
 NAME_RE: Final = re.compile(r"[^\W\d][\w.\-]*")
 BARE_RE: Final = re.compile(r'[^\s()"|]+')
 NUMBER_RE: Final = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")

@@ -10,7 +10,6 @@ Input is bounded (characters, nesting, terms), so no query can exhaust the stack
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime, timedelta
 
 from aygolog.errors import ValidationError
@@ -39,6 +38,7 @@ from aygolog.query.lexicon import (
     DATE_RE,
     DURATION_RE,
     FIELD_RE,
+    INTEGER_RE,
     KEYWORDS,
     LEVEL_FIELD,
     LEVELS_HINT,
@@ -235,7 +235,7 @@ class _Parser:
     def limit(self) -> int:
         self.skip_space()
         start = self.pos
-        match = re.compile(r"\d{1,7}").match(self.text, self.pos)
+        match = INTEGER_RE.match(self.text, self.pos)
         if match is None or not self.at_end_of_term(match.end()):
             raise self.fail(f"a number of entries, 1-{MAX_LIMIT}")
         value = int(match.group())
