@@ -385,3 +385,28 @@ def _check_necessary(plan: object, e: LogEntry) -> None:
     have = log_tokens(e.message, e.attributes, e.trace_id)
     for clause in plan.clauses:
         assert clause & have, (clause, have)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("(a+)+$", "a" * 40 + "!"), ("(a|aa)*b", "a" * 60), (".*.*.*x", "a" * 65536)],
+)
+def test_hostile_regexes_run_in_linear_time(pattern: str, message: str) -> None:
+    # Python's re backtracks on these for minutes (docs/query.md); on RE2 the test ends at once,
+    # on a backtracking engine it would hit the per-test timeout.
+    plan = plan_for(LogQuery(query=f'~"{pattern}"'))
+    assert not plan.matches(entry(message))
+    assert (
+        plan_for(LogQuery(query=f'path:~"{pattern}"')).matches(
+            entry("x", attributes={"path": message})
+        )
+        is False
+    )
+
+
+@pytest.mark.parametrize("pattern", ["(a)\\\\1", "(?=a)", "(?<!a)b", "a{1001}"])
+def test_what_re2_cannot_run_is_a_syntax_error(pattern: str) -> None:
+    with pytest.raises(QuerySyntaxError) as caught:
+        plan_for(LogQuery(query=f'~"{pattern}"'))
+    assert caught.value.position == 1
+    assert "RE2" in caught.value.expected
