@@ -4,6 +4,8 @@ selects the right entries, and the necessary conditions hold for whatever matche
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -410,3 +412,24 @@ def test_what_re2_cannot_run_is_a_syntax_error(pattern: str) -> None:
         plan_for(LogQuery(query=f'~"{pattern}"'))
     assert caught.value.position == 1
     assert "RE2" in caught.value.expected
+
+
+def test_without_re2_regexes_parse_but_do_not_run() -> None:
+    # A base install (the SDK) has no RE2: queries still parse and print, but a plan with a
+    # regex is refused rather than run on a backtracking engine.
+    script = """
+import sys
+sys.modules["re2"] = None  # as if google-re2 were not installed
+from aygolog.models import LogQuery
+from aygolog.query import QuerySyntaxError, format_query, parse, plan_for
+assert format_query(parse('~"(a"')) == '~"(a"'
+assert plan_for(LogQuery(query="level:error x")).matches is not None
+try:
+    plan_for(LogQuery(query='path:~"^/api/"'))
+except QuerySyntaxError as exc:
+    print(exc.expected)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "install aygolog[server] (google-re2)" in done.stdout, done.stderr
