@@ -58,10 +58,11 @@ class Plan:
     count: CountSpec | None = None
     """From `| count() ...`; None for a plain search."""
     empty: bool = False
-    exact: bool = True
+    exact: bool = False
     """True when `severities` and `services` say it all: an entry with a severity in
     `severities` and a service in `services` matches (e.g. `level:error service:(a OR b)`), so
-    a store may filter on those alone (in Lua, or by per-block counters) without `matches`."""
+    a store may filter on those alone (in Lua, or by per-block counters) without `matches`.
+    `plan_for` sets it; False (the default) is always safe."""
 
     def matches(self, entry: LogEntry) -> bool:
         """Whether `entry` passes the filter (the time range and cursor excepted)."""

@@ -36,6 +36,7 @@ from aygolog.query.regex import compile_regex
 from aygolog.query.tokens import tokens
 
 __all__ = [
+    "MAX_CLAUSES",
     "Predicate",
     "all_of",
     "attribute_equals",
@@ -47,6 +48,7 @@ __all__ = [
     "necessary_clauses",
     "necessary_services",
     "necessary_severities",
+    "value_tokens",
 ]
 
 Predicate = Callable[[LogEntry], bool]
