@@ -41,6 +41,9 @@ class FakeServer:
         )
         self.gate = threading.Event()
         self.gate.set()
+        self.minimal = True
+        """Answer `Prefer: return=minimal` as the Log API does (False: as a server ignoring it)."""
+        self.prefer: list[str | None] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/logs", request.url
@@ -49,15 +52,22 @@ class FakeServer:
         items = json.loads(request.content)
         with self.lock:
             self.requests.append((key, items))
+            self.prefer.append(request.headers.get("Prefer"))
         special = self.answer(key, items)
         if special is not None:
             return special
         with self.lock:
             replayed = key in self.stored
             self.stored.setdefault(key, items)
+        status = 200 if replayed else 201
+        if self.minimal and request.headers.get("Prefer") == "return=minimal":
+            body: dict[str, Any] = {"count": len(items), "instance": "fake", "replayed": replayed}
+            return httpx.Response(
+                status, json=body, headers={"Preference-Applied": "return=minimal"}
+            )
         ids = [f"{len(self.stored)}-{i}" for i in range(len(items))]
         body = {"ids": ids, "instance": "fake", "replayed": replayed}
-        return httpx.Response(200 if replayed else 201, json=body)
+        return httpx.Response(status, json=body)
 
     @property
     def messages(self) -> list[str]:
@@ -274,6 +284,23 @@ def test_batches_by_size_then_by_age(
     assert wait_until(lambda: len(server.requests) == 3, 3)
     assert len(server.requests[2][1]) == 5
     assert server.messages == [f"s{i}" for i in range(25)]
+
+
+@pytest.mark.parametrize("minimal", [True, False])
+def test_batches_ask_for_a_minimal_answer_and_count_either_kind(
+    make: Callable[..., AygologHandler], server: FakeServer, minimal: bool
+) -> None:
+    """Every batch asks for `Prefer: return=minimal` (the ids are of no use here); `sent`
+    counts from the answer's `count`, or from its ids when a server ignores the preference."""
+    server.minimal = minimal
+    handler = make(batch_size=7, max_batch_size=7, max_in_flight=1, flush_interval=0.05)
+    log = logger_with(handler, "minimal")
+    for i in range(20):
+        log.info("m%d", i)
+    assert handler.drain(5)
+    assert handler.sent == 20
+    assert server.messages == [f"m{i}" for i in range(20)]
+    assert server.prefer == ["return=minimal"] * 3
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])

@@ -6,6 +6,7 @@ import io
 import logging
 import uuid
 
+import httpx
 import pytest
 
 from aygolog.client import AygologHandler, LogClient
@@ -40,3 +41,28 @@ def test_a_burst_with_default_settings_is_stored_once_each(stack: LiveStack) -> 
         number = int(entry.message.split()[1])
         assert entry.level.value == ("warning" if number % 2 else "info")
         assert entry.attributes == {"logger": log.name}
+
+
+def test_prefer_return_minimal_leaves_the_ids_out_through_the_lb(stack: LiveStack) -> None:
+    """`Prefer: return=minimal` (what the handler sends) is answered with the count and the
+    instance, `Preference-Applied` set, through the LB; a retry under the same key is a replay
+    in the same shape, and nothing is stored twice; without the preference the ids come back."""
+    service = f"prefer-{uuid.uuid4().hex[:10]}"
+    body = [{"message": f"minimal {i}", "service": service} for i in range(3)]
+    headers = {"Idempotency-Key": uuid.uuid4().hex, "Prefer": "respond-async, RETURN=minimal"}
+    with httpx.Client(base_url=stack.url, timeout=10) as http:
+        first = http.post("/api/logs", json=body, headers=headers)
+        again = http.post("/api/logs", json=body, headers=headers)
+        full = http.post("/api/logs", json=body[:1], headers={"Prefer": "return=representation"})
+    assert first.status_code == 201, first.text
+    assert first.headers["Preference-Applied"] == "return=minimal"
+    answer = first.json()
+    assert answer == {"count": 3, "instance": answer["instance"], "replayed": False}
+    assert again.status_code == 200
+    assert again.json() == {**answer, "replayed": True}
+    assert full.status_code == 201
+    assert "Preference-Applied" not in full.headers
+    assert len(full.json()["ids"]) == 1
+    with LogClient(stack.url) as client:
+        stored = list(client.iter_logs(service=service, limit=100))
+    assert sorted(e.message for e in stored) == ["minimal 0", "minimal 0", "minimal 1", "minimal 2"]

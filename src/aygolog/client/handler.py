@@ -65,6 +65,7 @@ made its client from a URL, its own connections; what the parent had queued stay
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -801,7 +802,7 @@ class AygologHandler(logging.Handler):
         """Send once. None: delivered; a batch: send this instead (refused items removed);
         an exception: a failure to back off from."""
         try:
-            result = self.client.send_batch(batch, policy=NO_RETRY, timeout=self._attempt_timeout())
+            count = self._post(batch)
         except ValidationError as exc:
             bad = {e.index for e in exc.errors if e.index is not None and e.index < batch.count}
             if bad and len(bad) < batch.count:
@@ -818,8 +819,25 @@ class AygologHandler(logging.Handler):
         except AygologError as exc:  # 401/403/404/500...: cannot deliver now
             return exc
         with self._cond:
-            self.sent += result.count
+            self.sent += count
         return None
+
+    def _post(self, batch: PreparedBatch) -> int:
+        """One `POST /api/logs` of `batch` (no retry: the caller backs off); how many it stored.
+
+        It asks for `Prefer: return=minimal`: the ids, which the handler does not use, are then
+        neither encoded by the instance nor read here (a server that ignores it sends them).
+        """
+        client = self.client
+        core = client._core
+        spec = core.batch_request(batch)
+        spec = dataclasses.replace(spec, headers={**spec.headers, **_PREFER_MINIMAL})
+        attempts = core.attempts(spec, NO_RETRY)
+        response = client._send(spec, attempts=attempts, timeout=self._attempt_timeout())
+        stored = core.answer(spec, attempts, response, _Stored)
+        if stored.count is not None:
+            return stored.count
+        return len(stored.ids) if stored.ids is not None else batch.count
 
     def _refused(self, count: int) -> None:
         with self._cond:
@@ -891,6 +909,16 @@ class _Slot:
         self.preparing = 0
         """Records it took from the queue and is encoding."""
         self.thread: threading.Thread | None = None
+
+
+class _Stored(msgspec.Struct):
+    """The answer to a batch: `count` under `Prefer: return=minimal`, else the ids."""
+
+    count: int | None = None
+    ids: list[str] | None = None
+
+
+_PREFER_MINIMAL: Final = {"Prefer": "return=minimal"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,7 +196,10 @@ async def create_log(
     status_code=201,
     summary="Store a batch, all or nothing",
     description="Body: a JSON array of NewLog objects, or NDJSON (application/x-ndjson). "
-    "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true).",
+    "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true). "
+    "`Prefer: return=minimal` (RFC 7240) leaves the ids out of the answer: "
+    '`{"count": n, "instance": "...", "replayed": false}`, with `Preference-Applied: '
+    "return=minimal` (a sender that does not read the ids saves their encoding and transfer).",
     responses=answers(
         {
             201: (BatchResult, "Stored, all of them: their ids in order, and `instance`"),
@@ -217,8 +220,10 @@ async def create_logs(
     request: Request[Any, Any, Any],
     state: State,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+    prefer: Annotated[str | None, HeaderParameter(name="Prefer")] = None,
 ) -> Response[bytes]:
-    """POST /api/logs: a JSON array or NDJSON; 201 with the ids, in order."""
+    """POST /api/logs: a JSON array or NDJSON; 201 with the ids, in order (with
+    `Prefer: return=minimal`, only how many and which instance)."""
     api = _api(state)
     kind = _content_type(request)
     body = await _read_body(request, api)
@@ -242,7 +247,33 @@ async def create_logs(
     if not result.replayed:
         api.ingested.inc(amount=len(logs))
     api.batch_sizes.observe(len(logs))
-    return json_response(result, 200 if result.replayed else 201)
+    status = 200 if result.replayed else 201
+    # Every Prefer header counts (the parameter holds only the first; it is there for the docs).
+    if prefer is not None and _wants_minimal(", ".join(request.headers.getall("prefer"))):
+        count = _BatchCount(len(result.ids), result.instance, result.replayed)
+        return json_response(count, status, headers=_MINIMAL_APPLIED)
+    return json_response(result, status)
+
+
+class _BatchCount(msgspec.Struct):
+    """The answer to a batch under `Prefer: return=minimal`: a `BatchResult` without its ids."""
+
+    count: int
+    instance: str
+    replayed: bool
+
+
+_MINIMAL_APPLIED: Final = {"Preference-Applied": "return=minimal"}
+
+
+def _wants_minimal(prefer: str) -> bool:
+    """Whether a `Prefer` header (RFC 7240: comma-separated preferences, each with optional
+    `;`-parameters, values possibly quoted, names in any case) asks for `return=minimal`."""
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"') == "minimal":
+            return True
+    return False
 
 
 def _query_params(
