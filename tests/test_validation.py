@@ -151,6 +151,32 @@ def test_batch_lists_every_bad_item() -> None:
     assert "item 1: level" in str(info.value)
 
 
+def test_a_batch_checks_every_item_whatever_the_items_before_it_were() -> None:
+    """What is worked out once per batch (services found valid, the latest time allowed, the
+    levels' own names) never lets a later item through unchecked, nor refuses a good one."""
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    items: list[dict[str, object]] = [
+        {"message": f"m{i}", "service": "svc", "level": "info", "timestamp": soon} for i in range(5)
+    ]
+    items += [
+        {"message": "bad service", "service": "svc two"},
+        {"message": "bad time", "service": "svc", "timestamp": "2999-01-01T00:00:00Z"},
+        {"message": "alias", "service": "svc", "level": " WARN "},
+        {"message": "offset", "timestamp": "2024-05-01T10:00:00+02:00"},
+        {"message": "bad level", "service": "svc", "level": "INFO!"},
+    ]
+    with pytest.raises(ValidationError) as info:
+        decode_logs(body(items))
+    assert {(e.index, e.field) for e in info.value.errors} == {
+        (5, "service"), (6, "timestamp"), (9, "level"),
+    }  # fmt: skip
+    good = decode_logs(body(items[:5] + items[7:9]))
+    assert [log.level for log in good[-2:]] == [LogLevel.WARNING, LogLevel.INFO]
+    assert good[-1].timestamp == datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+    assert good[0].timestamp is not None
+    assert good[0].timestamp.tzinfo is UTC
+
+
 def test_batch_not_an_array() -> None:
     with pytest.raises(ValidationError) as info:
         decode_logs(b'{"message": "m"}')
