@@ -685,7 +685,7 @@ def test_plain_encoding_with_many_loggers_and_levels(make: Callable[..., Aygolog
         record = logging.LogRecord(f"app.{n}", level, __file__, 1, 'q"\\\n%d', (n,), None)
         item = (record.created, record.levelname, record.levelno, record.name, record.getMessage())
         assert handler._encode_plain(item) == encode_log(handler.map_record(record))
-    assert len(handler._parts) <= 1024
+    assert len(handler._fixed) <= 1024
 
 
 def test_emit_does_not_take_the_handlers_io_lock(
