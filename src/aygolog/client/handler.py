@@ -23,8 +23,11 @@ How it behaves:
   1,000) are queued or the oldest is `flush_interval` old (default 0.2 s), to `POST /api/logs`,
   so up to `max_in_flight` requests are in flight at once. A sender that finds more than
   `batch_size` queued (it is behind, in a burst) takes its share of the queue (divided among the
-  idle senders) up to `max_batch_size` (default 5,000): fewer, larger requests cost less per
-  record here, where the senders share the GIL with the code that logs, and at the LB. So one
+  idle senders) up to `max_batch_size` (default 10,000, the server's default limit): fewer,
+  larger requests cost less per record here, where the senders share the GIL with the code that
+  logs (each request waits for the GIL a few times), and at the LB; and what is being sent is
+  held besides the queue, so a sender that catches up empties it at once. Batches ask for
+  `Prefer: return=minimal`: the server leaves out the ids the handler would not read. So one
   process keeps up with a burst of `logging` calls in a tight loop
   (`benchmarks/handler_burst.py`). Batches sent at the same time may be stored in either order
   (each entry keeps its record's `timestamp`); `max_in_flight=1` keeps the order of records as
@@ -269,7 +272,7 @@ class AygologHandler(logging.Handler):
         capacity: int = 10_000,
         overflow: Overflow = "drop_oldest",
         batch_size: int = 1000,
-        max_batch_size: int = 5000,
+        max_batch_size: int = 10_000,
         max_in_flight: int = 3,
         flush_interval: float = 0.2,
         close_timeout: float = 5.0,
