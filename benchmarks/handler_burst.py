@@ -196,6 +196,7 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, help="the handler's (default: its default)")
     parser.add_argument("--batch-size", type=int, help="the handler's (default: its default)")
     parser.add_argument("--max-batch-size", type=int, help="the handler's (default: its default)")
+    parser.add_argument("--compress", action="store_true", help="the handler gzips its batches")
     parser.add_argument("--drain", action="store_true", help="measure the senders alone")
     args = parser.parse_args()
     chosen = {
@@ -203,7 +204,9 @@ def main() -> int:
         "batch_size": args.batch_size,
         "max_batch_size": args.max_batch_size,
     }
-    options = {name: value for name, value in chosen.items() if value is not None}
+    options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
+    if args.compress:
+        options["compress"] = True
 
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     failed = False

@@ -4,6 +4,7 @@ overflow, retries, refusals, close and the spool. The live-stack tests are in te
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -44,12 +45,17 @@ class FakeServer:
         self.minimal = True
         """Answer `Prefer: return=minimal` as the Log API does (False: as a server ignoring it)."""
         self.prefer: list[str | None] = []
+        self.gzipped = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/logs", request.url
         self.gate.wait(10)
         key = request.headers["Idempotency-Key"]
-        items = json.loads(request.content)
+        content = request.content
+        if request.headers.get("Content-Encoding") == "gzip":
+            content = gzip.decompress(content)
+            self.gzipped += 1
+        items = json.loads(content)
         with self.lock:
             self.requests.append((key, items))
             self.prefer.append(request.headers.get("Prefer"))
@@ -301,6 +307,25 @@ def test_batches_ask_for_a_minimal_answer_and_count_either_kind(
     assert handler.sent == 20
     assert server.messages == [f"m{i}" for i in range(20)]
     assert server.prefer == ["return=minimal"] * 3
+
+
+def test_compress_gzips_every_batch_and_its_retries(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """With `compress=True` each request body is gzip (`Content-Encoding: gzip`), retries too,
+    under the batch's one key."""
+    failures = [503]
+    server.answer = lambda key, items: (
+        httpx.Response(failures.pop(), json={"error": "x"}) if failures else None
+    )
+    handler = make(compress=True, max_in_flight=1, flush_interval=0.05)
+    log = logger_with(handler, "gzip")
+    for i in range(30):
+        log.info("z%d", i)
+    assert wait_until(lambda: len(server.messages) == 30)
+    assert server.messages == [f"z{i}" for i in range(30)]
+    assert server.gzipped == len(server.requests) == 2
+    assert server.requests[0][0] == server.requests[1][0]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
@@ -15,7 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
-from aygolog.errors import ValidationError
+from aygolog.errors import MalformedInput, ValidationError
 from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
@@ -199,7 +200,9 @@ async def create_log(
     "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true). "
     "`Prefer: return=minimal` (RFC 7240) leaves the ids out of the answer: "
     '`{"count": n, "instance": "...", "replayed": false}`, with `Preference-Applied: '
-    "return=minimal` (a sender that does not read the ids saves their encoding and transfer).",
+    "return=minimal` (a sender that does not read the ids saves their encoding and transfer). "
+    "`Content-Encoding: gzip` bodies are accepted; the body limit applies to the decompressed "
+    "size too (413).",
     responses=answers(
         {
             201: (BatchResult, "Stored, all of them: their ids in order, and `instance`"),
@@ -229,6 +232,11 @@ async def create_logs(
     body = await _read_body(request, api)
     if isinstance(body, Response):
         return body
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None:
+        body = _decoded(body, encoding, api.max_body_bytes)
+        if isinstance(body, Response):
+            return body
     if kind in _NDJSON:
         logs = decode_ndjson(body, limits=api.limits)
     elif _is_json(kind):
@@ -264,6 +272,57 @@ class _BatchCount(msgspec.Struct):
 
 
 _MINIMAL_APPLIED: Final = {"Preference-Applied": "return=minimal"}
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes | Response[bytes]:
+    """A batch body sent with `Content-Encoding` (`gzip`, or `identity`), decompressed to at
+    most `limit` bytes: a body that would grow past it (a zip bomb) is refused with 413 once
+    `limit` bytes have come out, before more memory is spent on it."""
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    if any(c not in ("gzip", "x-gzip", "identity") for c in codings):
+        return error_response(
+            415,
+            f"unsupported content encoding {encoding!r}; send gzip or identity",
+            [FieldError(field="content-encoding", reason="expected gzip or identity")],
+        )
+    for coding in reversed(codings):  # the last applied is listed last (RFC 9110 8.4)
+        if coding != "identity":
+            out = _gunzip(body, limit)
+            if out is None:
+                return error_response(
+                    413,
+                    "request body too large once decompressed",
+                    [FieldError(field="$", reason=f"at most {limit} bytes decompressed")],
+                )
+            body = out
+    return body
+
+
+def _gunzip(data: bytes, limit: int) -> bytes | None:
+    """`data` (one or more gzip members) decompressed, or None past `limit` bytes.
+
+    Raises:
+        MalformedInput: not gzip, or cut short.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)  # 16 + 15: a gzip header and trailer
+            chunk = inflater.decompress(rest, limit - size + 1)
+            size += len(chunk)
+            if size > limit or inflater.unconsumed_tail:
+                return None
+            if not inflater.eof:
+                raise zlib.error("the gzip data is cut short")
+            out.append(chunk)
+            rest = inflater.unused_data
+    except zlib.error as exc:
+        raise MalformedInput(
+            [FieldError(field="content-encoding", reason=f"the body is not valid gzip: {exc}")]
+        ) from None
+    return b"".join(out)
 
 
 def _wants_minimal(prefer: str) -> bool:
