@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from aygolog.client import AygologHandler, LogClient
+from aygolog.server.routes import _wants_minimal
 from support import LiveStack
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,3 +133,21 @@ def test_a_compressing_handler_delivers_a_burst_once_each(stack: LiveStack) -> N
     with LogClient(stack.url) as client:
         entries = list(client.iter_logs(service=service, limit=1000))
     assert sorted(e.message for e in entries) == sorted(f"zipped burst {i}" for i in range(5_000))
+
+
+@pytest.mark.parametrize(
+    ("prefer", "minimal"),
+    [
+        ("return=minimal", True),
+        ('RETURN="minimal"', True),
+        ("respond-async, wait=10, return=minimal; x=1", True),
+        ("return=representation", False),
+        ("return=minimalist", False),
+        ("handling=lenient", False),
+        ("", False),
+    ],
+)
+def test_which_prefer_headers_ask_for_a_minimal_answer(prefer: str, minimal: bool) -> None:
+    """The parsing behind the live test above (RFC 7240: names in any case, values may be
+    quoted, preferences comma-separated with `;` parameters)."""
+    assert _wants_minimal(prefer) is minimal
