@@ -250,7 +250,9 @@ class AygologHandler(logging.Handler):
         max_batch_size: the most records per request: a sender that finds more than
             `batch_size` queued takes its share of them (the queue divided among the idle
             senders), up to this and the client's `max_batch_items` (never fewer than
-            `batch_size`).
+            `batch_size`). A server whose `AYGOLOG_MAX_BATCH_ITEMS` is lower refuses larger
+            batches (413) and the handler halves them until they fit, for every such batch:
+            set this to that limit.
         max_in_flight: the most requests at once (each from its own sender thread).
         flush_interval: send whatever is queued once the oldest record is this many seconds old.
         close_timeout: how long `close()` may take to deliver what is queued.
