@@ -11,12 +11,16 @@ is decoded without a type, so nothing deeper than the schema (3 levels: array, o
 attributes) is ever built: a typed decoder stops at the first level the schema does not allow,
 and the slow pass splits a batch into raw items, not trees. Skipping over a deeply nested raw
 item is bounded by the interpreter's recursion limit, and that too is a 400.
+
+A gzipped body (`gunzip`) is inflated to at most the body limit: past it the caller answers 413
+without having held more than that in memory.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -33,6 +37,7 @@ __all__ = [
     "decode_logs",
     "decode_ndjson",
     "decode_seed_log",
+    "gunzip",
     "parse_timestamp",
     "validate_logs",
 ]
@@ -231,6 +236,33 @@ def validate_logs(
     if errors:
         raise ValidationError(errors)
     return out
+
+
+def gunzip(data: bytes, limit: int) -> bytes | None:
+    """`data` (one or more gzip members) decompressed, or None past `limit` bytes.
+
+    Raises:
+        MalformedInput: not gzip, or cut short.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)  # 16 + 15: a gzip header and trailer
+            chunk = inflater.decompress(rest, limit - size + 1)
+            size += len(chunk)
+            if size > limit or inflater.unconsumed_tail:
+                return None
+            if not inflater.eof:
+                raise zlib.error("the gzip data is cut short")
+            out.append(chunk)
+            rest = inflater.unused_data
+    except zlib.error as exc:
+        raise MalformedInput(
+            [FieldError(field="content-encoding", reason=f"the body is not valid gzip: {exc}")]
+        ) from None
+    return b"".join(out)
 
 
 def parse_timestamp(value: datetime | int | float | str) -> datetime:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
@@ -16,7 +15,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
-from aygolog.errors import MalformedInput, ValidationError
+from aygolog.errors import ValidationError
 from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
@@ -36,7 +35,7 @@ from aygolog.server.reads import PageCache, ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
-from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log
+from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log, gunzip
 from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
@@ -192,6 +191,51 @@ async def create_log(
     return json_response(entry, 201)
 
 
+class _BatchCount(msgspec.Struct):
+    """The answer to a batch under `Prefer: return=minimal`: a `BatchResult` without its ids."""
+
+    count: int
+    instance: str
+    replayed: bool
+
+
+_MINIMAL_APPLIED: Final = {"Preference-Applied": "return=minimal"}
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes | Response[bytes]:
+    """A batch body sent with `Content-Encoding` (`gzip`, or `identity`), decompressed to at
+    most `limit` bytes: a body that would grow past it (a zip bomb) is refused with 413 once
+    `limit` bytes have come out, before more memory is spent on it."""
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    if any(c not in ("gzip", "x-gzip", "identity") for c in codings):
+        return error_response(
+            415,
+            f"unsupported content encoding {encoding!r}; send gzip or identity",
+            [FieldError(field="content-encoding", reason="expected gzip or identity")],
+        )
+    for coding in reversed(codings):  # the last applied is listed last (RFC 9110 8.4)
+        if coding != "identity":
+            out = gunzip(body, limit)
+            if out is None:
+                return error_response(
+                    413,
+                    "request body too large once decompressed",
+                    [FieldError(field="$", reason=f"at most {limit} bytes decompressed")],
+                )
+            body = out
+    return body
+
+
+def _wants_minimal(prefer: str) -> bool:
+    """Whether a `Prefer` header (RFC 7240: comma-separated preferences, each with optional
+    `;`-parameters, values possibly quoted, names in any case) asks for `return=minimal`."""
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"') == "minimal":
+            return True
+    return False
+
+
 @post(
     "/api/logs",
     status_code=201,
@@ -261,78 +305,6 @@ async def create_logs(
         count = _BatchCount(len(result.ids), result.instance, result.replayed)
         return json_response(count, status, headers=_MINIMAL_APPLIED)
     return json_response(result, status)
-
-
-class _BatchCount(msgspec.Struct):
-    """The answer to a batch under `Prefer: return=minimal`: a `BatchResult` without its ids."""
-
-    count: int
-    instance: str
-    replayed: bool
-
-
-_MINIMAL_APPLIED: Final = {"Preference-Applied": "return=minimal"}
-
-
-def _decoded(body: bytes, encoding: str, limit: int) -> bytes | Response[bytes]:
-    """A batch body sent with `Content-Encoding` (`gzip`, or `identity`), decompressed to at
-    most `limit` bytes: a body that would grow past it (a zip bomb) is refused with 413 once
-    `limit` bytes have come out, before more memory is spent on it."""
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    if any(c not in ("gzip", "x-gzip", "identity") for c in codings):
-        return error_response(
-            415,
-            f"unsupported content encoding {encoding!r}; send gzip or identity",
-            [FieldError(field="content-encoding", reason="expected gzip or identity")],
-        )
-    for coding in reversed(codings):  # the last applied is listed last (RFC 9110 8.4)
-        if coding != "identity":
-            out = _gunzip(body, limit)
-            if out is None:
-                return error_response(
-                    413,
-                    "request body too large once decompressed",
-                    [FieldError(field="$", reason=f"at most {limit} bytes decompressed")],
-                )
-            body = out
-    return body
-
-
-def _gunzip(data: bytes, limit: int) -> bytes | None:
-    """`data` (one or more gzip members) decompressed, or None past `limit` bytes.
-
-    Raises:
-        MalformedInput: not gzip, or cut short.
-    """
-    out: list[bytes] = []
-    size = 0
-    rest = data
-    try:
-        while rest:
-            inflater = zlib.decompressobj(wbits=31)  # 16 + 15: a gzip header and trailer
-            chunk = inflater.decompress(rest, limit - size + 1)
-            size += len(chunk)
-            if size > limit or inflater.unconsumed_tail:
-                return None
-            if not inflater.eof:
-                raise zlib.error("the gzip data is cut short")
-            out.append(chunk)
-            rest = inflater.unused_data
-    except zlib.error as exc:
-        raise MalformedInput(
-            [FieldError(field="content-encoding", reason=f"the body is not valid gzip: {exc}")]
-        ) from None
-    return b"".join(out)
-
-
-def _wants_minimal(prefer: str) -> bool:
-    """Whether a `Prefer` header (RFC 7240: comma-separated preferences, each with optional
-    `;`-parameters, values possibly quoted, names in any case) asks for `return=minimal`."""
-    for preference in prefer.split(","):
-        name, _, value = preference.split(";", 1)[0].partition("=")
-        if name.strip().lower() == "return" and value.strip().strip('"') == "minimal":
-            return True
-    return False
 
 
 def _query_params(
