@@ -1,6 +1,7 @@
 """`AygologHandler` under a burst: 100,000 `logger.info` calls in a tight loop, one process.
 
     .venv/bin/python benchmarks/handler_burst.py [--records 100000] [--instances 3] [--runs 1]
+        [--drain] [--compress]
 
 Starts a private Redis-compatible server, a real `aygolog lb` and `--instances` real `aygolog api`
 processes on loopback ports, all with default settings (plus the registration token the LB
@@ -24,6 +25,9 @@ needs), then, in this process, logs `--records` records as fast as `logging` can
 `--drain` measures the senders alone: the records are put on the handler's queue at once (as
 `emit` would, with no `logging` loop competing for the GIL and a capacity that holds them all);
 delivery is then how fast the handler can empty a full queue.
+
+`--compress`: the handler gzips its batches (`compress=True`); `--max-in-flight`, `--batch-size`,
+`--max-batch-size` set the handler's own; all other settings stay the defaults.
 
 Bounded: each run waits at most `--wait` seconds (default 30) for delivery. Exits 1 when a run
 drops, loses or doubles anything, or stores its last entry later than 1 s after the last emit.
@@ -65,7 +69,7 @@ def start_stack(redis_url: str, instances: int) -> tuple[ServiceProcess, list[Se
     """The LB and the instances, registered and healthy."""
     token = secrets.token_urlsafe(16)
     common = {"AYGOLOG_REDIS_URL": redis_url, "AYGOLOG_REGISTRATION_TOKEN": token}
-    lb = ServiceProcess("lb", env=common).start()
+    lb = ServiceProcess("lb", env=common).start(timeout=60)  # a busy machine starts slowly
     apis = [
         ServiceProcess(
             "api", env={**common, "AYGOLOG_LB_URL": lb.url, "AYGOLOG_INSTANCE_NAME": f"api-{i}"}
@@ -73,7 +77,7 @@ def start_stack(redis_url: str, instances: int) -> tuple[ServiceProcess, list[Se
         for i in range(instances)
     ]
     with ThreadPoolExecutor(instances) as pool:
-        list(pool.map(lambda p: p.start(timeout=30), apis))
+        list(pool.map(lambda p: p.start(timeout=60), apis))
 
     def registered() -> bool:
         with LogClient(lb.url) as client:
@@ -196,6 +200,7 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, help="the handler's (default: its default)")
     parser.add_argument("--batch-size", type=int, help="the handler's (default: its default)")
     parser.add_argument("--max-batch-size", type=int, help="the handler's (default: its default)")
+    parser.add_argument("--compress", action="store_true", help="the handler gzips its batches")
     parser.add_argument("--drain", action="store_true", help="measure the senders alone")
     args = parser.parse_args()
     chosen = {
@@ -203,7 +208,9 @@ def main() -> int:
         "batch_size": args.batch_size,
         "max_batch_size": args.max_batch_size,
     }
-    options = {name: value for name, value in chosen.items() if value is not None}
+    options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
+    if args.compress:
+        options["compress"] = True
 
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     failed = False

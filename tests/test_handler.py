@@ -4,6 +4,7 @@ overflow, retries, refusals, close and the spool. The live-stack tests are in te
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -41,23 +42,38 @@ class FakeServer:
         )
         self.gate = threading.Event()
         self.gate.set()
+        self.minimal = True
+        """Answer `Prefer: return=minimal` as the Log API does (False: as a server ignoring it)."""
+        self.prefer: list[str | None] = []
+        self.gzipped = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/logs", request.url
         self.gate.wait(10)
         key = request.headers["Idempotency-Key"]
-        items = json.loads(request.content)
+        content = request.content
+        if request.headers.get("Content-Encoding") == "gzip":
+            content = gzip.decompress(content)
+            self.gzipped += 1
+        items = json.loads(content)
         with self.lock:
             self.requests.append((key, items))
+            self.prefer.append(request.headers.get("Prefer"))
         special = self.answer(key, items)
         if special is not None:
             return special
         with self.lock:
             replayed = key in self.stored
             self.stored.setdefault(key, items)
+        status = 200 if replayed else 201
+        if self.minimal and request.headers.get("Prefer") == "return=minimal":
+            body: dict[str, Any] = {"count": len(items), "instance": "fake", "replayed": replayed}
+            return httpx.Response(
+                status, json=body, headers={"Preference-Applied": "return=minimal"}
+            )
         ids = [f"{len(self.stored)}-{i}" for i in range(len(items))]
         body = {"ids": ids, "instance": "fake", "replayed": replayed}
-        return httpx.Response(200 if replayed else 201, json=body)
+        return httpx.Response(status, json=body)
 
     @property
     def messages(self) -> list[str]:
@@ -274,6 +290,42 @@ def test_batches_by_size_then_by_age(
     assert wait_until(lambda: len(server.requests) == 3, 3)
     assert len(server.requests[2][1]) == 5
     assert server.messages == [f"s{i}" for i in range(25)]
+
+
+@pytest.mark.parametrize("minimal", [True, False])
+def test_batches_ask_for_a_minimal_answer_and_count_either_kind(
+    make: Callable[..., AygologHandler], server: FakeServer, minimal: bool
+) -> None:
+    """Every batch asks for `Prefer: return=minimal` (the ids are of no use here); `sent`
+    counts from the answer's `count`, or from its ids when a server ignores the preference."""
+    server.minimal = minimal
+    handler = make(batch_size=7, max_batch_size=7, max_in_flight=1, flush_interval=0.05)
+    log = logger_with(handler, "minimal")
+    for i in range(20):
+        log.info("m%d", i)
+    assert handler.drain(5)
+    assert handler.sent == 20
+    assert server.messages == [f"m{i}" for i in range(20)]
+    assert server.prefer == ["return=minimal"] * 3
+
+
+def test_compress_gzips_every_batch_and_its_retries(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """With `compress=True` each request body is gzip (`Content-Encoding: gzip`), retries too,
+    under the batch's one key."""
+    failures = [503]
+    server.answer = lambda key, items: (
+        httpx.Response(failures.pop(), json={"error": "x"}) if failures else None
+    )
+    handler = make(compress=True, max_in_flight=1, flush_interval=0.05)
+    log = logger_with(handler, "gzip")
+    for i in range(30):
+        log.info("z%d", i)
+    assert wait_until(lambda: len(server.messages) == 30)
+    assert server.messages == [f"z{i}" for i in range(30)]
+    assert server.gzipped == len(server.requests) == 2
+    assert server.requests[0][0] == server.requests[1][0]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
@@ -658,7 +710,7 @@ def test_plain_encoding_with_many_loggers_and_levels(make: Callable[..., Aygolog
         record = logging.LogRecord(f"app.{n}", level, __file__, 1, 'q"\\\n%d', (n,), None)
         item = (record.created, record.levelname, record.levelno, record.name, record.getMessage())
         assert handler._encode_plain(item) == encode_log(handler.map_record(record))
-    assert len(handler._parts) <= 1024
+    assert len(handler._fixed) <= 1024
 
 
 def test_emit_does_not_take_the_handlers_io_lock(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -17,6 +18,7 @@ from aygolog.validation import (
     decode_logs,
     decode_ndjson,
     decode_seed_log,
+    gunzip,
     parse_timestamp,
     validate_logs,
 )
@@ -149,6 +151,32 @@ def test_batch_lists_every_bad_item() -> None:
     by_index = {(e.index, e.field) for e in info.value.errors}
     assert by_index == {(1, "level"), (3, "message"), (4, "message"), (5, "extra")}
     assert "item 1: level" in str(info.value)
+
+
+def test_a_batch_checks_every_item_whatever_the_items_before_it_were() -> None:
+    """What is worked out once per batch (services found valid, the latest time allowed, the
+    levels' own names) never lets a later item through unchecked, nor refuses a good one."""
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    items: list[dict[str, object]] = [
+        {"message": f"m{i}", "service": "svc", "level": "info", "timestamp": soon} for i in range(5)
+    ]
+    items += [
+        {"message": "bad service", "service": "svc two"},
+        {"message": "bad time", "service": "svc", "timestamp": "2999-01-01T00:00:00Z"},
+        {"message": "alias", "service": "svc", "level": " WARN "},
+        {"message": "offset", "timestamp": "2024-05-01T10:00:00+02:00"},
+        {"message": "bad level", "service": "svc", "level": "INFO!"},
+    ]
+    with pytest.raises(ValidationError) as info:
+        decode_logs(body(items))
+    assert {(e.index, e.field) for e in info.value.errors} == {
+        (5, "service"), (6, "timestamp"), (9, "level"),
+    }  # fmt: skip
+    good = decode_logs(body(items[:5] + items[7:9]))
+    assert [log.level for log in good[-2:]] == [LogLevel.WARNING, LogLevel.INFO]
+    assert good[-1].timestamp == datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+    assert good[0].timestamp is not None
+    assert good[0].timestamp.tzinfo is UTC
 
 
 def test_batch_not_an_array() -> None:
@@ -398,3 +426,17 @@ def test_elsewhere_names_stay_snake_case() -> None:
         decode_log(b'{"Name": "x"}')
     with pytest.raises(ValidationError):
         decode_logs(b'[{"name": "x", "sourceInstance": "a"}]')
+
+
+def test_gunzip_inflates_up_to_the_limit_and_no_further() -> None:
+    data = b"x" * 1000
+    packed = zlib.compress(data, 9, wbits=31)
+    assert gunzip(packed, 1000) == data  # exactly the limit
+    assert gunzip(packed, 999) is None  # one byte over: refused, not inflated further
+    assert gunzip(packed + zlib.compress(b"yz", 1, wbits=31), 1002) == data + b"yz"  # members
+    bomb = zlib.compress(bytes(50 * 1024**2), 9, wbits=31)  # 50 MiB of zeros in ~50 KB
+    assert gunzip(bomb, 1024**2) is None
+    for broken in (packed[:-4], packed[:10], b"not gzip", packed + b"\x00"):
+        with pytest.raises(MalformedInput) as info:
+            gunzip(broken, 10_000)
+        assert info.value.errors[0].field == "content-encoding"

@@ -11,15 +11,19 @@ is decoded without a type, so nothing deeper than the schema (3 levels: array, o
 attributes) is ever built: a typed decoder stops at the first level the schema does not allow,
 and the slow pass splits a batch into raw items, not trees. Skipping over a deeply nested raw
 item is bounded by the interpreter's recursion limit, and that too is a 400.
+
+A gzipped body (`gunzip`) is inflated to at most the body limit: past it the caller answers 413
+without having held more than that in memory.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -33,6 +37,7 @@ __all__ = [
     "decode_logs",
     "decode_ndjson",
     "decode_seed_log",
+    "gunzip",
     "parse_timestamp",
     "validate_logs",
 ]
@@ -139,10 +144,10 @@ def decode_seed_log(body: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> Ne
 
 def _one(wire: _WireLog, limits: Limits) -> NewLog:
     """One decoded entry normalised and checked, or `ValidationError` naming what is wrong."""
-    errors: list[FieldError] = []
-    log = _normalise(wire, limits, datetime.now(UTC), None, errors)
+    checker = _Checker(limits)
+    log = checker.check(wire, None)
     if log is None:
-        raise ValidationError(errors)
+        raise ValidationError(checker.errors)
     return log
 
 
@@ -185,15 +190,15 @@ def decode_ndjson(body: bytes, *, limits: Limits = DEFAULT_LIMITS) -> list[NewLo
 
     The index in an error is the item's position among the non-blank lines.
     """
-    now = datetime.now(UTC)
+    checker = _Checker(limits)
     out: list[NewLog] = []
-    errors: list[FieldError] = []
+    errors = checker.errors
     index = 0
     for line in body.split(b"\n"):
         if not line.strip():
             continue
         try:
-            log = _normalise(_decode(_ONE, line, index), limits, now, index, errors)
+            log = checker.check(_decode(_ONE, line, index), index)
         except ValidationError as exc:
             errors.extend(exc.errors)
         else:
@@ -213,8 +218,8 @@ def validate_logs(
     Raises:
         ValidationError: lists every bad item with its index.
     """
-    now = now or datetime.now(UTC)
-    errors: list[FieldError] = []
+    checker = _Checker(limits, now)
+    errors = checker.errors
     out: list[NewLog] = []
     for index, log in enumerate(logs):
         wire = _WireLog(
@@ -225,12 +230,39 @@ def validate_logs(
             attributes=log.attributes,
             trace_id=log.trace_id,
         )
-        checked = _normalise(wire, limits, now, index, errors)
+        checked = checker.check(wire, index)
         if checked is not None:
             out.append(checked)
     if errors:
         raise ValidationError(errors)
     return out
+
+
+def gunzip(data: bytes, limit: int) -> bytes | None:
+    """`data` (one or more gzip members) decompressed, or None past `limit` bytes.
+
+    Raises:
+        MalformedInput: not gzip, or cut short.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)  # 16 + 15: a gzip header and trailer
+            chunk = inflater.decompress(rest, limit - size + 1)
+            size += len(chunk)
+            if size > limit or inflater.unconsumed_tail:
+                return None
+            if not inflater.eof:
+                raise zlib.error("the gzip data is cut short")
+            out.append(chunk)
+            rest = inflater.unused_data
+    except zlib.error as exc:
+        raise MalformedInput(
+            [FieldError(field="content-encoding", reason=f"the body is not valid gzip: {exc}")]
+        ) from None
+    return b"".join(out)
 
 
 def parse_timestamp(value: datetime | int | float | str) -> datetime:
@@ -266,15 +298,15 @@ def parse_timestamp(value: datetime | int | float | str) -> datetime:
 
 
 def _normalise_all(wires: list[_WireLog], limits: Limits) -> list[NewLog]:
-    now = datetime.now(UTC)
-    errors: list[FieldError] = []
+    checker = _Checker(limits)
+    check = checker.check
     out: list[NewLog] = []
     for index, wire in enumerate(wires):
-        log = _normalise(wire, limits, now, index, errors)
+        log = check(wire, index)
         if log is not None:
             out.append(log)
-    if errors:
-        raise ValidationError(errors)
+    if checker.errors:
+        raise ValidationError(checker.errors)
     return out
 
 
@@ -288,105 +320,135 @@ def _slow_batch(body: bytes | str, limits: Limits) -> list[NewLog]:
         raise ValidationError(
             [FieldError(field="$", reason="expected a JSON array of log objects")]
         ) from None
-    errors: list[FieldError] = []
-    now = datetime.now(UTC)
+    checker = _Checker(limits)
+    errors = checker.errors
     for index, item in enumerate(items):
         try:
             wire = _decode(_ONE, item, index)
         except ValidationError as exc:
             errors.extend(exc.errors)
             continue
-        _normalise(wire, limits, now, index, errors)
+        checker.check(wire, index)
     raise ValidationError(errors or [FieldError(field="$", reason="invalid batch")])
 
 
-def _normalise(
-    wire: _WireLog, limits: Limits, now: datetime, index: int | None, errors: list[FieldError]
-) -> NewLog | None:
-    """Check one item; append its problems to `errors` and return None if it has any."""
-    before = len(errors)
+class _Checker:
+    """Checks decoded items against `limits` as of `now`, collecting every problem in `errors`.
 
-    def bad(field: str, reason: str) -> None:
-        errors.append(FieldError(field=field, reason=reason, index=index))
+    One per body: what is the same for every item of a batch (the latest time allowed, the
+    services already found valid) is worked out once, not per item.
+    """
 
-    message = wire.message if wire.message is not None else wire.name
-    if message is None:
-        bad("message", "required (the seed's `name` is accepted too)")
-    elif not message.strip():
-        bad("message", "must not be empty")
-    elif len(message) * 4 > limits.max_message_bytes and (
-        len(message.encode()) > limits.max_message_bytes
-    ):
-        bad("message", f"longer than {limits.max_message_bytes} bytes of UTF-8")
+    __slots__ = ("errors", "latest", "limits", "now", "services")
 
-    level = LogLevel.INFO
-    if wire.level is not None:
-        try:
-            level = LogLevel.parse(wire.level)
-        except ValueError as exc:
-            bad("level", str(exc))
+    def __init__(self, limits: Limits, now: datetime | None = None) -> None:
+        self.limits = limits
+        self.now = now if now is not None else datetime.now(UTC)
+        self.latest = self.now + limits.max_future_skew
+        self.errors: list[FieldError] = []
+        self.services: set[str] = set()
 
-    service = wire.service or None
-    if service is not None and (
-        len(service) > limits.max_service_chars or not SERVICE_PATTERN.fullmatch(service)
-    ):
-        bad(
-            "service",
-            f"must be 1-{limits.max_service_chars} characters of letters, digits and ._/-",
-        )
+    def bad(self, index: int | None, field: str, reason: str) -> None:
+        self.errors.append(FieldError(field=field, reason=reason, index=index))
 
-    timestamp: datetime | None = None
-    if wire.timestamp is not None:
-        try:
-            timestamp = parse_timestamp(wire.timestamp)
-        except ValueError as exc:
-            bad("timestamp", str(exc))
-        else:
-            if timestamp - now > limits.max_future_skew:
-                minutes = limits.max_future_skew.total_seconds() / 60
-                bad("timestamp", f"more than {minutes:g} minutes in the future")
+    def check(self, wire: _WireLog, index: int | None) -> NewLog | None:
+        """One item as a `NewLog`; None (its problems added to `errors`) if it has any."""
+        errors = self.errors
+        before = len(errors)
+        limits = self.limits
+        bad = self.bad
 
-    attributes = wire.attributes or {}
-    if attributes:
-        _check_attributes(attributes, limits, bad)
+        message = wire.message if wire.message is not None else wire.name
+        if message is None:
+            bad(index, "message", "required (the seed's `name` is accepted too)")
+        elif not message.strip():
+            bad(index, "message", "must not be empty")
+        elif len(message) * 4 > limits.max_message_bytes and (
+            len(message.encode()) > limits.max_message_bytes
+        ):
+            bad(index, "message", f"longer than {limits.max_message_bytes} bytes of UTF-8")
 
-    trace_id = wire.trace_id or None
-    if trace_id is not None and (
-        len(trace_id) > limits.max_trace_id_chars or not _TRACE_ID_PATTERN.fullmatch(trace_id)
-    ):
-        bad(
-            "trace_id",
-            f"must be 1-{limits.max_trace_id_chars} characters of letters, digits and ._:-",
-        )
+        level = LogLevel.INFO
+        raw_level = wire.level
+        if raw_level is not None:
+            found = _LEVELS.get(raw_level) if type(raw_level) is str else None
+            if found is not None:  # the common case: a level's own name
+                level = found
+            else:
+                try:
+                    level = LogLevel.parse(raw_level)
+                except ValueError as exc:
+                    bad(index, "level", str(exc))
 
-    if len(errors) > before or message is None:
-        return None
-    return NewLog(
-        message=message,
-        level=level,
-        service=service,
-        timestamp=timestamp,
-        attributes=attributes,
-        trace_id=trace_id,
-    )
-
-
-def _check_attributes(attributes: dict[str, AttributeValue], limits: Limits, bad: Any) -> None:
-    if len(attributes) > limits.max_attributes:
-        bad("attributes", f"more than {limits.max_attributes} attributes")
-    for key, value in attributes.items():
-        if not key or len(key) > limits.max_attribute_key_chars:
-            bad(f"attributes.{key[:40]}", f"key must be 1-{limits.max_attribute_key_chars} chars")
-        if isinstance(value, str):
-            if len(value) * 4 > limits.max_attribute_value_bytes and (
-                len(value.encode()) > limits.max_attribute_value_bytes
-            ):
+        service = wire.service or None
+        if service is not None and service not in self.services:
+            if len(service) > limits.max_service_chars or not SERVICE_PATTERN.fullmatch(service):
                 bad(
-                    f"attributes.{key[:40]}",
-                    f"value longer than {limits.max_attribute_value_bytes} bytes of UTF-8",
+                    index,
+                    "service",
+                    f"must be 1-{limits.max_service_chars} characters of letters, digits and ._/-",
                 )
-        elif isinstance(value, float) and not math.isfinite(value):
-            bad(f"attributes.{key[:40]}", "number must be finite")
+            elif len(self.services) < 1024:
+                self.services.add(service)
+
+        timestamp: datetime | None = None
+        raw_time = wire.timestamp
+        if raw_time is not None:
+            try:
+                # RFC 3339 text in UTC ("Z") decodes to a datetime that needs no conversion.
+                if type(raw_time) is datetime and raw_time.tzinfo is UTC:
+                    timestamp = raw_time
+                else:
+                    timestamp = parse_timestamp(raw_time)
+            except ValueError as exc:
+                bad(index, "timestamp", str(exc))
+            else:
+                if timestamp > self.latest:
+                    minutes = limits.max_future_skew.total_seconds() / 60
+                    bad(index, "timestamp", f"more than {minutes:g} minutes in the future")
+
+        attributes = wire.attributes or {}
+        if attributes:
+            if len(attributes) > limits.max_attributes:
+                bad(index, "attributes", f"more than {limits.max_attributes} attributes")
+            max_key = limits.max_attribute_key_chars
+            max_value = limits.max_attribute_value_bytes
+            for key, value in attributes.items():
+                if not key or len(key) > max_key:
+                    bad(index, f"attributes.{key[:40]}", f"key must be 1-{max_key} chars")
+                if isinstance(value, str):
+                    if len(value) * 4 > max_value and len(value.encode()) > max_value:
+                        bad(
+                            index,
+                            f"attributes.{key[:40]}",
+                            f"value longer than {max_value} bytes of UTF-8",
+                        )
+                elif isinstance(value, float) and not math.isfinite(value):
+                    bad(index, f"attributes.{key[:40]}", "number must be finite")
+
+        trace_id = wire.trace_id or None
+        if trace_id is not None and (
+            len(trace_id) > limits.max_trace_id_chars or not _TRACE_ID_PATTERN.fullmatch(trace_id)
+        ):
+            bad(
+                index,
+                "trace_id",
+                f"must be 1-{limits.max_trace_id_chars} characters of letters, digits and ._:-",
+            )
+
+        if len(errors) > before or message is None:
+            return None
+        return NewLog(
+            message=message,
+            level=level,
+            service=service,
+            timestamp=timestamp,
+            attributes=attributes,
+            trace_id=trace_id,
+        )
+
+
+_LEVELS: Final = {level.value: level for level in LogLevel}
 
 
 _PATH_RE: Final = re.compile(r"^\$(?:\[(\d+)\])?\.?(.*)$")

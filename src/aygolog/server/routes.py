@@ -35,7 +35,7 @@ from aygolog.server.reads import PageCache, ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
-from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log
+from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log, gunzip
 from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
@@ -191,12 +191,62 @@ async def create_log(
     return json_response(entry, 201)
 
 
+class _BatchCount(msgspec.Struct):
+    """The answer to a batch under `Prefer: return=minimal`: a `BatchResult` without its ids."""
+
+    count: int
+    instance: str
+    replayed: bool
+
+
+_MINIMAL_APPLIED: Final = {"Preference-Applied": "return=minimal"}
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes | Response[bytes]:
+    """A batch body sent with `Content-Encoding` (`gzip`, or `identity`), decompressed to at
+    most `limit` bytes: a body that would grow past it (a zip bomb) is refused with 413 once
+    `limit` bytes have come out, before more memory is spent on it."""
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    if any(c not in ("gzip", "x-gzip", "identity") for c in codings):
+        return error_response(
+            415,
+            f"unsupported content encoding {encoding!r}; send gzip or identity",
+            [FieldError(field="content-encoding", reason="expected gzip or identity")],
+        )
+    for coding in reversed(codings):  # the last applied is listed last (RFC 9110 8.4)
+        if coding != "identity":
+            out = gunzip(body, limit)
+            if out is None:
+                return error_response(
+                    413,
+                    "request body too large once decompressed",
+                    [FieldError(field="$", reason=f"at most {limit} bytes decompressed")],
+                )
+            body = out
+    return body
+
+
+def _wants_minimal(prefer: str) -> bool:
+    """Whether a `Prefer` header (RFC 7240: comma-separated preferences, each with optional
+    `;`-parameters, values possibly quoted, names in any case) asks for `return=minimal`."""
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"') == "minimal":
+            return True
+    return False
+
+
 @post(
     "/api/logs",
     status_code=201,
     summary="Store a batch, all or nothing",
     description="Body: a JSON array of NewLog objects, or NDJSON (application/x-ndjson). "
-    "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true).",
+    "An Idempotency-Key header makes a retried batch store once (answered 200, replayed=true). "
+    "`Prefer: return=minimal` (RFC 7240) leaves the ids out of the answer: "
+    '`{"count": n, "instance": "...", "replayed": false}`, with `Preference-Applied: '
+    "return=minimal` (a sender that does not read the ids saves their encoding and transfer). "
+    "`Content-Encoding: gzip` bodies are accepted; the body limit applies to the decompressed "
+    "size too (413).",
     responses=answers(
         {
             201: (BatchResult, "Stored, all of them: their ids in order, and `instance`"),
@@ -217,13 +267,20 @@ async def create_logs(
     request: Request[Any, Any, Any],
     state: State,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+    prefer: Annotated[str | None, HeaderParameter(name="Prefer")] = None,
 ) -> Response[bytes]:
-    """POST /api/logs: a JSON array or NDJSON; 201 with the ids, in order."""
+    """POST /api/logs: a JSON array or NDJSON; 201 with the ids, in order (with
+    `Prefer: return=minimal`, only how many and which instance)."""
     api = _api(state)
     kind = _content_type(request)
     body = await _read_body(request, api)
     if isinstance(body, Response):
         return body
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None:
+        body = _decoded(body, encoding, api.max_body_bytes)
+        if isinstance(body, Response):
+            return body
     if kind in _NDJSON:
         logs = decode_ndjson(body, limits=api.limits)
     elif _is_json(kind):
@@ -242,7 +299,12 @@ async def create_logs(
     if not result.replayed:
         api.ingested.inc(amount=len(logs))
     api.batch_sizes.observe(len(logs))
-    return json_response(result, 200 if result.replayed else 201)
+    status = 200 if result.replayed else 201
+    # Every Prefer header counts (the parameter holds only the first; it is there for the docs).
+    if prefer is not None and _wants_minimal(", ".join(request.headers.getall("prefer"))):
+        count = _BatchCount(len(result.ids), result.instance, result.replayed)
+        return json_response(count, status, headers=_MINIMAL_APPLIED)
+    return json_response(result, status)
 
 
 def _query_params(
