@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 from aygolog.embedded import free_port
 from aygolog.ingest.body import BodyError, decode_content
 from aygolog.ingest.otlp import decode_request, encode_status
+from aygolog.lb.app import proxied
 from aygolog.models import LogLevel, LogQuery
 from aygolog.server import create_log_api
 from aygolog.settings import LogApiSettings
@@ -223,6 +225,10 @@ def test_gzip_bomb_is_refused_within_the_limit() -> None:
         decode_content(bomb, "gzip", 1_000_000)
     assert refused.value.status == 413
     assert decode_content(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip", 10) == b"abcd"
+    assert decode_content(zlib.compress(b"abc"), "deflate", 10) == b"abc"
+    with pytest.raises(BodyError) as deflated:
+        decode_content(zlib.compress(b"\0" * 1000), "Deflate", 999)
+    assert deflated.value.status == 413
 
 
 def test_status_encodes_as_google_rpc_status() -> None:
@@ -414,3 +420,18 @@ async def test_api_keys_cover_the_otlp_paths(redis_store: RedisStreamLogStore) -
             )
     assert (refused.status_code, allowed.status_code) == (401, 200)
     assert await count(redis_store) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/logs", True),
+        ("/otlp/v1/logs", True),
+        ("/api/logs", True),
+        ("/v1/logsx", False),
+        ("/v1/traces", False),
+        ("/api/registration", False),
+    ],
+)
+def test_the_lb_proxies_the_otlp_paths(path: str, expected: bool) -> None:
+    assert proxied("POST", path) is expected

@@ -27,34 +27,39 @@ class BodyError(Exception):
 def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     """The body with its `Content-Encoding` undone, at most `max_bytes` long.
 
-    gzip is inflated in steps that never hold more than `max_bytes + 1` bytes of output, so a
-    gzip bomb costs a bounded amount of memory and CPU and ends in a 413.
+    gzip and deflate are inflated in steps that never hold more than `max_bytes + 1` bytes of
+    output, so a gzip bomb costs a bounded amount of memory and CPU and ends in a 413.
 
     Raises:
-        BodyError: 415 for an encoding other than gzip/identity, 400 for broken gzip, 413 when
-            the decoded body passes `max_bytes`.
+        BodyError: 415 for an encoding other than gzip/deflate/identity, 400 for a broken
+            compressed body, 413 when the decoded body passes `max_bytes`.
     """
     name = (encoding or "identity").strip().lower()
     if name in ("identity", ""):
         if len(body) > max_bytes:
             raise BodyError(413, f"request body larger than {max_bytes} bytes")
         return body
-    if name not in ("gzip", "x-gzip"):
-        raise BodyError(415, f"unsupported Content-Encoding {name!r}; send gzip or none")
+    if name in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif name == "deflate":  # HTTP's "deflate" is the zlib format (RFC 9110 8.4.1.2)
+        wbits = zlib.MAX_WBITS
+    else:
+        raise BodyError(415, f"unsupported Content-Encoding {name!r}; send gzip, deflate or none")
     out = bytearray()
     rest = body
     while True:
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        inflater = zlib.decompressobj(wbits=wbits)
         try:
             out += inflater.decompress(rest, max_bytes + 1 - len(out))
         except zlib.error as exc:
-            raise BodyError(400, f"broken gzip body: {exc}") from None
+            raise BodyError(400, f"broken {name} body: {exc}") from None
         if len(out) > max_bytes or inflater.unconsumed_tail:
             raise BodyError(413, f"decompressed body larger than {max_bytes} bytes")
         if not inflater.eof:
-            raise BodyError(400, "broken gzip body: it ends before the gzip stream does")
+            raise BodyError(400, f"broken {name} body: it ends before the compressed stream does")
         rest = inflater.unused_data
-        if not rest.strip(b"\0"):  # RFC 1952 allows several members; some writers pad with NULs
+        # RFC 1952 allows several gzip members; some writers pad with NULs.
+        if not rest.strip(b"\0") or name == "deflate":
             return bytes(out)
 
 
