@@ -16,6 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -435,3 +437,26 @@ async def test_api_keys_cover_the_otlp_paths(redis_store: RedisStreamLogStore) -
 )
 def test_the_lb_proxies_the_otlp_paths(path: str, expected: bool) -> None:
     assert proxied("POST", path) is expected
+
+
+_VALID = pb_request(pb_record(attributes={"a": {"b": [1, 2.5, b"x"]}}, trace_id=b"t" * 16))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        # A valid request with some bytes changed: deeper into the parser than noise gets.
+        st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=4)).map(
+            lambda cut: _VALID[: cut[0] % len(_VALID)] + cut[1] + _VALID[cut[0] % len(_VALID) :]
+        ),
+    ),
+    kind=st.sampled_from([PB, "application/json"]),
+)
+def test_any_body_decodes_or_is_a_body_error(body: bytes, kind: str) -> None:
+    status = 200
+    try:
+        decode_request(body, kind)
+    except BodyError as exc:
+        status = exc.status
+    assert status in (200, 400)
