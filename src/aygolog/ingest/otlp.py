@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
@@ -163,6 +163,7 @@ _LEVELS: Final = (
     LogLevel.CRITICAL,
 )
 _SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _json_int(value: int | str | None, where: str, low: int, high: int) -> int:
@@ -248,10 +249,14 @@ def _from_json(body: bytes, limits: Limits) -> tuple[list[NewLog], bool]:
         for s, scope_logs in enumerate(resource_logs.scope_logs or ()):
             here = f"{where}.scopeLogs[{s}]"
             scope = scope_logs.scope
-            scope_attributes = _scope_attributes(
-                scope.name if scope else "",
-                scope.version if scope else "",
-                _json_pairs(scope.attributes if scope else None, f"{here}.scope.attributes"),
+            service, base = _base(
+                resource,
+                _scope_attributes(
+                    scope.name if scope else "",
+                    scope.version if scope else "",
+                    _json_pairs(scope.attributes if scope else None, f"{here}.scope.attributes"),
+                ),
+                limits,
             )
             for i, record in enumerate(scope_logs.log_records or ()):
                 at = f"{here}.logRecords[{i}]"
@@ -266,8 +271,8 @@ def _from_json(body: bytes, limits: Limits) -> tuple[list[NewLog], bool]:
                 all_timed = all_timed and bool(time or observed)
                 logs.append(
                     _record(
-                        resource=resource,
-                        scope=scope_attributes,
+                        service=service,
+                        base=base,
                         attributes=_json_pairs(record.attributes, f"{at}.attributes"),
                         time=time or observed,
                         severity_number=number,
@@ -308,17 +313,28 @@ def _proto_value(value: AnyValue, where: str, depth: int = 0) -> object:
     return None
 
 
-def _proto_pairs(pairs: Iterable[KeyValue], where: str) -> Iterator[tuple[str, object]]:
+def _proto_pairs(pairs: Iterable[KeyValue], where: str) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
     for kv in pairs:
-        yield kv.key, _proto_value(kv.value, f"{where}.{kv.key[:40]}")
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # The scalars inline (most attributes); `where` is only built for nested values.
+        if kind == "string_value":
+            out.append((kv.key, value.string_value))
+        elif kind == "int_value":
+            out.append((kv.key, value.int_value))
+        else:
+            out.append((kv.key, _proto_value(value, f"{where}.{kv.key[:40]}")))
+    return out
 
 
-def _proto_id(raw: bytes, size: int, where: str) -> str | None:
+def _proto_id(raw: bytes, size: int, here: str, i: int, name: str) -> str | None:
     if not raw:
         return None
     if len(raw) != size:
+        where = f"{here}.log_records[{i}].{name}"
         raise BodyError(400, f"{where}: must be {size} bytes, not {len(raw)}")
-    return None if not any(raw) else raw.hex()
+    return raw.hex() if any(raw) else None
 
 
 def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], bool]:
@@ -337,29 +353,36 @@ def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], bool]:
         for s, scope_logs in enumerate(resource_logs.scope_logs):
             here = f"{where}.scope_logs[{s}]"
             scope = scope_logs.scope
-            scope_attributes = _scope_attributes(
-                scope.name,
-                scope.version,
-                _proto_pairs(scope.attributes, f"{here}.scope.attributes"),
+            service, base = _base(
+                resource,
+                _scope_attributes(
+                    scope.name,
+                    scope.version,
+                    _proto_pairs(scope.attributes, f"{here}.scope.attributes"),
+                ),
+                limits,
             )
             for i, record in enumerate(scope_logs.log_records):
-                at = f"{here}.log_records[{i}]"
                 time = record.time_unix_nano or record.observed_time_unix_nano
                 all_timed = all_timed and bool(time)
                 logs.append(
                     _record(
-                        resource=resource,
-                        scope=scope_attributes,
-                        attributes=_proto_pairs(record.attributes, f"{at}.attributes"),
+                        service=service,
+                        base=base,
+                        attributes=_proto_pairs(
+                            record.attributes, f"{here}.log_records[{i}].attributes"
+                        )
+                        if record.attributes
+                        else (),
                         time=time,
                         severity_number=record.severity_number,
                         severity_text=record.severity_text,
-                        body=_proto_value(record.body, f"{at}.body")
+                        body=_proto_value(record.body, f"{here}.log_records[{i}].body")
                         if record.HasField("body")
                         else None,
                         event_name=record.event_name,
-                        trace_id=_proto_id(record.trace_id, 16, f"{at}.trace_id"),
-                        span_id=_proto_id(record.span_id, 8, f"{at}.span_id"),
+                        trace_id=_proto_id(record.trace_id, 16, here, i, "trace_id"),
+                        span_id=_proto_id(record.span_id, 8, here, i, "span_id"),
                         limits=limits,
                     )
                 )
@@ -439,10 +462,27 @@ def _service(resource: dict[str, object], limits: Limits) -> tuple[str | None, s
     return fitted, text
 
 
+def _base(
+    resource: dict[str, object], scope: dict[str, object], limits: Limits
+) -> tuple[str | None, dict[str, AttributeValue]]:
+    """(service, the flat attributes of a resource and scope), shared by their records."""
+    limit = limits.max_attribute_value_bytes
+    service, original = _service(resource, limits)
+    flat: dict[str, AttributeValue] = {}
+    for key, value in resource.items():
+        if key != "service.name":
+            _flatten(key, value, flat, limit)
+    if original is not None:
+        flat["service.name"] = _cut(original, limit)
+    for key, value in scope.items():
+        _flatten(key, value, flat, limit)
+    return service, flat
+
+
 def _record(
     *,
-    resource: dict[str, object],
-    scope: dict[str, object],
+    service: str | None,
+    base: dict[str, AttributeValue],
     attributes: Iterable[tuple[str, object]],
     time: int,
     severity_number: int,
@@ -454,36 +494,22 @@ def _record(
     limits: Limits,
 ) -> NewLog:
     limit = limits.max_attribute_value_bytes
-    service, original = _service(resource, limits)
-    flat: dict[str, AttributeValue] = {}
-    for key, value in resource.items():
-        if key != "service.name":
-            _flatten(key, value, flat, limit)
-    if original is not None:
-        flat["service.name"] = _cut(original, limit)
-    for key, value in scope.items():
-        _flatten(key, value, flat, limit)
+    flat = dict(base)
     for key, value in attributes:
-        _flatten(key, value, flat, limit)
+        if type(value) is str and len(value) * 4 <= limit:  # the common case, inline
+            flat[key] = value
+        else:
+            _flatten(key, value, flat, limit)
     if span_id is not None:
         flat["span_id"] = span_id
     return NewLog(
         message=_message(body, event_name),
         level=_level(severity_number, severity_text),
         service=service,
-        timestamp=_timestamp(time) if time else None,
+        timestamp=_EPOCH + timedelta(microseconds=time // 1000) if time else None,
         attributes=flat,
         trace_id=trace_id,
     )
-
-
-def _timestamp(nanoseconds: int) -> datetime:
-    seconds, rest = divmod(nanoseconds, 1_000_000_000)
-    try:
-        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
-    except (OverflowError, OSError, ValueError):
-        # Past year 9999: keep the record; the future-time rule refuses it by name.
-        return datetime.max.replace(tzinfo=UTC)
 
 
 # --- the public surface ----------------------------------------------------------------------
