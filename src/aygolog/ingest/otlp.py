@@ -362,28 +362,48 @@ def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], bool]:
                 ),
                 limits,
             )
+            limit = limits.max_attribute_value_bytes
+            # The plain case inline (string body, scalar attributes, a severity number): this
+            # loop runs once per record and decides the route's cost per batch.
             for i, record in enumerate(scope_logs.log_records):
                 time = record.time_unix_nano or record.observed_time_unix_nano
-                all_timed = all_timed and bool(time)
+                if not time:
+                    all_timed = False
+                payload = record.body
+                kind = payload.WhichOneof("value")
+                if kind == "string_value":
+                    message = payload.string_value or record.event_name
+                elif kind is None:
+                    message = record.event_name
+                else:
+                    where = f"{here}.log_records[{i}].body"
+                    message = _message(_proto_value(payload, where), record.event_name)
+                flat = dict(base)
+                for kv in record.attributes:
+                    value = kv.value
+                    kind = value.WhichOneof("value")
+                    if kind == "string_value":
+                        text = value.string_value
+                        flat[kv.key] = text if len(text) * 4 <= limit else _cut(text, limit)
+                    elif kind == "int_value":
+                        flat[kv.key] = value.int_value
+                    else:
+                        where = f"{here}.log_records[{i}].attributes.{kv.key[:40]}"
+                        _flatten(kv.key, _proto_value(value, where), flat, limit)
+                span_id = _proto_id(record.span_id, 8, here, i, "span_id")
+                if span_id is not None:
+                    flat["span_id"] = span_id
+                number = record.severity_number
                 logs.append(
-                    _record(
+                    NewLog(
+                        message=message,
+                        level=_LEVELS[(number - 1) >> 2]
+                        if 1 <= number <= 24
+                        else _level(number, record.severity_text),
                         service=service,
-                        base=base,
-                        attributes=_proto_pairs(
-                            record.attributes, f"{here}.log_records[{i}].attributes"
-                        )
-                        if record.attributes
-                        else (),
-                        time=time,
-                        severity_number=record.severity_number,
-                        severity_text=record.severity_text,
-                        body=_proto_value(record.body, f"{here}.log_records[{i}].body")
-                        if record.HasField("body")
-                        else None,
-                        event_name=record.event_name,
+                        timestamp=_EPOCH + timedelta(microseconds=time // 1000) if time else None,
+                        attributes=flat,
                         trace_id=_proto_id(record.trace_id, 16, here, i, "trace_id"),
-                        span_id=_proto_id(record.span_id, 8, here, i, "span_id"),
-                        limits=limits,
                     )
                 )
     return logs, all_timed
