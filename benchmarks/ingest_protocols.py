@@ -11,7 +11,9 @@ attributes each way) to:
 
 Every request's body differs (wrk's Lua writes a per-thread counter into a fixed-width attribute
 of the first log), so the OTLP route's retry key never turns a request into a replay: each one
-stores its whole batch. Prints logs/s per way and the ratio to `/api/logs`, with the load average.
+stores its whole batch. Prints logs/s per way and the ratio to `/api/logs`, and the CPU time the
+stack (instances; LB + instances + Redis) spent per batch, read from /proc: on a busy machine
+the rates swing with the load, the CPU per batch much less.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from _common import loadavg, run_header, sample_logs
+from _common import cpu_seconds, loadavg, process_tree, run_header, sample_logs
 from _wrk import parse
 from aygolog.models import LogLevel, NewLog
 from support import LiveStack
@@ -180,25 +183,46 @@ def main() -> None:
         "POST /v1/logs (OTLP protobuf, gzip)": ("/v1/logs", "application/x-protobuf",
                                                 otlp_body(logs), True),
     }  # fmt: skip
+    # One LB worker, as the tests run it: the bench compares routes, not LB scaling.
+    os.environ.setdefault("AYGOLOG_LB_WORKERS", "1")
     rates: dict[str, list[float]] = {name: [] for name in ways}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
     with tempfile.TemporaryDirectory() as data:
         stack = LiveStack(Path(data), prefix="bench-ingest")
         try:
             stack.start()
+            assert stack.lb is not None
+            assert stack.lb.process is not None
+            assert stack.redis.pid is not None
+            parts = [p.process.pid for p in stack.instances if p.process is not None]
+            processes = [pid for part in parts for pid in process_tree(part)]
+            everything = [*processes, *process_tree(stack.lb.process.pid), stack.redis.pid]
             for run in range(args.runs):
                 for name, (path, kind, body, gzipped) in ways.items():
+                    before = cpu_seconds(processes), cpu_seconds(everything)
                     rps = wrk(stack.url, path, kind, body, args.seconds, gzipped)
+                    after = cpu_seconds(processes), cpu_seconds(everything)
+                    batches = rps * args.seconds
+                    api_ms = (after[0] - before[0]) / batches * 1000
+                    all_ms = (after[1] - before[1]) / batches * 1000
                     rates[name].append(rps * args.batch)
-                    print(f"run {run + 1} {name}: {rps * args.batch:,.0f} logs/s "
+                    cpu[name].append(all_ms)
+                    print(f"run {run + 1} {name}: {rps * args.batch:,.0f} logs/s; CPU per batch: "
+                          f"instances {api_ms:.1f} ms, LB+instances+Redis {all_ms:.1f} ms "
                           f"(load {loadavg()})", flush=True)  # fmt: skip
         finally:
             stack.close()
     reference = statistics.median(rates["POST /api/logs (JSON array)"])
-    print(f"\n| way (batches of {args.batch}) | logs/s, median of {args.runs} | vs /api/logs |")
-    print("|---|---|---|")
+    reference_cpu = statistics.median(cpu["POST /api/logs (JSON array)"])
+    print(
+        f"\n| way (batches of {args.batch}) | logs/s, median of {args.runs} | vs /api/logs "
+        "| CPU ms per batch (LB+instances+Redis) | /api/logs CPU over this |"
+    )
+    print("|---|---|---|---|---|")
     for name, values in rates.items():
-        middle = statistics.median(values)
-        print(f"| {name} | {middle:,.0f} | {middle / reference:.2f}x |")
+        middle, spent = statistics.median(values), statistics.median(cpu[name])
+        print(f"| {name} | {middle:,.0f} | {middle / reference:.2f}x | {spent:.1f} "
+              f"| {reference_cpu / spent:.2f}x |")  # fmt: skip
     print(f"load average after: {loadavg()}")
 
 
