@@ -6,7 +6,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -164,3 +167,36 @@ def test_a_bad_body_through_the_lb_keeps_its_otlp_shape(stack: LiveStack) -> Non
     assert answer.status_code == 400
     assert answer.headers["content-type"] == "application/x-protobuf"
     assert answer.content.startswith(b"\x08\x03\x12")  # google.rpc.Status{code: 3, message}
+
+
+JS = Path(__file__).parent / "otlp_js"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (JS / "node_modules").is_dir(),
+    reason="needs node and `npm ci` in tests/otlp_js",
+)
+def test_the_npm_otlp_http_exporter_json_records_are_stored(stack: LiveStack) -> None:
+    service = f"otel-js-{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        ["node", "export_logs.mjs", f"{stack.url}/v1/logs", service, "1000"],
+        cwd=JS,
+        check=True,
+        timeout=60,
+    )
+    entries = stored(stack.url, service)
+    assert sorted(e.message for e in entries) == sorted(f"js {i}" for i in range(1000))
+    levels = [LogLevel.DEBUG, LogLevel.INFO, LogLevel.WARNING, LogLevel.ERROR, LogLevel.CRITICAL]
+    for entry in entries:
+        i = int(entry.message.split()[1])
+        assert entry.level is levels[i % 5]
+        assert entry.service == service
+        assert entry.attributes == {
+            "otel.scope.name": "js-test",
+            "otel.scope.version": "1.0.0",
+            "i": i,
+            "user": f"u{i % 7}",
+            "ok": i % 2 == 0,
+            "ratio": i / 4,
+            "http.status": 200,
+        }
