@@ -460,3 +460,27 @@ def test_any_body_decodes_or_is_a_body_error(body: bytes, kind: str) -> None:
     except BodyError as exc:
         status = exc.status
     assert status in (200, 400)
+
+
+async def test_protobuf_partial_success_and_too_many_records(
+    redis_store: RedisStreamLogStore,
+) -> None:
+    async for url in serve(redis_store, max_batch_items=3):
+        async with httpx.AsyncClient(base_url=url) as api:
+            many = await api.post(
+                "/v1/logs",
+                content=pb_request(*(pb_record(f"m{i}") for i in range(4))),
+                headers={"Content-Type": PB},
+            )
+            partial = await api.post(
+                "/v1/logs",
+                content=pb_request(pb_record("kept"), pb_record(None)),
+                headers={"Content-Type": PB},
+            )
+    assert many.status_code == 413
+    assert Status.FromString(many.content).code == 8
+    assert partial.status_code == 200
+    answer = ExportLogsServiceResponse.FromString(partial.content)
+    assert answer.partial_success.rejected_log_records == 1
+    assert "item 1: message" in answer.partial_success.error_message
+    assert [e.message for e in (await redis_store.query(LogQuery(limit=10))).items] == ["kept"]
