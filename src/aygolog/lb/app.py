@@ -2,8 +2,9 @@
 
 Routes: the registration API (`POST /api/registration`, `PUT /api/registration/{name}/heartbeat`,
 `DELETE /api/registration/{name}`, `GET /api/registration/services`), `GET /health` and
-`GET /metrics`. Every other `/api/*` request is proxied to an instance by the data plane
-(`aygolog.lb.proxy`), which hands this app whatever it does not proxy.
+`GET /metrics`. Every other `/api/*` request, and the ingest protocols' paths (`INGEST_PATHS`),
+is proxied to an instance by the data plane (`aygolog.lb.proxy`), which hands this app whatever
+it does not proxy.
 
 Who may register: the token (`AYGOLOG_REGISTRATION_TOKEN`) on every change, and both the peer
 address of the request (register, heartbeat, deregister) and the host of the registered URL must
@@ -624,10 +625,15 @@ def serve_load_balancer(
 
 
 def proxied(method: str, path: str) -> bool:
-    """The data plane's route: `/api/*` goes to an instance, except the registration API."""
-    return path.startswith("/api/") and not (
-        path == _REGISTRATION or path.startswith(_REGISTRATION_PREFIX)
-    )
+    """The data plane's route: `/api/*` goes to an instance, except the registration API;
+    so do the ingest protocols' paths (`INGEST_PATHS`)."""
+    if path.startswith("/api/"):
+        return not (path == _REGISTRATION or path.startswith(_REGISTRATION_PREFIX))
+    return path in INGEST_PATHS
+
+
+INGEST_PATHS: Final = frozenset({"/v1/logs", "/otlp/v1/logs"})
+"""The paths of the foreign ingest protocols (OTLP/HTTP), proxied as they are."""
 
 
 _REGISTRATION: Final = "/api/registration"

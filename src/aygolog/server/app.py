@@ -36,6 +36,7 @@ from aygolog.metrics import Counter, Histogram, Metrics
 from aygolog.models import ErrorBody, Limits, Registration
 from aygolog.redis import redis_from_settings
 from aygolog.server.agent import RegistrationAgent
+from aygolog.server.ingest import INGEST_ROUTES, OTLP_PATHS
 from aygolog.server.instrumented import InstrumentedStore
 from aygolog.server.reads import ReadGate
 from aygolog.server.routes import ROUTES, ApiState
@@ -146,7 +147,7 @@ def create_log_api(
                 await client.aclose()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *INGEST_ROUTES],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         openapi_config=OpenAPIConfig(
@@ -236,13 +237,13 @@ def api_key_refusal(
 
 
 def _api_key_middleware(keys: Mapping[str, str]) -> Callable[[ASGIApp], ASGIApp]:
-    """Refuse `/api/log*` requests without a key of the needed scope (401/403, JSON)."""
+    """Refuse `/api/log*` and ingest requests without a key of the needed scope (401/403)."""
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if (
                 scope["type"] != ScopeType.HTTP
-                or not scope["path"].startswith("/api/log")
+                or not (scope["path"].startswith("/api/log") or scope["path"] in OTLP_PATHS)
                 or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
             ):
                 await app(scope, receive, send)

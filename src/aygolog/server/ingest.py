@@ -1,0 +1,107 @@
+"""Routes for the foreign ingest protocols: read the body, decode it with `aygolog.ingest`,
+check it with the rules of `POST /api/logs`, store it with one `append_many`, answer in the
+protocol's own shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from litestar import Request, Response, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+
+from aygolog.errors import Conflict, Unavailable, ValidationError
+from aygolog.ingest.body import BodyError, decode_content, split_valid
+from aygolog.ingest.otlp import (
+    JSON,
+    PROTOBUF,
+    GrpcCode,
+    decode_request,
+    encode_status,
+    encode_success,
+    media_type,
+)
+from aygolog.server.routes import ApiState
+
+__all__ = ["INGEST_ROUTES", "OTLP_PATHS"]
+
+OTLP_PATHS: Final = ("/v1/logs", "/otlp/v1/logs")
+_CODES: Final = {413: GrpcCode.RESOURCE_EXHAUSTED, 503: GrpcCode.UNAVAILABLE}
+
+
+def _otlp_status(
+    kind: str, status: int, message: str, retry_after: float | None = None
+) -> Response[bytes]:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+    code = _CODES.get(status, GrpcCode.INVALID_ARGUMENT)
+    return Response(
+        encode_status(kind, code, message), status_code=status, media_type=kind, headers=headers
+    )
+
+
+async def _read(request: Request[Any, Any, Any], limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isascii() and length.isdigit() and int(length) > limit:
+        raise BodyError(413, f"request body larger than {limit} bytes")
+    try:
+        body = await request.body()
+    except HTTPException as exc:  # Litestar's own body limit (request_max_body_size)
+        if exc.status_code == 413:
+            raise BodyError(413, f"request body larger than {limit} bytes") from None
+        raise
+    if len(body) > limit:
+        raise BodyError(413, f"request body larger than {limit} bytes")
+    return body
+
+
+@post(
+    list(OTLP_PATHS),
+    status_code=200,
+    summary="OpenTelemetry OTLP/HTTP logs (protobuf or JSON, gzip)",
+    description="An ExportLogsServiceRequest; answers an ExportLogsServiceResponse (with "
+    "partial_success when records were refused) or a google.rpc.Status, in the request's "
+    "encoding. See docs/ingest.md.",
+    # Not in /schema/openapi.json: its bodies are OTLP's protobuf/JSON messages, which
+    # opentelemetry-proto defines; docs/ingest.md documents the route.
+    include_in_schema=False,
+)
+async def otlp_logs(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """POST /v1/logs: store an OTLP logs export; records that break our rules are reported."""
+    api: ApiState = state.api
+    kind = media_type(request.headers.get("content-type"))
+    if kind not in (PROTOBUF, JSON):
+        return _otlp_status(
+            JSON, 415, f"unsupported content type {kind!r}; send {PROTOBUF} or {JSON}"
+        )
+    try:
+        raw = await _read(request, api.max_body_bytes)
+        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        batch = decode_request(body, kind, limits=api.limits)
+    except BodyError as exc:
+        return _otlp_status(kind, exc.status, exc.reason)
+    if len(batch.logs) > api.max_batch_items:
+        return _otlp_status(kind, 413, f"more than {api.max_batch_items} log records")
+    checked = split_valid(batch.logs, limits=api.limits)
+    message = checked.summary()
+    if checked.accepted:
+        # An exporter retries a batch after a 503 or a timeout with the very same bytes: a key
+        # made from them stores it once. Only when every record carries its own time, so that
+        # two equal bodies are surely the same records (not two "hello"s sent a second apart).
+        key = f"otlp-{batch.digest}" if batch.all_timed else None
+        try:
+            result = await api.store.append_many(checked.accepted, idempotency_key=key)
+        except Unavailable as exc:
+            return _otlp_status(kind, 503, str(exc), exc.retry_after or 1.0)
+        except Conflict:
+            # The same bytes were stored before with another subset accepted (a record's time
+            # crossed the future-time limit in between): what was stored then stays.
+            return Response(encode_success(kind, checked.refused_count, message), media_type=kind)
+        except ValidationError as exc:  # the store's own checks; ours should have caught it
+            return _otlp_status(kind, 400, str(exc))
+        if not result.replayed:
+            api.ingested.inc(amount=len(checked.accepted))
+        api.batch_sizes.observe(len(checked.accepted))
+    return Response(encode_success(kind, checked.refused_count, message), media_type=kind)
+
+
+INGEST_ROUTES: Final = [otlp_logs]
