@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -37,7 +36,6 @@ __all__ = [
     "decode_logs",
     "decode_ndjson",
     "decode_seed_log",
-    "gunzip",
     "parse_timestamp",
     "validate_logs",
 ]
@@ -236,33 +234,6 @@ def validate_logs(
     if errors:
         raise ValidationError(errors)
     return out
-
-
-def gunzip(data: bytes, limit: int) -> bytes | None:
-    """`data` (one or more gzip members) decompressed, or None past `limit` bytes.
-
-    Raises:
-        MalformedInput: not gzip, or cut short.
-    """
-    out: list[bytes] = []
-    size = 0
-    rest = data
-    try:
-        while rest:
-            inflater = zlib.decompressobj(wbits=31)  # 16 + 15: a gzip header and trailer
-            chunk = inflater.decompress(rest, limit - size + 1)
-            size += len(chunk)
-            if size > limit or inflater.unconsumed_tail:
-                return None
-            if not inflater.eof:
-                raise zlib.error("the gzip data is cut short")
-            out.append(chunk)
-            rest = inflater.unused_data
-    except zlib.error as exc:
-        raise MalformedInput(
-            [FieldError(field="content-encoding", reason=f"the body is not valid gzip: {exc}")]
-        ) from None
-    return b"".join(out)
 
 
 def parse_timestamp(value: datetime | int | float | str) -> datetime:

@@ -16,6 +16,7 @@ from litestar.params import FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from aygolog.errors import ValidationError
+from aygolog.ingest.body import BodyError, decode_content
 from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
@@ -35,7 +36,7 @@ from aygolog.server.reads import PageCache, ReadGate
 from aygolog.server.tail import Dropped, End, TailHub
 from aygolog.store import LogStore
 from aygolog.store.base import parse_stream_id, stored_entry
-from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log, gunzip
+from aygolog.validation import decode_logs, decode_ndjson, decode_seed_log
 from aygolog.web import JSON, error_response, json_response, request_body
 
 __all__ = ["ROUTES", "ApiState"]
@@ -203,26 +204,16 @@ _MINIMAL_APPLIED: Final = {"Preference-Applied": "return=minimal"}
 
 
 def _decoded(body: bytes, encoding: str, limit: int) -> bytes | Response[bytes]:
-    """A batch body sent with `Content-Encoding` (`gzip`, or `identity`), decompressed to at
-    most `limit` bytes: a body that would grow past it (a zip bomb) is refused with 413 once
-    `limit` bytes have come out, before more memory is spent on it."""
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    if any(c not in ("gzip", "x-gzip", "identity") for c in codings):
-        return error_response(
-            415,
-            f"unsupported content encoding {encoding!r}; send gzip or identity",
-            [FieldError(field="content-encoding", reason="expected gzip or identity")],
-        )
-    for coding in reversed(codings):  # the last applied is listed last (RFC 9110 8.4)
-        if coding != "identity":
-            out = gunzip(body, limit)
-            if out is None:
-                return error_response(
-                    413,
-                    "request body too large once decompressed",
-                    [FieldError(field="$", reason=f"at most {limit} bytes decompressed")],
-                )
-            body = out
+    """A batch body sent with `Content-Encoding` (gzip, deflate or identity; several are
+    undone last first, RFC 9110 8.4), decompressed to at most `limit` bytes: a body that would
+    grow past it (a zip bomb) is refused with 413 once `limit` bytes have come out."""
+    codings = [c.strip() for c in encoding.split(",") if c.strip()]
+    try:
+        for coding in reversed(codings):
+            body = decode_content(body, coding, limit)
+    except BodyError as exc:
+        field = "$" if exc.status == 413 else "content-encoding"
+        return error_response(exc.status, exc.reason, [FieldError(field=field, reason=exc.reason)])
     return body
 
 
@@ -245,8 +236,8 @@ def _wants_minimal(prefer: str) -> bool:
     "`Prefer: return=minimal` (RFC 7240) leaves the ids out of the answer: "
     '`{"count": n, "instance": "...", "replayed": false}`, with `Preference-Applied: '
     "return=minimal` (a sender that does not read the ids saves their encoding and transfer). "
-    "`Content-Encoding: gzip` bodies are accepted; the body limit applies to the decompressed "
-    "size too (413).",
+    "`Content-Encoding: gzip` (or deflate) bodies are accepted; the body limit applies to the "
+    "decompressed size too (413).",
     responses=answers(
         {
             201: (BatchResult, "Stored, all of them: their ids in order, and `instance`"),
