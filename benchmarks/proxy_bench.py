@@ -7,7 +7,8 @@ Three minimal upstreams (one uvloop process answering every request with a fixed
 Log API instance does for POST /api/log, without the work) are loaded with `wrk -tT -cC` POSTs
 (keep-alive): (a) directly, one upstream (what wrk can drive with no proxy: a proxy row far below
 it is not limited by wrk); (b) through `ProxyServer` on uvloop, round robin over the three;
-with --asyncio also on the default asyncio loop; with --nginx also nginx and with --haproxy
+with --asyncio also on the default asyncio loop; with --python PATH also run by another
+interpreter (its version and build are printed); with --nginx also nginx and with --haproxy
 also HAProxy (Debian's binaries), both round robin with keep-alive to the upstreams and no
 logging (see _frontends.py).
 
@@ -194,6 +195,28 @@ class Running:
     notes: list[str] = field(default_factory=list)
 
 
+_PROBE = """
+import platform, time
+def f(a, b):
+    return a + b
+def loop(n):
+    t = time.process_time()
+    for i in range(n):
+        f(i, 1)
+        b"%s%016x" % (b"ab", i)
+    return (time.process_time() - t) / n * 1e9
+print(platform.python_version(), min(loop(200_000) for _ in range(5)))
+"""
+
+
+def interpreter(python: str) -> str:
+    """The version of a Python and a probe of its speed on plain Python code (CPU ns per loop
+    of a call and a bytes format; a build with PGO and LTO is much faster than one without)."""
+    out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, check=True)
+    version, ns = out.stdout.split()
+    return f"Python {version}, probe {float(ns):.0f} ns CPU per loop"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -201,8 +224,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def _child(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, __file__, *args])
+def _child(*args: str, python: str = sys.executable) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([python, __file__, *args])
     try:
         yield process
     finally:
@@ -217,8 +240,10 @@ def aygolog_proxies(
     loop: str,
     workers: int,
     certificate: Certificate | None,
+    python: str = sys.executable,
 ) -> Iterator[Running]:
-    """`workers` proxy processes on one port (SO_REUSEPORT when more than one)."""
+    """`workers` proxy processes on one port (SO_REUSEPORT when more than one), run by the
+    interpreter `python`."""
     port = free_port()
     ready = tmp / f"ready-{port}"
     with contextlib.ExitStack() as stack:
@@ -233,7 +258,8 @@ def aygolog_proxies(
                 "key": str(certificate.key) if certificate else "",
                 "ready": f"{ready}.{index}",
             }
-            processes.append(stack.enter_context(_child("_proxy", json.dumps(spec))))
+            child = _child("_proxy", json.dumps(spec), python=python)
+            processes.append(stack.enter_context(child))
         deadline = time.monotonic() + 20
         while not all(Path(f"{ready}.{i}").exists() for i in range(workers)):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
@@ -377,6 +403,12 @@ def main() -> None:
     parser.add_argument("--asyncio", action="store_true", help="also the proxy without uvloop")
     parser.add_argument("--nginx", action="store_true", help="also nginx in front of them")
     parser.add_argument("--haproxy", action="store_true", help="also HAProxy in front of them")
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="also the proxy (uvloop) run by this interpreter, e.g. a virtualenv's bin/python "
+        "made with another build of CPython (it needs the project installed)",
+    )
     args = parser.parse_args()
     import shutil
 
@@ -394,6 +426,8 @@ def main() -> None:
         f"; open-file limit {fds}"
     )
     print(f"limits: {LIMITS.describe()}; aygolog: ProxyConfig() defaults")
+    for python in [sys.executable] + [args.python] * bool(args.python):
+        print(f"interpreter {python}: {interpreter(python)}")
     upstreams = [free_port() for _ in range(3)]
     runs: list[list[Row]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -409,6 +443,11 @@ def main() -> None:
                 (f"aygolog proxy (uvloop){w}{tls}", lambda: aygolog_proxies(
                     tmp, upstreams, loop="uvloop", workers=args.workers, certificate=certificate))
             ]  # fmt: skip
+            if args.python:
+                label = f"aygolog proxy (uvloop){w}{tls}, --python"
+                proxies.append((label, lambda: aygolog_proxies(
+                    tmp, upstreams, loop="uvloop", workers=args.workers, certificate=certificate,
+                    python=args.python)))  # fmt: skip
             if args.asyncio:
                 proxies.append((f"aygolog proxy (asyncio){w}{tls}", lambda: aygolog_proxies(
                     tmp, upstreams, loop="asyncio", workers=args.workers, certificate=certificate)
