@@ -68,9 +68,11 @@ registration API, the control plane) is refused with 403 and no CORS header. An 
 
 What is where: `config` (ProxyConfig, the Picker and Target protocols, ProxyStats, RetryBudget),
 `server` (ProxyServer and `serve`: the listener, the connections, the sweeper), `client` (one
-client connection: limits, parsing, the request queue, the answers, proxying, the ASGI hand-off),
-`exchange` (the exchanges run in callbacks: with an instance, with the ASGI app), `wire` (HTTP
-constants, `_Request` and small helpers).
+client connection: limits and deadlines, parsing, the request queue, the proxy's own answers, the
+ASGI hand-off), `relay` (proxying: attempts, retries, relaying the answer), `gate` (API keys and
+CORS), `exchange` (the exchanges run in callbacks: with an instance, with the ASGI app), `wire`
+(HTTP constants, `_Request` and small helpers). `relay` and `gate` are functions of the client
+connection, bound as `_Client` methods.
 """
 
 from aygolog.lb.proxy.config import (

@@ -1,4 +1,5 @@
-"""`_Client`: one client connection, from the bytes received to the answers written."""
+"""`_Client`: one client connection: its limits and deadlines, parsing, the request queue, the
+proxy's own answers and the ASGI hand-off; proxying is in `relay`, API keys and CORS in `gate`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import collections
 import logging
 import math
-import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
@@ -16,21 +16,15 @@ import msgspec
 
 from aygolog.errors import NoHealthyInstance
 from aygolog.lb.framing import ChunkedScanner, FramingError, HeadScanner
-from aygolog.lb.proxy.config import CLIENT_CLOSED_REQUEST, ASGIApp, Target
-from aygolog.lb.proxy.exchange import _AsgiExchange, _Exchange, _Failed, _stale
+from aygolog.lb.proxy import gate, relay
+from aygolog.lb.proxy.config import ASGIApp
+from aygolog.lb.proxy.exchange import _AsgiExchange, _Exchange
 from aygolog.lb.proxy.wire import (
     _BODY_METHODS,
     _CONNECTION_KEEPS,
     _CONTINUE,
-    _CORS_ANY,
     _CORS_EXPOSE,
-    _CORS_MAX_AGE,
-    _CORS_METHODS,
     _END_TO_END,
-    _FRAME_CHUNKED,
-    _FRAME_CLOSE,
-    _FRAME_LENGTH,
-    _FRAME_NONE,
     _H_ACCEPT,
     _H_CODING,
     _H_CONNECTION,
@@ -44,32 +38,17 @@ from aygolog.lb.proxy.wire import (
     _H_REQUEST_ID,
     _H_XFF,
     _HEADER_KINDS,
-    _IDEMPOTENT,
     _LINGER,
     _LINGER_BYTES,
     _METHODS,
     _NO_EXCLUDE,
-    _PLAIN_ADDED,
-    _READ,
-    _READ_METHODS,
     _REQUEST_ID,
-    _RESPONSE_CHANGED,
-    _RESPONSE_OWN,
     _SSE,
-    _WRITE,
-    _IdleTimer,
-    _merge_vary,
     _refusal,
     _Request,
     _status_line,
     _Stop,
     _tokens,
-)
-from aygolog.lb.upstream import (
-    UpstreamConnection,
-    UpstreamError,
-    UpstreamFailure,
-    UpstreamResponse,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +60,20 @@ log = logging.getLogger("aygolog.lb.proxy")
 
 class _Client(asyncio.Protocol):
     """One client connection: parses requests and answers them one at a time."""
+
+    # Proxying (`relay`) and API keys and CORS (`gate`), written as functions of the client there.
+    _allow_origin = gate._allow_origin
+    _refuse_preflight = gate._refuse_preflight
+    _gate = gate._gate
+    _preflight = gate._preflight
+    _proxy = relay._proxy
+    _exchange = relay._exchange
+    _response_head = relay._response_head
+    _relay_whole = relay._relay_whole
+    _relay_rest = relay._relay_rest
+    _relay = relay._relay
+    _upstream_request = relay._upstream_request
+    _client_head = relay._client_head
 
     def __init__(self, server: ProxyServer, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
@@ -645,106 +638,6 @@ class _Client(asyncio.Protocol):
             return self._error(req, 404, "not found")
         return await self._asgi(server.asgi_app, req, method, path, raw_path, query)
 
-    # -- API keys and CORS (only when configured) ------------------------------------------------
-
-    def _allow_origin(self, req: _Request, path: str) -> bool:
-        """Whether CORS applies to `path`; if so, set what the answer says about the origin."""
-        server = self.server
-        if not server._cors_path(path):
-            return False
-        req.cors_vary = not server._cors_any
-        origin = req.origin
-        if origin is not None and (server._cors_any or origin in server._cors_origins):
-            req.cors_origin = _CORS_ANY if server._cors_any else origin
-        return True
-
-    def _refuse_preflight(self, req: _Request, path: str) -> bool | None:
-        """403 for a CORS preflight to a path without CORS (registration, control plane)."""
-        if req.origin is None or not any(
-            name == b"access-control-request-method" for name, _ in req.headers
-        ):
-            return None  # not a preflight
-        return self._error(req, 403, f"CORS is not allowed on {path}")
-
-    def _gate(self, req: _Request, method: str, path: str) -> bool | None:
-        """CORS and API-key checks of a proxied request: an answer (keep-alive), or None to
-        proxy it."""
-        server = self.server
-        origin = req.origin
-        # (`_allow_origin` first: it also sets the CORS headers of the answer.)
-        if (
-            server._cors
-            and self._allow_origin(req, path)
-            and method == "OPTIONS"
-            and origin is not None
-        ):
-            wanted_method = wanted_headers = None
-            for name, value in req.headers:
-                if name == b"access-control-request-method":
-                    wanted_method = value
-                elif name == b"access-control-request-headers":
-                    wanted_headers = value
-            if wanted_method is not None:
-                return self._preflight(req, origin, wanted_headers)
-        keys = server._api_keys
-        if keys is not None:
-            key: bytes | None = None
-            for name, value in req.headers:
-                if name == b"authorization":
-                    scheme, _, rest = value.partition(b" ")
-                    if scheme.lower() == b"bearer":
-                        key = rest.strip()
-                elif name == b"x-api-key":
-                    key = value.strip()
-            challenge = b"www-authenticate: Bearer\r\n"
-            if not key:
-                return self._error(
-                    req,
-                    401,
-                    "an API key is needed: Authorization: Bearer <key> or X-Api-Key: <key>",
-                    extra=challenge,
-                )
-            scope = keys.get(key)
-            if scope is None:
-                return self._error(req, 401, "unknown API key", extra=challenge)
-            if not scope & (_READ if method in _READ_METHODS else _WRITE):
-                needed = "read" if method in _READ_METHODS else "write"
-                return self._error(
-                    req, 403, f"this API key may not {needed} ({method} needs the {needed} scope)"
-                )
-        return None
-
-    def _preflight(self, req: _Request, origin: bytes, wanted_headers: bytes | None) -> bool:
-        """Answer a CORS preflight: 204 for an allowed origin, 403 otherwise."""
-        if req.cors_origin is None:
-            return self._error(
-                req,
-                403,
-                f"origin {origin.decode('latin-1')!r} is not allowed (AYGOLOG_CORS_ORIGINS)",
-            )
-        keep = req.keep_alive and not self.server.closing and not self.eof
-        parts = [
-            _status_line(204),
-            b"access-control-allow-origin: ",
-            req.cors_origin,
-            b"\r\naccess-control-allow-methods: ",
-            _CORS_METHODS,
-            b"\r\naccess-control-max-age: %d\r\n" % _CORS_MAX_AGE,
-            b"vary: origin, access-control-request-method, access-control-request-headers\r\n",
-            b"x-request-id: ",
-            req.request_id,
-            b"\r\n",
-        ]
-        if wanted_headers:
-            parts += (b"access-control-allow-headers: ", wanted_headers, b"\r\n")
-        if not keep:
-            parts.append(b"connection: close\r\n")
-        elif not req.version11:
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self._write(b"".join(parts))
-        return keep
-
     # -- answers of the proxy itself ------------------------------------------------------------
 
     def _error(
@@ -787,444 +680,6 @@ class _Client(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if not self.lost and self.transport is not None:
             self.transport.write(data)
-
-    # -- proxying -------------------------------------------------------------------------------
-
-    async def _proxy(
-        self,
-        req: _Request,
-        method: str,
-        url: bytes,
-        *,
-        first: Target | None = None,
-        failed: _Failed | None = None,
-    ) -> bool:
-        """Send `req` to the instances (with retries) and relay the answer.
-
-        Args:
-            first: the instance already picked for the first attempt (the request counted in
-                the retry budget).
-            failed: a first attempt made in callbacks failed before anything reached the client:
-                go on from there (the request counted in the retry budget).
-        """
-        server = self.server
-        config = self.config
-        budget = server.budget
-        if first is None and failed is None:
-            budget.record_request()
-        idempotent = method in _IDEMPOTENT or req.has_idempotency_key
-        exclude: set[str] = set()
-        retries = 0
-        attempts = 0
-        failure: UpstreamError | None = None
-        failed_name = ""
-        self.cancel_on_lost = True
-        try:
-            while True:
-                outcome: bool | UpstreamError | None
-                if failed is not None:
-                    target = failed.target
-                    attempts += 1
-                    if failed.stale:
-                        if self.lost:
-                            seconds = time.perf_counter() - failed.began
-                            server.picker.finished(
-                                target.name, CLIENT_CLOSED_REQUEST, seconds, None
-                            )
-                            return False
-                        outcome = await self._exchange(
-                            req, target, url, idempotent, began=failed.began
-                        )
-                    else:
-                        outcome = failed.error
-                    failed = None
-                else:
-                    if first is not None:
-                        target, first = first, None
-                    else:
-                        try:
-                            target = server.picker.pick(exclude)
-                        except NoHealthyInstance as exc:
-                            if failure is not None:
-                                break
-                            return self._no_instance(req, exc)
-                    attempts += 1
-                    outcome = await self._exchange(req, target, url, idempotent)
-                if outcome is None:
-                    return False
-                if isinstance(outcome, bool):
-                    return outcome
-                failure, failed_name = outcome, target.name
-                exclude.add(target.name)
-                if retries >= config.max_retries or not outcome.retryable(idempotent):
-                    break
-                if self.lost:
-                    return False
-                if not budget.try_spend():
-                    server.stats.retries_denied += 1
-                    break
-                retries += 1
-                server.stats.retries += 1
-        finally:
-            self.cancel_on_lost = False
-        assert failure is not None
-        # `attempts`, not `retries + 1`: a retry may find no other instance to go to.
-        tried = f" (after {attempts} attempts)" if attempts > 1 else ""
-        if failure.failure is UpstreamFailure.TIMEOUT:
-            return self._error(req, 504, f"instance {failed_name}: {failure.failure}{tried}")
-        return self._error(req, 502, f"instance {failed_name} failed: {failure.failure}{tried}")
-
-    async def _exchange(
-        self,
-        req: _Request,
-        target: Target,
-        url: bytes,
-        idempotent: bool,
-        *,
-        began: float | None = None,
-    ) -> bool | UpstreamError | None:
-        """One attempt on one instance.
-
-        Args:
-            began: the attempt began in callbacks, on a kept-alive connection that the instance
-                closed as it was used: make it again on a fresh connection (it is `started`).
-
-        Returns True/False (answered; keep the client connection or not), None (the answer was
-        cut after its head went out), or the `UpstreamError` that happened before anything was
-        sent to the client (the caller may retry).
-        """
-        server = self.server
-        picker = server.picker
-        name = target.name
-        pool = server.pools.get(target.host, target.port)
-        fresh = began is not None
-        if began is None:
-            picker.started(name)
-            began = time.perf_counter()
-        conn: UpstreamConnection | None = None
-        status: int | None = None
-        try:
-            data = self._upstream_request(req, target, url)
-            while True:
-                try:
-                    conn = await pool.acquire(fresh=fresh)
-                except UpstreamError as exc:
-                    conn = None
-                    picker.finished(name, None, time.perf_counter() - began, exc.failure)
-                    return exc
-                response = conn.request(data, head_only=req.head)
-                try:
-                    await self._response_head(conn, response, req.event_stream)
-                except UpstreamError as exc:
-                    conn.close()
-                    conn = None
-                    if not fresh and _stale(exc, idempotent):
-                        # The instance closed this kept-alive connection as we used it.
-                        fresh = True
-                        server.stats.stale_retries += 1
-                        continue
-                    picker.finished(name, None, time.perf_counter() - began, exc.failure)
-                    return exc
-                break
-            status = response.status
-            return await self._relay(req, conn, response, name, began)
-        except asyncio.CancelledError:
-            # The client went away (or the server is cutting connections).
-            if conn is not None:
-                conn.close()
-            seconds = time.perf_counter() - began
-            picker.finished(name, status or CLIENT_CLOSED_REQUEST, seconds, None)
-            raise
-
-    async def _response_head(
-        self, conn: UpstreamConnection, response: UpstreamResponse, event_stream: bool
-    ) -> None:
-        if response.status:
-            return
-        if response.error is not None:
-            raise response.error
-        head = response.wait_head()
-        timeout = self.config.response_timeout
-        if event_stream or timeout <= 0:
-            await head
-            return
-        handle = self.loop.call_later(
-            timeout, conn.abort, UpstreamFailure.TIMEOUT, f"no response within {timeout:g} s"
-        )
-        try:
-            await head
-        finally:
-            handle.cancel()
-
-    def _relay_whole(
-        self,
-        req: _Request,
-        conn: UpstreamConnection,
-        response: UpstreamResponse,
-        name: str,
-        began: float,
-    ) -> bool:
-        """Send a complete response to the client in one write; True to keep the connection."""
-        status = response.status
-        body = response.take_body()
-        first = response.first
-        if (
-            first is not None
-            and response.keep_alive
-            and len(first) == response.received
-            and first[:9] == b"HTTP/1.1 "
-            and status >= 200
-            and status != 204
-            and status != 304
-            and not req.head
-            and req.cors_origin is None
-            and not req.cors_vary
-        ):
-            end = first.find(b"\r\n\r\n") + 2
-            if (
-                end > 1
-                and len(first) - end - 2 == len(body)
-                and _RESPONSE_CHANGED.search(first, 0, end) is None
-            ):
-                # All of it came in one read, with a Content-Length (an HTTP/1.1 response to
-                # keep the connection for, without Transfer-Encoding) and no header to change.
-                keep = req.keep_alive and not self.server.closing and not self.eof
-                self._write(
-                    b"".join(
-                        (
-                            first[:end],
-                            b"x-served-by: ",
-                            self.server._name(name),
-                            b"\r\nx-request-id: ",
-                            req.request_id,
-                            b"\r\n"
-                            if keep and req.version11
-                            else b"\r\nconnection: keep-alive\r\n"
-                            if keep
-                            else b"\r\nconnection: close\r\n",
-                            first[end:],
-                        )
-                    )
-                )
-                conn.pool.release(conn)
-                self.server.picker.finished(name, status, time.perf_counter() - began, None)
-                return keep
-        head, framing, keep, _ = self._client_head(req, response, name)
-        if framing == _FRAME_NONE:
-            self._write(head)
-        else:
-            if framing == _FRAME_CHUNKED:
-                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
-            self._write(head + body)
-        conn.pool.release(conn)
-        self.server.picker.finished(name, status, time.perf_counter() - began, None)
-        return keep
-
-    async def _relay_rest(self, exchange: _Exchange) -> bool:
-        """Relay a response whose head came, in callbacks, without its whole body."""
-        conn = exchange.conn
-        response = exchange.response
-        assert response is not None
-        name = exchange.target.name
-        if self.lost:
-            conn.close()
-            self.server.picker.finished(
-                name, response.status, time.perf_counter() - exchange.began, None
-            )
-            return False
-        self.cancel_on_lost = True
-        try:
-            kept = await self._relay(exchange.req, conn, response, name, exchange.began)
-        except asyncio.CancelledError:
-            conn.close()
-            self.server.picker.finished(
-                name, response.status, time.perf_counter() - exchange.began, None
-            )
-            raise
-        finally:
-            self.cancel_on_lost = False
-        return bool(kept)
-
-    async def _relay(
-        self,
-        req: _Request,
-        conn: UpstreamConnection,
-        response: UpstreamResponse,
-        name: str,
-        began: float,
-    ) -> bool | None:
-        """Send the instance's response to the client; return as `_exchange` does."""
-        if response.complete:
-            return self._relay_whole(req, conn, response, name, began)
-        picker = self.server.picker
-        pool = conn.pool
-        status = response.status
-        head, framing, keep, event_stream = self._client_head(req, response, name)
-        # Stream the body as it comes.
-        transport = self.transport
-        assert transport is not None
-        self._write(head)
-        if event_stream:
-            if self.eof:  # the client has already left
-                conn.close()
-                self.abort()
-                picker.finished(name, status, time.perf_counter() - began, None)
-                return None
-            self.streaming_sse = True
-        timer: _IdleTimer | None = None
-        timeout = self.config.response_timeout
-        if not (req.event_stream or event_stream) and timeout > 0:
-            timer = _IdleTimer(
-                self.loop,
-                timeout,
-                lambda: conn.abort(UpstreamFailure.TIMEOUT, f"no data for {timeout:g} s"),
-            )
-        chunked = framing == _FRAME_CHUNKED
-
-        def sink(chunk: bytes) -> None:
-            if self.lost or not chunk:
-                return
-            if chunked:
-                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            else:
-                transport.write(chunk)
-            if timer is not None:
-                timer.touch()
-            if self.write_paused and self.on_resume is None:
-                conn.pause_reading()
-                self.on_resume = conn.resume_reading
-
-        try:
-            await response.stream(sink)
-        except UpstreamError as exc:
-            # The head is out: the only honest thing left is to cut the client off.
-            self.cancel_on_lost = False
-            conn.close()
-            self.abort()
-            picker.finished(name, status, time.perf_counter() - began, exc.failure)
-            return None
-        finally:
-            self.streaming_sse = False
-            if timer is not None:
-                timer.cancel()
-            self.on_resume = None
-        if chunked:
-            self._write(b"0\r\n\r\n")
-        pool.release(conn)
-        picker.finished(name, status, time.perf_counter() - began, None)
-        return keep
-
-    def _upstream_request(self, req: _Request, target: Target, url: bytes) -> bytes:
-        """The request as sent to the instance: hop-by-hop headers out, X-Forwarded-* in."""
-        server = self.server
-        trust = self.config.trust_forwarded
-        xff = self.client_ip if req.xff is None else req.xff + b", " + self.client_ip
-        if req.plain:
-            # The head as received (its header lines as the client wrote them), then ours.
-            raw = req.raw
-            if not (req.forwarded_proto or req.forwarded_host):
-                return _PLAIN_ADDED % (
-                    raw[: len(raw) - 2],
-                    xff,
-                    server._scheme,
-                    req.host or b"",  # (an HTTP/1.1 request has one)
-                    req.request_id,
-                    req.body,
-                )
-            parts = [raw[: len(raw) - 2], b"x-forwarded-for: ", xff, b"\r\n"]
-            if not (req.forwarded_proto and trust):
-                parts += (b"x-forwarded-proto: ", server._scheme, b"\r\n")
-            if req.host is not None and not (req.forwarded_host and trust):
-                parts += (b"x-forwarded-host: ", req.host, b"\r\n")
-            parts += (b"x-request-id: ", req.request_id, b"\r\n\r\n", req.body)
-            return b"".join(parts)
-        own = server._request_own
-        drop = req.connection_tokens
-        parts = [req.method, b" ", url, b" HTTP/1.1\r\n"]
-        for name, value in req.headers:
-            if name in own or (drop is not None and name in drop) or name.startswith(b"proxy-"):
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        if req.host is None:
-            parts.append(b"host: %s:%d\r\n" % (target.host.encode(), target.port))
-        parts += (b"x-forwarded-for: ", xff, b"\r\n")
-        if not (req.forwarded_proto and trust):
-            parts += (b"x-forwarded-proto: ", server._scheme, b"\r\n")
-        if req.host is not None and not (req.forwarded_host and trust):
-            parts += (b"x-forwarded-host: ", req.host, b"\r\n")
-        parts += (b"x-request-id: ", req.request_id, b"\r\n")
-        body = req.body
-        if body or req.method in _BODY_METHODS:
-            parts.append(b"content-length: %d\r\n" % len(body))
-        parts += (b"\r\n", body)
-        return b"".join(parts)
-
-    def _client_head(
-        self, req: _Request, response: UpstreamResponse, name: str
-    ) -> tuple[bytes, int, bool, bool]:
-        """The response head for the client, its framing, keep-alive, and whether it is SSE."""
-        status = response.status
-        headers = response.headers
-        drop: set[bytes] | None = None
-        for header, value in headers:
-            if header.lower() == b"connection":
-                extra = _tokens(value) - _CONNECTION_KEEPS
-                if extra:
-                    drop = (drop or set()) | extra
-        parts = [_status_line(status)]
-        length: bytes | None = None
-        event_stream = False
-        strip_cors = self.server._cors  # the proxy answers for CORS, not the instances
-        vary: list[bytes] | None = [] if req.cors_vary else None
-        for header, value in headers:
-            lower = header.lower()
-            if (
-                lower in _RESPONSE_OWN
-                or lower.startswith(b"proxy-")
-                or (strip_cors and lower.startswith(b"access-control-"))
-            ):
-                if lower == b"content-length":
-                    length = value
-                continue
-            if drop is not None and lower in drop:
-                continue
-            if vary is not None and lower == b"vary":
-                vary.append(value)  # merged with ours below: one Vary header
-                continue
-            if lower == b"content-type" and value[:17].lower() == _SSE:
-                event_stream = True
-            parts += (header, b": ", value, b"\r\n")
-        keep = req.keep_alive and not self.server.closing and not self.eof
-        if req.head or status < 200 or status in (204, 304):
-            framing = _FRAME_NONE
-            if length is not None:
-                parts += (b"content-length: ", length, b"\r\n")
-        elif length is not None:
-            framing = _FRAME_LENGTH
-            parts += (b"content-length: ", length, b"\r\n")
-        elif req.version11:
-            framing = _FRAME_CHUNKED
-            parts.append(b"transfer-encoding: chunked\r\n")
-        else:
-            framing = _FRAME_CLOSE
-            keep = False
-        parts += (
-            b"x-served-by: ",
-            self.server._name(name),
-            b"\r\nx-request-id: ",
-            req.request_id,
-            b"\r\n",
-        )
-        if req.cors_origin is not None:
-            parts += (b"access-control-allow-origin: ", req.cors_origin, b"\r\n", _CORS_EXPOSE)
-        if vary is not None:
-            parts += (b"vary: ", _merge_vary(vary), b"\r\n")
-        if not keep:
-            parts.append(b"connection: close\r\n")
-        elif not req.version11:
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts), framing, keep, event_stream
 
     # -- the ASGI app -----------------------------------------------------------------------------
 
