@@ -7,7 +7,8 @@ Three minimal upstreams (one uvloop process answering every request with a fixed
 Log API instance does for POST /api/log, without the work) are loaded with `wrk -tT -cC` POSTs
 (keep-alive): (a) directly, one upstream (what wrk can drive with no proxy: a proxy row far below
 it is not limited by wrk); (b) through `ProxyServer` on uvloop, round robin over the three;
-with --asyncio also on the default asyncio loop; with --nginx also nginx and with --haproxy
+with --asyncio also on the default asyncio loop; with --python PATH also run by another
+interpreter (its version and build are printed); with --nginx also nginx and with --haproxy
 also HAProxy (Debian's binaries), both round robin with keep-alive to the upstreams and no
 logging (see _frontends.py).
 
@@ -24,7 +25,11 @@ drives with no proxy in between.
 
 CPU per request: the user + system CPU time of the proxy's processes (nginx master + workers,
 the HAProxy process with all its threads, every aygolog proxy process), read from
-/proc/PID/stat before and after the wrk run, divided by the requests wrk completed. Each proxy
+/proc/PID/stat before and after the wrk run, divided by the requests wrk completed; "user" is
+the share of it spent in user mode (the rest is the kernel's: mostly the socket reads and writes,
+and switching tasks), "preempt/req" the involuntary context switches of those processes per
+request (from /proc/PID/status: how often another task took the CPU from the proxy; on a busy
+machine with few cores, each one costs kernel time and cache). Each proxy
 gets a 1 s warm-up first, not counted. --runs K repeats the whole set K times, the proxies in a
 rotated order each run, and ends with a summary (median, min-max). Every process started is
 stopped by its PID at the end, also on errors, Ctrl-C and SIGTERM.
@@ -38,6 +43,7 @@ import contextlib
 import functools
 import itertools
 import json
+import os
 import signal
 import socket
 import ssl
@@ -173,6 +179,10 @@ class Row:
     cpu_us_per_request: float | None
     proxy_cores: float | None
     tls: str = ""
+    user_share: float | None = None
+    """The share of the proxy's CPU time spent in user mode."""
+    preemptions: float | None = None
+    """Involuntary context switches of the proxy's processes per request."""
 
 
 @dataclass
@@ -185,6 +195,28 @@ class Running:
     notes: list[str] = field(default_factory=list)
 
 
+_PROBE = """
+import platform, time
+def f(a, b):
+    return a + b
+def loop(n):
+    t = time.process_time()
+    for i in range(n):
+        f(i, 1)
+        b"%s%016x" % (b"ab", i)
+    return (time.process_time() - t) / n * 1e9
+print(platform.python_version(), min(loop(200_000) for _ in range(5)))
+"""
+
+
+def interpreter(python: str) -> str:
+    """The version of a Python and a probe of its speed on plain Python code (CPU ns per loop
+    of a call and a bytes format; a build with PGO and LTO is much faster than one without)."""
+    out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, check=True)
+    version, ns = out.stdout.split()
+    return f"Python {version}, probe {float(ns):.0f} ns CPU per loop"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -192,8 +224,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def _child(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, __file__, *args])
+def _child(*args: str, python: str = sys.executable) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([python, __file__, *args])
     try:
         yield process
     finally:
@@ -208,8 +240,10 @@ def aygolog_proxies(
     loop: str,
     workers: int,
     certificate: Certificate | None,
+    python: str = sys.executable,
 ) -> Iterator[Running]:
-    """`workers` proxy processes on one port (SO_REUSEPORT when more than one)."""
+    """`workers` proxy processes on one port (SO_REUSEPORT when more than one), run by the
+    interpreter `python`."""
     port = free_port()
     ready = tmp / f"ready-{port}"
     with contextlib.ExitStack() as stack:
@@ -224,7 +258,8 @@ def aygolog_proxies(
                 "key": str(certificate.key) if certificate else "",
                 "ready": f"{ready}.{index}",
             }
-            processes.append(stack.enter_context(_child("_proxy", json.dumps(spec))))
+            child = _child("_proxy", json.dumps(spec), python=python)
+            processes.append(stack.enter_context(child))
         deadline = time.monotonic() + 20
         while not all(Path(f"{ready}.{i}").exists() for i in range(workers)):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
@@ -269,30 +304,56 @@ def measure(
     common = {"body": REQUEST_BODY, "connections": args.connections, "threads": args.threads}
     _wrk.run(url, seconds=1, **common)  # warm-up: pools filled, code paths hot
     pids = [pid for root in running.roots for pid in process_tree(root)]
-    before = cpu_seconds(pids)
+    before, user_before, switches_before = cpu_seconds(pids), *_user_and_preemptions(pids)
     result = _wrk.run(url, seconds=args.seconds, **common)
     used = cpu_seconds(pids) - before
+    user, switches = _user_and_preemptions(pids)
     tls = tls_version(running.port) if running.scheme == "https" else ""
     if not count_cpu:
         return Row(label, result, None, None, tls)
-    per_request = used / result.requests * 1e6 if result.requests else float("nan")
-    return Row(label, result, per_request, used / result.seconds, tls)
+    requests = result.requests or 1
+    return Row(
+        label,
+        result,
+        used / requests * 1e6 if result.requests else float("nan"),
+        used / result.seconds,
+        tls,
+        (user - user_before) / used if used else None,
+        (switches - switches_before) / requests,
+    )
+
+
+def _user_and_preemptions(pids: list[int]) -> tuple[float, int]:
+    """User-mode CPU seconds and involuntary context switches so far of these processes (all
+    their threads; a process that is gone counts 0)."""
+    user, switches = 0, 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            user += int(stat.rsplit(")", 1)[1].split()[11])  # utime, in clock ticks
+            status = Path(f"/proc/{pid}/status").read_text()
+            switches += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+    return user / os.sysconf("SC_CLK_TCK"), switches
 
 
 def print_table(rows: list[Row]) -> None:
     nginx_rate = next((r.wrk.requests_per_second for r in rows if r.label.startswith("nginx")), 0)
     print(
         f"{'':40} {'req/s':>9} {'vs nginx':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
-        f"{'sock err c/r/w/t':>16} {'CPU µs/req':>10} {'proxy cores':>11} {'wrk cores':>9}"
+        f"{'sock err c/r/w/t':>16} {'CPU µs/req':>10} {'user':>5} {'preempt/req':>11} "
+        f"{'proxy cores':>11} {'wrk cores':>9}"
     )
     for r in rows:
         ratio = f"{r.wrk.requests_per_second / nginx_rate:.2f}" if nginx_rate else "-"
         cpu = f"{r.cpu_us_per_request:.1f}" if r.cpu_us_per_request is not None else "-"
         cores = f"{r.proxy_cores:.2f}" if r.proxy_cores is not None else "-"
+        user = f"{r.user_share:.0%}" if r.user_share is not None else "-"
+        preempted = f"{r.preemptions:.2f}" if r.preemptions is not None else "-"
         print(
             f"{r.label:40} {r.wrk.requests_per_second:9,.0f} {ratio:>8} {r.wrk.p50_ms:7.2f} "
             f"{r.wrk.p99_ms:7.2f} {r.wrk.non_2xx:7d} {r.wrk.socket_errors_text():>16} "
-            f"{cpu:>10} {cores:>11} {r.wrk.cpu_seconds / r.wrk.seconds:9.2f}"
+            f"{cpu:>10} {user:>5} {preempted:>11} {cores:>11} "
+            f"{r.wrk.cpu_seconds / r.wrk.seconds:9.2f}"
         )
     for r in rows:
         if r.tls:
@@ -342,6 +403,12 @@ def main() -> None:
     parser.add_argument("--asyncio", action="store_true", help="also the proxy without uvloop")
     parser.add_argument("--nginx", action="store_true", help="also nginx in front of them")
     parser.add_argument("--haproxy", action="store_true", help="also HAProxy in front of them")
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="also the proxy (uvloop) run by this interpreter, e.g. a virtualenv's bin/python "
+        "made with another build of CPython (it needs the project installed)",
+    )
     args = parser.parse_args()
     import shutil
 
@@ -359,6 +426,8 @@ def main() -> None:
         f"; open-file limit {fds}"
     )
     print(f"limits: {LIMITS.describe()}; aygolog: ProxyConfig() defaults")
+    for python in [sys.executable] + [args.python] * bool(args.python):
+        print(f"interpreter {python}: {interpreter(python)}")
     upstreams = [free_port() for _ in range(3)]
     runs: list[list[Row]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -374,6 +443,11 @@ def main() -> None:
                 (f"aygolog proxy (uvloop){w}{tls}", lambda: aygolog_proxies(
                     tmp, upstreams, loop="uvloop", workers=args.workers, certificate=certificate))
             ]  # fmt: skip
+            if args.python:
+                label = f"aygolog proxy (uvloop){w}{tls}, --python"
+                proxies.append((label, lambda: aygolog_proxies(
+                    tmp, upstreams, loop="uvloop", workers=args.workers, certificate=certificate,
+                    python=args.python)))  # fmt: skip
             if args.asyncio:
                 proxies.append((f"aygolog proxy (asyncio){w}{tls}", lambda: aygolog_proxies(
                     tmp, upstreams, loop="asyncio", workers=args.workers, certificate=certificate)
