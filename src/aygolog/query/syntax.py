@@ -117,6 +117,9 @@ class _Parser:
     def found(self, pos: int) -> str:
         if pos >= len(self.text):
             return "end of query"
+        if self.text[pos] == '"':
+            end = self.text.find('"', pos + 1)
+            return repr(self.text[pos : end + 1 if end > 0 else len(self.text)][:30])
         match = _BARE.match(self.text, pos)
         return repr(match.group()[:30] if match else self.text[pos])
 
