@@ -1,24 +1,33 @@
-"""`Plan`: what a store runs for a query (INTERFACE: the fields are fixed; `plan_for` is filled
-in by the query-language work)."""
+"""`Plan`: what a store runs for a query, and `plan_for`, which builds it from a `LogQuery`
+(its query string ANDed with the older parameters, which are sugar for the same plan)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from aygolog.models import LogEntry, LogQuery
+from aygolog.query.ast import And, CountSpec, Expr, TimeLast, TimeRange
+from aygolog.query.predicates import (
+    Predicate,
+    all_of,
+    attribute_equals,
+    compile_filter,
+    necessary_clauses,
+    necessary_services,
+    necessary_severities,
+    value_tokens,
+)
+from aygolog.query.regex import RegexError
+from aygolog.query.syntax import QuerySyntaxError, parse
 
 __all__ = ["CountSpec", "Plan", "plan_for"]
 
-
-@dataclass(frozen=True, slots=True)
-class CountSpec:
-    """`| count() by (a, b) step 1m`: group by these fields, in buckets of `step` (None: one
-    total over the whole range)."""
-
-    by: tuple[str, ...] = ()
-    step: timedelta | None = None
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +61,92 @@ class Plan:
         return self.predicate is None or self.predicate(entry)
 
 
-def plan_for(query: LogQuery) -> Plan:
+def plan_for(query: LogQuery, *, now: datetime | None = None) -> Plan:
     """The plan of `query`: its `query` string ANDed with its other filter parameters.
+
+    `now` is when a relative `_time:15m` ends (default: the current time).
 
     Raises:
         QuerySyntaxError: the query string does not parse (field "query", with the position).
     """
-    raise NotImplementedError
+    parsed = parse(query.query) if query.query else None
+    predicates: list[Predicate] = []
+    severities = query.level_severities()
+    if severities is not None:
+        wanted = severities
+        predicates.append(lambda entry: entry.level.severity in wanted)
+    services = query.services
+    if services is not None:
+        allowed = services
+        predicates.append(lambda entry: (entry.service or "") in allowed)
+    if query.text:
+        needle = query.text.encode().lower()
+        # ASCII case folding of bytes, as store.base.matches (and the Redis Lua scan) does.
+        predicates.append(lambda entry: needle in entry.message.encode().lower())
+    clauses: list[frozenset[str]] = []
+    for key, value in query.attributes.items():
+        predicates.append(_attribute(key, value))
+        clauses += [frozenset({t}) for t in value_tokens(key, value)]
+    since, until = query.since, query.until
+    expr = parsed.filter if parsed else None
+    if expr is not None:
+        items = expr.items if isinstance(expr, And) else (expr,)
+        rest: list[Expr] = []
+        for item in items:
+            if isinstance(item, TimeLast):
+                since = _later(since, (now or datetime.now(UTC)) - item.duration)
+            elif isinstance(item, TimeRange):
+                start = item.start if item.start_inclusive else _next_ms(item.start)
+                end = item.end if item.end_inclusive else item.end - timedelta(microseconds=1)
+                since, until = _later(since, start), _earlier(until, end)
+            else:
+                rest.append(item)
+        if rest:
+            filtered = rest[0] if len(rest) == 1 else And(tuple(rest))
+            try:
+                predicates.append(compile_filter(filtered))
+            except RegexError as exc:
+                raise QuerySyntaxError(0, str(exc), "a regular expression") from None
+            severities = _meet(severities, necessary_severities(filtered))
+            services = _meet(services, necessary_services(filtered))
+            clauses += necessary_clauses(filtered)
+    empty = (
+        severities == frozenset()
+        or services == frozenset()
+        or (since is not None and until is not None and since > until)
+    )
+    return Plan(
+        predicate=all_of(predicates) if predicates else None,
+        severities=severities,
+        services=services,
+        clauses=tuple(dict.fromkeys(clauses)),
+        since=since,
+        until=until,
+        limit=parsed.limit if parsed else None,
+        count=parsed.count if parsed else None,
+        empty=empty,
+    )
+
+
+def _attribute(key: str, value: str) -> Predicate:
+    equals = attribute_equals(value)
+    return lambda entry: equals(entry.attributes.get(key))
+
+
+def _meet(a: frozenset[_T] | None, b: frozenset[_T] | None) -> frozenset[_T] | None:
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def _later(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b > a else a
+
+
+def _earlier(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b < a else a
+
+
+def _next_ms(at: datetime) -> datetime:
+    """The first millisecond after `at` (receive times are whole milliseconds)."""
+    return _EPOCH + ((at - _EPOCH) // _MS + 1) * _MS
