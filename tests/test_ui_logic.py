@@ -75,12 +75,21 @@ def test_filters_round_trip_through_the_url() -> None:
     assert params_of(url) == {
         "level": ["warning,error"],
         "service": ["api,auth"],
-        "q": ["time out"],
+        "query": ["time out"],
         "since": ["15m"],
     }
     assert Filters.from_params(params_of(url)) == Filters(
         levels=filters.levels, service="api,auth", text="time out", range="15m"
     )
+
+
+def test_an_older_links_q_is_a_substring_query() -> None:
+    assert Filters.from_params({"q": "time out"}).text == '~"time out"'
+    assert Filters.from_params({"q": 'say "hi" \\'}).text == '~"say \\"hi\\" \\\\"'
+    assert Filters.from_params({"q": "old", "query": "new"}).text == "new"
+    old = Filters.from_params({"q": 'say "hi"'})
+    assert old.matches(entry(1, 'they SAY "HI" there'), now=NOW)
+    assert not old.matches(entry(1, "say hi"), now=NOW)
 
 
 def test_empty_filters_make_a_bare_url() -> None:
@@ -117,20 +126,18 @@ def test_bad_parameters_are_left_out() -> None:
 def test_url_params_mean_the_same_to_the_log_api() -> None:
     filters = Filters(levels=frozenset({LogLevel.ERROR}), service="api", text="x", range="1h")
     api = parse_query_params(
-        level=["error"], service=["api"], q="x", since="1h", limit=50
+        level=["error"], service=["api"], query="x", since="1h", limit=50
     )  # what GET /api/logs?<the page's params> runs
     mine = to_log_query(filters, limit=50, now=NOW)
-    assert (mine.levels, mine.services, mine.text) == (api.levels, api.services, api.text)
+    assert (mine.levels, mine.services, mine.query) == (api.levels, api.services, api.query)
     assert mine.since == NOW - timedelta(hours=1)
 
 
 def test_query_and_tail_filters() -> None:
     filters = Filters(levels=frozenset({LogLevel.ERROR}), service="a,b", text="boom", range="5m")
-    assert filters.tail_filters() == {
-        "level": [LogLevel.ERROR],
-        "service": ["a", "b"],
-        "text": "boom",
-    }
+    assert filters.tail_filters() == {"level": [LogLevel.ERROR], "service": ["a", "b"]}
+    assert filters.query == "boom"
+    assert Filters(text="  ").query is None
     query = filters.query_filters(now=NOW)
     assert query["since"] == NOW - timedelta(minutes=5)
     assert "until" not in query
@@ -143,14 +150,32 @@ def test_query_and_tail_filters() -> None:
         (Filters(levels=frozenset({LogLevel.ERROR})), False),
         (Filters(service="shop"), True),
         (Filters(service="auth,api"), False),
-        (Filters(text="HELL"), True),
+        (Filters(text="HELLO"), True),
+        (Filters(text="HELL"), False),  # a word is a whole word
+        (Filters(text='~"ELL"'), True),
         (Filters(text="bye"), False),
+        (Filters(text="hello -order:1"), False),
+        (Filters(text="level>=info service:(shop OR x)"), True),
+        (Filters(text="hello (", range="5m"), False),  # does not parse: nothing matches
         (Filters(range="5m"), True),
         (Filters(range="custom", until="2026-01-01T00:00:00Z"), False),
     ],
 )
 def test_matches(filters: Filters, expected: bool) -> None:
     assert filters.matches(entry(1), now=NOW + timedelta(seconds=1)) is expected
+
+
+def test_problem_names_a_query_that_does_not_parse_or_counts() -> None:
+    assert (Filters(text="service:(a OR").problem() or "").startswith("query: at 13: expected")
+    assert "count" in (Filters(text="x | count()").problem() or "")
+    assert Filters(text="level>=warning timeout").problem() is None
+
+
+def test_a_query_a_live_tail_refuses_turns_live_off() -> None:
+    assert Filters(text="timeout").live_applies
+    assert not Filters(text="timeout _time:5m").live_applies
+    assert not Filters(text="timeout | limit 5").live_applies
+    assert not Filters(text="(").live_applies
 
 
 def test_problem_names_a_custom_time_that_is_not_one() -> None:

@@ -4,6 +4,7 @@ Parameters (all optional, every one given must match):
 
 | name | meaning | example |
 |---|---|---|
+| `query` | the query language (docs/query.md), at most 8,192 characters | `query=timeout` |
 | `level` | levels, repeated or comma-separated (aliases allowed) | `level=error,warn` |
 | `min_level` | this level or more severe | `min_level=warning` |
 | `service` | services, repeated or comma-separated | `service=api&service=auth` |
@@ -24,9 +25,14 @@ from typing import Final
 
 from aygolog.errors import ValidationError
 from aygolog.models import Direction, FieldError, LogLevel, LogQuery
+from aygolog.query import QuerySyntaxError
 from aygolog.validation import parse_timestamp
 
-__all__ = ["parse_query_params", "parse_time", "query_to_params"]
+__all__ = ["MAX_QUERY_CHARS", "parse_query_params", "parse_time", "query_to_params"]
+
+MAX_QUERY_CHARS: Final = 8192
+"""The longest query string taken (a query typed or built by a page is far shorter; a URL of
+more than about 8 KiB is refused by many proxies anyway)."""
 
 _RELATIVE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -73,12 +79,20 @@ def parse_query_params(
     limit: int = 100,
     cursor: str | None = None,
     direction: str | None = None,
+    query: str | None = None,
 ) -> LogQuery:
     """A `LogQuery` from query parameters (see the module docstring).
 
     Raises:
+        QuerySyntaxError: `query` is longer than `MAX_QUERY_CHARS` (it is parsed later, by
+            `plan_for`).
         ValidationError: naming each bad parameter.
     """
+    if query is not None and len(query) > MAX_QUERY_CHARS:
+        raise QuerySyntaxError(
+            MAX_QUERY_CHARS, f"the end of the query (at most {MAX_QUERY_CHARS} characters)",
+            f"{len(query) - MAX_QUERY_CHARS} more",
+        )  # fmt: skip
     errors: list[FieldError] = []
     levels: frozenset[LogLevel] | None = None
     names = _split(level)
@@ -130,12 +144,15 @@ def parse_query_params(
         limit=limit,
         cursor=cursor or None,
         direction=way,
+        query=query if query and query.strip() else None,
     )
 
 
 def query_to_params(query: LogQuery) -> list[tuple[str, str]]:
     """The query parameters that `parse_query_params` turns back into `query`."""
     params: list[tuple[str, str]] = []
+    if query.query:
+        params.append(("query", query.query))
     if query.levels is not None:
         params.append(("level", ",".join(sorted(lv.value for lv in query.levels))))
     if query.min_level is not None:

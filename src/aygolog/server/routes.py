@@ -14,11 +14,13 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
+from litestar.types import ExceptionHandlersMap
 
 from aygolog.errors import ValidationError
 from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
+    CountResult,
     Direction,
     FieldError,
     Limits,
@@ -29,6 +31,7 @@ from aygolog.models import (
     NewLog,
     SeedLog,
 )
+from aygolog.query import Plan, QuerySyntaxError, plan_for
 from aygolog.querystring import parse_query_params
 from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
 from aygolog.server.reads import PageCache, ReadGate
@@ -256,6 +259,7 @@ def _query_params(
     limit: int,
     cursor: str | None,
     direction: str | None,
+    query: str | None = None,
 ) -> LogQuery:
     return parse_query_params(
         level=level,
@@ -268,7 +272,32 @@ def _query_params(
         limit=limit,
         cursor=cursor,
         direction=direction,
+        query=query,
     )
+
+
+def _syntax_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A query string that does not parse (or is too long): 400, naming "query" and where."""
+    assert isinstance(exc, QuerySyntaxError)
+    return error_response(400, "the query does not parse", exc.errors)
+
+
+_QUERY_ERRORS: Final[ExceptionHandlersMap] = {QuerySyntaxError: _syntax_error}
+"""Route-level: a syntax error is a 400 (the app maps other validation errors to 422)."""
+
+
+def _refuse(reason: str) -> Response[bytes]:
+    return error_response(
+        400, "this query cannot be answered here", [FieldError(field="query", reason=reason)]
+    )
+
+
+def _search_refusal(plan: Plan) -> Response[bytes] | None:
+    if plan.count is not None:
+        return _refuse(
+            "`| count()` makes a count, not a list of entries: send it to GET /api/logs/count"
+        )
+    return None
 
 
 @get(
@@ -301,16 +330,25 @@ async def list_logs_seed(
     return Response(body, media_type=JSON)
 
 
+_QUERY_DOC: Final = "A query in the query language (docs/query.md), ANDed with the other filters"
+
+
 @get(
     "/api/logs",
     summary="Search stored entries, one page at a time",
+    description="`query` takes the query language (docs/query.md); the other filters are "
+    "sugar ANDed with it. A query that does not parse is a 400 naming `query`, the position "
+    "and what was expected; a `| count()` query is a 400 pointing to `/api/logs/count`. "
+    "`| limit N` caps the page at N and makes it the last (no `next_cursor`).",
     responses=answers(
         {200: (LogPage, "One page; `next_cursor` is null on the last")}, 400, 422, 503, auth=True
     ),
     operation_class=documented(),
+    exception_handlers=_QUERY_ERRORS,
 )
 async def query_logs(
     state: State,
+    text: Annotated[str | None, QueryParameter(name="query", description=_QUERY_DOC)] = None,
     level: FromQuery[list[str] | None] = None,
     min_level: FromQuery[str | None] = None,
     service: FromQuery[list[str] | None] = None,
@@ -321,14 +359,55 @@ async def query_logs(
     limit: FromQuery[int] = 100,
     cursor: FromQuery[str | None] = None,
     direction: FromQuery[str | None] = None,
-) -> LogPage:
-    """GET /api/logs: filters, `limit` (<= 1000) and `cursor`; items and `next_cursor`."""
-    query = _query_params(
-        level, min_level, service, q, since, until, attr, limit, cursor, direction
+) -> Response[bytes]:
+    """GET /api/logs: `query`, filters, `limit` (<= 1000) and `cursor`; items and
+    `next_cursor`."""
+    search = _query_params(
+        level, min_level, service, q, since, until, attr, limit, cursor, direction, text
     )
+    refused = _search_refusal(plan_for(search))  # parsed here too: its errors are a 400
+    if refused is not None:
+        return refused
     api = _api(state)
     async with api.reads.slot():
-        return await api.store.query(query)
+        page = await api.store.query(search)
+    return json_response(page)
+
+
+@get(
+    "/api/logs/count",
+    summary="Count matching entries, grouped and in time buckets",
+    description="`query` may end in `| count() by (field, ...) step 1m` (`by` and `step` "
+    "optional; without the pipe: one total). Buckets are aligned to multiples of `step` from "
+    "the Unix epoch over the time range (`since`/`until` or `_time`; without a start, the hour "
+    "before its end; without an end, now), at most 11,000 of them (else a 422 naming `step`). "
+    'Groups by level, service, instance, trace_id or any attribute (missing: "").',
+    responses=answers(
+        {200: (CountResult, "Bucket start times and one series of counts per group")},
+        *(400, 422, 503),
+        auth=True,
+    ),
+    operation_class=documented(),
+    exception_handlers=_QUERY_ERRORS,
+)
+async def count_logs(
+    state: State,
+    text: Annotated[str | None, QueryParameter(name="query", description=_QUERY_DOC)] = None,
+    level: FromQuery[list[str] | None] = None,
+    min_level: FromQuery[str | None] = None,
+    service: FromQuery[list[str] | None] = None,
+    q: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    attr: FromQuery[list[str] | None] = None,
+) -> Response[bytes]:
+    """GET /api/logs/count: a `CountResult` for `query` (and the filters)."""
+    counted = _query_params(level, min_level, service, q, since, until, attr, 100, None, None, text)
+    plan_for(counted)  # parsed here too: its errors are a 400
+    api = _api(state)
+    async with api.reads.slot():
+        result = await api.store.count(counted)
+    return json_response(result)
 
 
 @get(
@@ -345,14 +424,18 @@ async def log_stats(state: State) -> LogStats:
 @get(
     "/api/logs/stream",
     summary="Live tail as Server-Sent Events",
+    description="`query` takes the query language's filters (docs/query.md); a time range "
+    "(`_time`) or a pipe (`| count()`, `| limit`) means nothing to a live tail: a 400.",
     responses={
         **event_stream("`data:` one LogEntry as JSON, `id:` its stream id; `event: dropped`"),
-        **answers({}, 422, auth=True),
+        **answers({}, 400, 422, auth=True),
     },
-    operation_class=documented(never=(400,)),  # its parameters are all strings
+    operation_class=documented(),
+    exception_handlers=_QUERY_ERRORS,
 )
 async def stream_logs(
     state: State,
+    text: Annotated[str | None, QueryParameter(name="query", description=_QUERY_DOC)] = None,
     level: FromQuery[list[str] | None] = None,
     min_level: FromQuery[str | None] = None,
     service: FromQuery[list[str] | None] = None,
@@ -360,7 +443,7 @@ async def stream_logs(
     attr: FromQuery[list[str] | None] = None,
     last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id")] = None,
     last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
-) -> Stream:
+) -> Stream | Response[bytes]:
     """GET /api/logs/stream: new entries as SSE; event id = stream id.
 
     `Last-Event-ID` (header, or `last_event_id` query parameter) resumes after that entry with
@@ -368,17 +451,30 @@ async def stream_logs(
     count. A comment is sent every 15 s to keep the connection open.
     """
     api = _api(state)
-    query = _query_params(level, min_level, service, q, None, None, attr, 1000, None, None)
+    tailed = _query_params(level, min_level, service, q, None, None, attr, 1000, None, None, text)
+    refused = _tail_refusal(plan_for(tailed))
+    if refused is not None:
+        return refused
     resume = last_event_id_header or last_event_id_query
     if resume:
         parse_stream_id(resume, "last_event_id")
     # A plain byte stream of ready-made frames: Litestar's ServerSentEvent hops to a thread
     # when a stream opens and formats every event per subscriber.
     return Stream(
-        _events(api, query, resume),
+        _events(api, tailed, resume),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _tail_refusal(plan: Plan) -> Response[bytes] | None:
+    if plan.since is not None or plan.until is not None:
+        return _refuse("a live tail follows new entries: it takes no time range (`_time`)")
+    if plan.count is not None:
+        return _refuse("a live tail cannot count: use GET /api/logs/count")
+    if plan.limit is not None:
+        return _refuse("a live tail has no end: it takes no `| limit`")
+    return None
 
 
 _CONNECTED: Final = b": connected\r\nretry: 2000\r\n\r\n"
@@ -505,6 +601,7 @@ ROUTES: Final = [
     create_logs,
     list_logs_seed,
     query_logs,
+    count_logs,
     log_stats,
     stream_logs,
     health,

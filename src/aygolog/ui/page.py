@@ -303,9 +303,13 @@ class LogView:
                 .mark("filter-service")
             )
             self.text_filter = (
-                ui.input("Search text", value=f.text, on_change=self._filters_changed)
-                .props("outlined dense clearable debounce=400")
-                .classes("w-full sm:w-48")
+                ui.input("Search", value=f.text, on_change=self._filters_changed)
+                .props('outlined dense clearable debounce=400 placeholder="level>=warning timeout"')
+                .classes("w-full sm:w-72")
+                .tooltip(
+                    'The query language: words, "phrases", -word, OR, level>=warning, '
+                    "service:(a OR b), status:>=500, user:*, _time:15m (see docs/query.md)"
+                )
                 .mark("filter-text")
             )
             self.range_filter = (
@@ -533,7 +537,8 @@ class LogView:
         arrived: list[LogEntry] = []
         self._since_refresh = arrived
         try:
-            page = await self.api.query(limit=PAGE_SIZE, **self.filters.query_filters())
+            filters = self.filters
+            page = await self.api.query(filters.query, limit=PAGE_SIZE, **filters.query_filters())
         except AygologError as exc:
             self._api_error(exc)
             return
@@ -565,8 +570,9 @@ class LogView:
         generation = self._generation
         self._loading_older = True
         try:
+            filters = self.filters
             page = await self.api.query(
-                limit=PAGE_SIZE, cursor=cursor, **self.filters.query_filters()
+                filters.query, limit=PAGE_SIZE, cursor=cursor, **filters.query_filters()
             )
         except AygologError as exc:
             self._api_error(exc)
@@ -655,7 +661,7 @@ class LogView:
         except OverflowError:  # defensive: `problem` already treats such a time as invalid
             problem = "the time range is out of reach"
         if problem is not None:
-            self._show_custom_range(custom=True)
+            self._show_custom_range(custom=span == "custom")
             ui.notify(problem, type="warning")
             return
         self.filters = filters
@@ -708,7 +714,7 @@ class LogView:
             tail: AsyncTail | None = None
             failed = False
             try:
-                tail = self.api.tail(idle_timeout=30.0, **filters.tail_filters())
+                tail = self.api.tail(filters.query, idle_timeout=30.0, **filters.tail_filters())
                 self._tail_connected = tail.connected.is_set
                 async for entry in tail:
                     self.pending.append(entry)
