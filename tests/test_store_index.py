@@ -233,7 +233,7 @@ async def test_retention_drops_blocks_with_their_entries(
 
 def expected_counts(entries: list[LogEntry], plan: Plan, spec: CountSpec, first_ms: int,
                     step_ms: int, buckets: int) -> dict[tuple[str, ...], list[int]]:  # fmt: skip
-    from aygolog.store.counts import label_of
+    from aygolog.store.counting import label_value as label_of
 
     out: dict[tuple[str, ...], list[int]] = {}
     for entry in entries:

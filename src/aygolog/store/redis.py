@@ -51,22 +51,21 @@ from aygolog.models import (
     LogStats,
     NewLog,
 )
-from aygolog.query.plan import CountSpec, Plan, plan_for
+from aygolog.query import Plan, plan_for
 from aygolog.redis import KeySpace, create_single_redis
 from aygolog.store.base import (
-    MAX_ID_PART,
-    MAX_QUERY_LIMIT,
     StoreOptions,
     check_idempotency_key,
     check_query,
     format_stream_id,
     id_bounds,
     id_ms,
-    matches,
+    page_limit,
     parse_stream_id,
+    search_plan,
     stored_entry,
 )
-from aygolog.store.counts import count_window, label_of
+from aygolog.store.counting import Tally, count_frame
 from aygolog.store.index import BloomHasher, IndexOptions
 from aygolog.store.redis_errors import unavailable
 
@@ -218,7 +217,7 @@ class RedisStreamLogStore:
             ValidationError: a bad limit, cursor, time range or query string.
         """
         check_query(query)
-        return await self.search(_plan(query), query)
+        return await self.search(search_plan(query), query)
 
     async def search(self, plan: Plan, query: LogQuery) -> LogPage:
         """One page of the entries `plan` selects; `query` gives the page (limit, cursor,
@@ -229,8 +228,8 @@ class RedisStreamLogStore:
         each candidate with `plan.matches`, and asks for more until the page is full.
         """
         filters = self._filters(plan)
-        limit = min(plan.limit, MAX_QUERY_LIMIT) if plan.limit is not None else query.limit
-        bounds = id_bounds(msgspec.structs.replace(query, since=plan.since, until=plan.until))
+        limit, more = page_limit(query, plan)
+        bounds = id_bounds(query, plan)
         if filters is None or bounds is None or limit < 1:
             return LogPage(items=[])
         backward = query.direction is Direction.BACKWARD
@@ -260,7 +259,9 @@ class RedisStreamLogStore:
                     continue
                 items.append(entry)
                 page_bytes += len(body[i + 2])
-                if len(items) >= limit or page_bytes >= options.max_page_bytes:
+                if len(items) >= limit:
+                    return LogPage(items=items, next_cursor=entry.id if more else None)
+                if page_bytes >= options.max_page_bytes:
                     return LogPage(items=items, next_cursor=entry.id)
             if done:
                 return LogPage(items=items)
@@ -269,63 +270,63 @@ class RedisStreamLogStore:
             start = "(" + last
 
     async def count(self, query: LogQuery) -> CountResult:
-        """Counts of the entries `query` selects, per group and time bucket (its
-        `| count() by (...) step ...`; one total over the range without it).
+        """Entries matching `query`, counted per its `| count()` pipe (see `LogStore.count`).
 
         Raises:
-            ValidationError: a bad time range, step or query string.
+            ValidationError: a query string that does not parse, or too many buckets ("step").
         """
-        check_query(msgspec.structs.replace(query, limit=1, cursor=None))
-        return await self.count_plan(_plan(query))
+        return await self.count_plan(plan_for(query))
 
     async def count_plan(self, plan: Plan, *, now: datetime | None = None) -> CountResult:
-        """Run a count plan (see `count`). Entries in whole index blocks are counted from
-        the blocks' counters when the plan filters nothing and groups only by level, service
-        or instance; the rest is scanned, at most `StoreOptions.max_scan` entries."""
-        spec = plan.count or CountSpec()
-        window = count_window(plan, spec, now or datetime.now(UTC))
-        step_ms, first_ms = window.step_ms, window.first_ms
-        counts: dict[tuple[str, ...], list[int]] = {}
+        """Run a count plan (see `count`; `now` ends a stepped range without an end).
+
+        Entries of whole index blocks are counted from the blocks' counters when the plan
+        filters nothing and groups only by level, service or instance; the rest is scanned,
+        at most `StoreOptions.max_scan` entries (past it the result says `complete=False`).
+        """
+        frame = count_frame(plan, now=now or datetime.now(UTC))
+        tally = Tally(frame)
         filters = self._filters(plan)
-        complete = True
-        if filters is not None and not plan.empty:
-            by_counters = plan.predicate is None and set(spec.by) <= _COUNTER_FIELDS
-            start, stop = f"{window.since_ms}-0", f"{window.until_ms}-{MAX_ID_PART}"
-            options = self._options
-            max_calls = max(1, options.max_scan // options.scan_budget)
-            calls = 0
-            while True:
-                reply = await self._scan(
-                    start, stop, "f", options.scan_budget, options.max_page_bytes,
-                    "c" if by_counters else "e", step_ms, filters,
-                )  # fmt: skip
-                calls += 1
-                last, done = reply[0].decode(), reply[1] == 1
-                body = reply[2:]
-                if by_counters:
-                    for i in range(0, len(body), 2):
-                        bucket, level, service, instance = body[i].decode().split("\n")
-                        labels = _counter_labels(spec.by, level, service, instance)
-                        series = counts.setdefault(labels, [0] * window.buckets)
-                        series[(int(bucket) - first_ms) // step_ms if step_ms else 0] += int(
-                            body[i + 1]
-                        )
-                else:
-                    for i in range(0, len(body), 3):
-                        entry = _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
-                        if not plan.matches(entry):
-                            continue
-                        labels = tuple(label_of(entry, field) for field in spec.by)
-                        series = counts.setdefault(labels, [0] * window.buckets)
-                        ms = id_ms(entry.id)
-                        series[(ms - ms % step_ms - first_ms) // step_ms if step_ms else 0] += 1
-                if done:
-                    break
-                if calls >= max_calls or not last:
-                    complete = False
-                    break
-                start = "(" + last
-        return window.result(spec, counts, complete)
+        if frame.bounds is None or filters is None:
+            return tally.result()
+        by = frame.spec.by
+        by_counters = plan.predicate is None and set(by) <= _COUNTER_FIELDS
+        start, stop = (format_stream_id(b) for b in frame.bounds)
+        step_ms = frame.step_ms or 0
+        options = self._options
+        max_calls = max(1, options.max_scan // options.scan_budget)
+        calls = 0
+        counted: dict[tuple[str, ...], list[int]] = {}
+        while True:
+            reply = await self._scan(
+                start, stop, "f", options.scan_budget, options.max_page_bytes,
+                "c" if by_counters else "e", step_ms, filters,
+            )  # fmt: skip
+            calls += 1
+            last, done = reply[0].decode(), reply[1] == 1
+            body = reply[2:]
+            if by_counters:
+                for i in range(0, len(body), 2):
+                    bucket, level, service, instance = body[i].decode().split("\n")
+                    labels = _counter_labels(by, level, service, instance)
+                    series = counted.get(labels)
+                    if series is None:
+                        series = counted[labels] = [0] * frame.buckets
+                    series[frame.bucket(int(bucket)) if step_ms else 0] += int(body[i + 1])
+            else:
+                for i in range(0, len(body), 3):
+                    entry = _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
+                    if plan.matches(entry):
+                        tally.add(entry, id_ms(entry.id))
+            if done:
+                break
+            if calls >= max_calls or not last:
+                tally.complete = False
+                break
+            start = "(" + last
+        for labels, series in counted.items():
+            tally.add_counts(labels, series)
+        return tally.result()
 
     async def version(self) -> str:
         """The stream's newest id, length and a digest of its newest entry, in one EVALSHA
@@ -483,20 +484,6 @@ class RedisStreamLogStore:
             return await awaitable
         except RedisError as exc:
             raise unavailable(exc, op) from exc
-
-
-def _plan(query: LogQuery) -> Plan:
-    try:
-        return plan_for(query)
-    except NotImplementedError:
-        # until the query language lands: the parameters alone, checked exactly in Python
-        return Plan(
-            predicate=lambda entry: matches(entry, query),
-            severities=query.level_severities(),
-            services=query.services,
-            since=query.since,
-            until=query.until,
-        )
 
 
 def _counter_labels(
