@@ -185,19 +185,23 @@ async def test_counts_with_a_step_fall_into_epoch_aligned_buckets(store: LogStor
     first, last = id_ms(entries[0].id), id_ms(entries[-1].id)
     low = datetime.fromtimestamp(first / 1000, UTC)
     high = datetime.fromtimestamp(last / 1000, UTC)
-    span = f"_time:[{_time_text(low)}, {_time_text(high + timedelta(seconds=1))})"
-    result = await store.count(LogQuery(query=f"{span} | count() by (level) step 5ms"))
-    start = first - first % 5
-    assert result.step_seconds == 0.005
+    span = f"_time:[{_time_text(low)}, {_time_text(high + timedelta(seconds=3))})"
+    result = await store.count(LogQuery(query=f"{span} | count() by (level) step 1s"))
+    start = first - first % 1000
+    assert result.step_seconds == 1.0
     assert result.buckets[0] == datetime.fromtimestamp(start / 1000, UTC)
     gaps = {b - a for a, b in zip(result.buckets, result.buckets[1:], strict=False)}
-    assert gaps == {timedelta(milliseconds=5)}
-    # to the bucket of the range's end (one second after the last entry, exclusive)
-    assert (last + 995 - start) // 5 + 1 <= len(result.buckets) <= (last + 1000 - start) // 5 + 1
+    assert gaps == {timedelta(seconds=1)}
+    # to the bucket of the range's end (3 s after the last entry, exclusive)
+    assert (
+        (last + 2999 - start) // 1000 + 1
+        <= len(result.buckets)
+        <= (last + 3000 - start) // 1000 + 1
+    )
     expected: dict[tuple[str, ...], list[int]] = {}
     for e in entries:
         counts = expected.setdefault((e.level.value,), [0] * len(result.buckets))
-        counts[(id_ms(e.id) - start) // 5] += 1
+        counts[(id_ms(e.id) - start) // 1000] += 1
     assert table(result) == expected
     assert result.complete
     # the parameters' range and the default hour

@@ -25,7 +25,6 @@ from typing import Final
 
 from aygolog.errors import ValidationError
 from aygolog.models import Direction, FieldError, LogLevel, LogQuery
-from aygolog.query import QuerySyntaxError
 from aygolog.validation import parse_timestamp
 
 __all__ = ["MAX_QUERY_CHARS", "parse_query_params", "parse_time", "query_to_params"]
@@ -89,6 +88,9 @@ def parse_query_params(
         ValidationError: naming each bad parameter.
     """
     if query is not None and len(query) > MAX_QUERY_CHARS:
+        # Here, not at the top: the query language's parser reads times with `parse_time`.
+        from aygolog.query import QuerySyntaxError
+
         raise QuerySyntaxError(
             MAX_QUERY_CHARS, f"the end of the query (at most {MAX_QUERY_CHARS} characters)",
             f"{len(query) - MAX_QUERY_CHARS} more",
