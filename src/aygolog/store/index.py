@@ -1,0 +1,126 @@
+"""The search index of the Redis store: per-block summaries and bloom filters, hashed here.
+
+The stream is cut into blocks of about `IndexOptions.block_entries` consecutive entries (a batch
+goes whole into one block). `lua/append.lua` keeps, per block, a summary (first and last id,
+count per severity and per service, counts per minute, severity, service and instance) and a
+bloom filter over the block's tokens (`aygolog.query.log_tokens`), in the same EVALSHA as the
+entries. `lua/scan.lua` reads the summaries and filters of the blocks in a query's range and
+scans only the blocks that may hold a match.
+
+Hashing happens here, never in Lua: a token's blake2b (8 bytes) picks one 32-bit word of the
+filter and `IndexOptions.bits_per_token` bits inside it (a blocked bloom filter: one read per
+token per block, a `BITFIELD GET u32`). With the defaults (4,096 entries, 32 KiB filters, 4 bits
+per token) and about 3 new tokens per entry, a word holds ~1.5 tokens and a token that is not in
+a block passes its filter ~0.5% of the time; see `false_positive_rate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from aygolog.models import NewLog
+from aygolog.query.tokens import tokens
+
+__all__ = ["BloomHasher", "IndexOptions", "false_positive_rate"]
+
+_PAIR: Final = struct.Struct(">II")
+_SWAP: Final = array("I", [1]).tobytes()[0] == 1  # little-endian: words go out big-endian
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOptions:
+    """Shape of the search index (all writers of one stream must agree on the filter size)."""
+
+    block_entries: int = 4096
+    """A new block starts once the current one holds this many entries."""
+    bloom_bytes: int = 32768
+    """Size of each block's bloom filter; a power of two, at least 4."""
+    bits_per_token: int = 4
+    """Bits set per token inside its 32-bit word (1-6)."""
+    block_budget: int = 512
+    """At most this many block summaries are read by one server-side call."""
+
+    def __post_init__(self) -> None:
+        words = self.bloom_bytes // 4
+        if self.bloom_bytes < 4 or words & (words - 1) or self.bloom_bytes % 4:
+            raise ValueError("bloom_bytes must be a power of two, at least 4")
+        if not 1 <= self.bits_per_token <= 6:
+            raise ValueError("bits_per_token must be 1-6")
+        if self.block_entries < 1 or self.block_budget < 1:
+            raise ValueError("block_entries and block_budget must be positive")
+
+
+class BloomHasher:
+    """Token -> (word, mask) of a blocked bloom filter, and the bits of a batch of logs."""
+
+    def __init__(self, options: IndexOptions) -> None:
+        self._words = options.bloom_bytes // 4
+        self._k = options.bits_per_token
+        self._dense_from = options.bloom_bytes // 16
+        """Distinct words from which the whole filter is sent (one BITOP) rather than pairs."""
+        self._cache: dict[str, tuple[int, int]] = {}
+
+    def probe(self, token: str) -> tuple[int, int]:
+        """The word index and the bit mask of `token`."""
+        found = self._cache.get(token)
+        if found is not None:
+            return found
+        h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+        mask = 0
+        for i in range(self._k):
+            mask |= 1 << ((h >> (32 + 5 * i)) & 31)
+        found = (h & (self._words - 1), mask)
+        if len(self._cache) >= 200_000:  # unique tokens (request ids) would grow it forever
+            self._cache.clear()
+        self._cache[token] = found
+        return found
+
+    def probes(self, clause: Iterable[str]) -> bytes:
+        """A clause's probes as `lua/scan.lua` takes them: (word, mask) big-endian pairs."""
+        return b"".join(_PAIR.pack(*self.probe(t)) for t in sorted(clause))
+
+    def batch_bits(self, logs: Sequence[NewLog]) -> bytes:
+        """The filter bits of every token of `logs`, as `lua/append.lua` takes them."""
+        parts: list[str] = []
+        for log in logs:
+            parts.append(log.message)
+            parts.extend(v for v in log.attributes.values() if isinstance(v, str))
+            if log.trace_id:
+                parts.append(log.trace_id)
+        # one tokenizer pass over the batch: the union of each entry's `log_tokens` ("\n" is
+        # not a word character, so no token spans two values)
+        found = set(tokens("\n".join(parts)))
+        words: dict[int, int] = {}
+        probe = self.probe
+        for token in found:
+            word, mask = probe(token)
+            words[word] = words.get(word, 0) | mask
+        if len(words) < self._dense_from:
+            return b"s" + b"".join(_PAIR.pack(w, m) for w, m in words.items())
+        filter_words = array("I", bytes(self._words * 4))
+        for word, mask in words.items():
+            filter_words[word] = mask
+        if _SWAP:
+            filter_words.byteswap()
+        return b"d" + filter_words.tobytes()
+
+
+def false_positive_rate(options: IndexOptions, tokens_per_block: int) -> float:
+    """The chance that a token absent from a block passes its filter, when the block holds
+    `tokens_per_block` distinct tokens (each word's load is Poisson; bits may repeat)."""
+    k = options.bits_per_token
+    load = tokens_per_block / (options.bloom_bytes // 4)
+    rate = 0.0
+    weight = math.exp(-load)
+    for others in range(1, 80):
+        weight *= load / others
+        # each other token sets each bit of the word with chance 1 - (31/32)^k
+        bit_set = 1 - (1 - 1 / 32) ** (k * others)
+        rate += weight * bit_set**k
+    return rate
