@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlencode
 
+from msgspec.structs import replace as replace_struct
+
 from aygolog.errors import ValidationError
 from aygolog.models import AttributeValue, InstanceView, LogEntry, LogLevel, LogQuery
-from aygolog.query import Plan, QuerySyntaxError, plan_for
+from aygolog.query import Plan, QuerySyntaxError, parse, plan_for
 from aygolog.querystring import parse_time
 
 __all__ = [
@@ -249,15 +251,30 @@ class Filters:
 @functools.lru_cache(maxsize=16)
 def _plan(query: str | None, levels: frozenset[LogLevel], services: tuple[str, ...]) -> Plan:
     # Cached: the live tail asks for it for every entry, with the same few filters.
-    return plan_for(
-        LogQuery(query=query, levels=levels or None, services=frozenset(services) or None)
-    )
+    asked = LogQuery(query=query, levels=levels or None, services=frozenset(services) or None)
+    try:
+        return plan_for(asked)
+    except QuerySyntaxError:
+        if query is None:
+            raise
+        parsed = parse(query)  # the real syntax error, if there is one
+    # It parses but cannot be planned in this process: a regex, and RE2 is not installed with
+    # the `ui` extra alone. The Log API runs it (its table and tail answers are filtered
+    # already); here the level and service filters and the pipes still apply.
+    plan = plan_for(replace_struct(asked, query=None))
+    return replace(plan, limit=parsed.limit, count=parsed.count)
+
+
+_REGEX_SPECIAL: Final = re.compile(r"([\\.^$|?*+()\[\]{}])")
 
 
 def _substring(text: str) -> str:
-    """An older link's `q=` (a case-insensitive substring of the message) as a query."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'~"{escaped}"' if text.strip() else ""
+    """An older link's `q=` (a case-insensitive substring of the message) as a query: a
+    regex of the text taken literally, in a quoted string (where `\\` and `\"` escape)."""
+    if not text.strip():
+        return ""
+    regex = _REGEX_SPECIAL.sub(r"\\\1", text)
+    return '~"' + regex.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _valid_time(value: str) -> str:
