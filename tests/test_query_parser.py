@@ -26,7 +26,7 @@ from aygolog.query.ast import (
     TimeLast,
     TimeRange,
 )
-from aygolog.query.syntax import MAX_DEPTH, MAX_LIMIT, MAX_QUERY_CHARS, MAX_TERMS
+from aygolog.query.lexicon import MAX_DEPTH, MAX_LIMIT, MAX_QUERY_CHARS, MAX_TERMS
 from aygolog.store.base import MAX_QUERY_LIMIT
 from test_query_strategies import queries
 
@@ -250,7 +250,7 @@ def test_bounds_on_size_nesting_and_terms() -> None:
         parse("a " * (MAX_TERMS + 1))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(queries())
 def test_round_trip(query: Query) -> None:
     text = format_query(query)
@@ -267,7 +267,7 @@ _GRAMMAR_BITS = st.sampled_from(
 )
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 @given(st.text(max_size=40) | st.lists(_GRAMMAR_BITS, max_size=25).map("".join))
 def test_any_text_parses_or_raises_a_syntax_error(text: str) -> None:
     position: int | None = None

@@ -36,20 +36,25 @@ from aygolog.query.regex import compile_regex
 from aygolog.query.tokens import tokens
 
 __all__ = [
+    "MAX_CLAUSES",
     "Predicate",
     "all_of",
     "attribute_equals",
     "compile_filter",
     "cost",
+    "dedupe_clauses",
+    "exact_services",
+    "exact_severities",
     "necessary_clauses",
     "necessary_services",
     "necessary_severities",
+    "value_tokens",
 ]
 
 Predicate = Callable[[LogEntry], bool]
 MAX_CLAUSES: Final = 64
-"""An OR's clauses are the product of its items' clauses; past this many, fewer are kept
-(dropping a necessary clause is always safe, it only skips less)."""
+"""At most this many clauses per plan (and per OR, whose clauses are the product of its
+items'); past it, fewer are kept: dropping a necessary clause is safe, it only skips less."""
 
 _ALL_SEVERITIES: Final = frozenset(level.severity for level in LogLevel)
 _COMPARE: Final = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
@@ -239,15 +244,15 @@ def _exists(field: str) -> Predicate:
 # -- necessary conditions ------------------------------------------------------------------
 
 
-def _exact_severities(expr: Expr) -> frozenset[int] | None:
+def exact_severities(expr: Expr) -> frozenset[int] | None:
     """The severities `expr` accepts when it depends on the level alone, else None."""
     if isinstance(expr, Level):
         return _level_severities(expr)
     if isinstance(expr, Not):
-        inner = _exact_severities(expr.item)
+        inner = exact_severities(expr.item)
         return None if inner is None else _ALL_SEVERITIES - inner
     if isinstance(expr, And | Or):
-        parts = [_exact_severities(item) for item in expr.items]
+        parts = [exact_severities(item) for item in expr.items]
         if any(part is None for part in parts):
             return None
         sets = [part for part in parts if part is not None]
@@ -259,7 +264,7 @@ def _exact_severities(expr: Expr) -> frozenset[int] | None:
 
 def necessary_severities(expr: Expr) -> frozenset[int] | None:
     """Severities every matching entry has (None: any)."""
-    exact = _exact_severities(expr)
+    exact = exact_severities(expr)
     if exact is not None:
         return exact
     if isinstance(expr, And):
@@ -270,6 +275,22 @@ def necessary_severities(expr: Expr) -> frozenset[int] | None:
         if any(part is None for part in parts):
             return None
         return frozenset.union(*(p for p in parts if p is not None))
+    return None
+
+
+def exact_services(expr: Expr) -> frozenset[str] | None:
+    """The services ("" for none) `expr` accepts when it depends on the service alone and
+    names them (no NOT, regex or `service:*`), else None."""
+    if isinstance(expr, FieldEquals) and expr.field == "service":
+        return frozenset({expr.value})
+    if isinstance(expr, And | Or):
+        parts = [exact_services(item) for item in expr.items]
+        if any(part is None for part in parts):
+            return None
+        sets = [part for part in parts if part is not None]
+        if isinstance(expr, And):
+            return frozenset.intersection(*sets)
+        return frozenset.union(*sets)
     return None
 
 
@@ -310,11 +331,11 @@ def necessary_clauses(expr: Expr) -> list[frozenset[str]]:
     """CNF over tokens: every matching entry has, for each clause, one of its tokens among
     `log_tokens(...)`. Only positive words/phrases and string equalities contribute."""
     if isinstance(expr, Text):
-        return _dedupe([frozenset({t}) for t in tokens(expr.text)])
+        return dedupe_clauses([frozenset({t}) for t in tokens(expr.text)])
     if isinstance(expr, FieldEquals):
-        return _dedupe([frozenset({t}) for t in value_tokens(expr.field, expr.value)])
+        return dedupe_clauses([frozenset({t}) for t in value_tokens(expr.field, expr.value)])
     if isinstance(expr, And):
-        return _dedupe([c for item in expr.items for c in necessary_clauses(item)])
+        return dedupe_clauses([c for item in expr.items for c in necessary_clauses(item)])
     if isinstance(expr, Or):
         parts = [necessary_clauses(item) for item in expr.items]
         if any(not part for part in parts):
@@ -323,12 +344,15 @@ def necessary_clauses(expr: Expr) -> list[frozenset[str]]:
         for part in parts:
             size *= len(part)
         if size > MAX_CLAUSES:
-            return [frozenset().union(*(part[0] for part in parts))]
-        return _dedupe([frozenset().union(*combo) for combo in itertools.product(*parts)])
+            return [frozenset().union(*(min(part, key=len) for part in parts))]
+        return dedupe_clauses([frozenset().union(*combo) for combo in itertools.product(*parts)])
     return []
 
 
-def _dedupe(clauses: list[frozenset[str]]) -> list[frozenset[str]]:
-    # A clause that holds another is implied by it: keep the smaller (it skips more).
-    unique = list(dict.fromkeys(clauses))
+def dedupe_clauses(clauses: list[frozenset[str]]) -> list[frozenset[str]]:
+    """The clauses without repeats nor ones implied by others, at most MAX_CLAUSES."""
+    # A clause that holds another is implied by it: keep the smaller (it skips more). Past
+    # MAX_CLAUSES, keep the smallest: every clause is necessary, so any subset is too, and an
+    # index tests each clause per block.
+    unique = sorted(dict.fromkeys(clauses), key=len)[:MAX_CLAUSES]
     return [c for c in unique if not any(other < c for other in unique)]
