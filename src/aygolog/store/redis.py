@@ -85,6 +85,9 @@ _BUCKET_SECONDS: Final = 10
 _COUNTER_FIELDS: Final = frozenset({"level", "service", "instance"})
 _LEVEL_NAMES: Final = tuple(LogLevel.from_severity(i).value for i in range(len(LogLevel)))
 _NO_INDEX: Final = IndexOptions()
+_SLICE_US: Final = 4000
+"""A scan call returns after about this long (µs) of Redis time, with a cursor: appends wait
+behind a Lua call, so this bounds what a heavy query adds to their latency."""
 _Filters = list[str | bytes | int]
 
 
@@ -237,8 +240,7 @@ class RedisStreamLogStore:
         start, stop = (high, low) if backward else (low, high)
         options = self._options
         items: list[LogEntry] = []
-        calls = 0
-        max_calls = max(1, options.max_scan // options.scan_budget)
+        calls = scanned = 0
         page_bytes = 0
         exact = plan.predicate is None
         while True:
@@ -251,8 +253,8 @@ class RedisStreamLogStore:
                 options.max_page_bytes - page_bytes, "e", 0, filters,
             )  # fmt: skip
             calls += 1
-            last, done = reply[0].decode(), reply[1] == 1
-            body = reply[2:]
+            last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
+            body = reply[3:]
             for i in range(0, len(body), 3):
                 entry = _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
                 if not exact and not plan.matches(entry):
@@ -265,7 +267,7 @@ class RedisStreamLogStore:
                     return LogPage(items=items, next_cursor=entry.id)
             if done:
                 return LogPage(items=items)
-            if calls >= max_calls or not last:
+            if scanned >= options.max_scan or not last:
                 return LogPage(items=items, next_cursor=last or None)
             start = "(" + last
 
@@ -294,17 +296,15 @@ class RedisStreamLogStore:
         start, stop = (format_stream_id(b) for b in frame.bounds)
         step_ms = frame.step_ms or 0
         options = self._options
-        max_calls = max(1, options.max_scan // options.scan_budget)
-        calls = 0
+        scanned = 0
         counted: dict[tuple[str, ...], list[int]] = {}
         while True:
             reply = await self._scan(
                 start, stop, "f", options.scan_budget, options.max_page_bytes,
                 "c" if by_counters else "e", step_ms, filters,
             )  # fmt: skip
-            calls += 1
-            last, done = reply[0].decode(), reply[1] == 1
-            body = reply[2:]
+            last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
+            body = reply[3:]
             if by_counters:
                 for i in range(0, len(body), 2):
                     bucket, level, service, instance = body[i].decode().split("\n")
@@ -320,7 +320,7 @@ class RedisStreamLogStore:
                         tally.add(entry, id_ms(entry.id))
             if done:
                 break
-            if calls >= max_calls or not last:
+            if scanned >= options.max_scan or not last:
                 tally.complete = False
                 break
             start = "(" + last
@@ -464,7 +464,8 @@ class RedisStreamLogStore:
     ) -> Any:
         options = self._options
         args = [start, stop, direction, wanted, options.scan_budget, options.scan_chunk,
-                max_bytes, filters[0], filters[1], mode, step_ms, *filters[2:]]  # fmt: skip
+                max_bytes, filters[0], filters[1], mode, step_ms, *filters[2:5], _SLICE_US,
+                *filters[5:]]  # fmt: skip
         keys = (self._stream, self._index_keys[1])
         return await self._eval("query", _SHA_SCAN, _SCAN, keys, args)
 

@@ -114,26 +114,32 @@ if block_size > 0 then
     redis.call('BITOP', 'OR', fkey, fkey, KEYS[7])
     redis.call('DEL', KEYS[7])
   elseif #bloom > 1 then
-    local gets, words, masks = {}, {}, {}
-    for j = 2, #bloom, 8 do
-      local w, m = struct.unpack('>I4>I4', string.sub(bloom, j, j + 7))
-      words[#words + 1] = '#' .. w
-      masks[#masks + 1] = m
-      gets[#gets + 1] = 'GET'
-      gets[#gets + 1] = 'u32'
-      gets[#gets + 1] = '#' .. w
+    -- OR each word in: read a few hundred words, write them back (unpack has a stack limit)
+    local at = 2
+    while at <= #bloom do
+      local stop = math.min(#bloom, at + 8 * 500 - 1)
+      local gets, words, masks = {}, {}, {}
+      for j = at, stop, 8 do
+        local w, m = struct.unpack('>I4>I4', string.sub(bloom, j, j + 7))
+        words[#words + 1] = '#' .. w
+        masks[#masks + 1] = m
+        gets[#gets + 1] = 'GET'
+        gets[#gets + 1] = 'u32'
+        gets[#gets + 1] = '#' .. w
+      end
+      local old = redis.call('BITFIELD', fkey, unpack(gets))
+      local sets = {}
+      for j = 1, #words do
+        local v = bit.bor(old[j], masks[j])
+        if v < 0 then v = v + 4294967296 end
+        sets[#sets + 1] = 'SET'
+        sets[#sets + 1] = 'u32'
+        sets[#sets + 1] = words[j]
+        sets[#sets + 1] = v
+      end
+      redis.call('BITFIELD', fkey, unpack(sets))
+      at = stop + 1
     end
-    local old = redis.call('BITFIELD', fkey, unpack(gets))
-    local sets = {}
-    for j = 1, #words do
-      local v = bit.bor(old[j], masks[j])
-      if v < 0 then v = v + 4294967296 end
-      sets[#sets + 1] = 'SET'
-      sets[#sets + 1] = 'u32'
-      sets[#sets + 1] = words[j]
-      sets[#sets + 1] = v
-    end
-    redis.call('BITFIELD', fkey, unpack(sets))
   end
 end
 

@@ -10,14 +10,16 @@
 -- ARGV[10] 'e' return entries, or 'c' return counts per (bucket, level, service, instance)
 -- ARGV[11] count bucket width in ms (0: one bucket)
 -- ARGV[12] block budget (0: index off)   ARGV[13] block key prefix   ARGV[14] bloom size in bits
--- ARGV[15..] per token clause, two arguments: its ASCII tokens framed as "\n"..t.."\n" ('' when one
---   is not ASCII: no substring test), and its bloom probes (big-endian u32 word, u32 mask pairs)
+-- ARGV[15] time slice in microseconds: the call returns once it has run this long (0: none)
+-- ARGV[16..] per token clause, two arguments: its ASCII tokens, "\n"-separated ('' for none: no
+--   substring test), and its bloom probes: per token two (big-endian u32 word, u32 mask) pairs
 -- An entry is a candidate when its severity and service are allowed and, for every clause, the
 -- lower-cased body holds one of the clause's tokens (or holds a byte >= 128: Unicode case rules
 -- are Python's, so such a body is left to the exact check). A block is skipped when its summary
 -- has none of the severities or services, or its bloom filter has none of a clause's tokens.
--- Returns {cursor, done, id, instance, body, ...} ('e') or {cursor, done, key, n, ...} ('c');
--- done is 1 when the range is exhausted, cursor is the last id read or skipped ('' when none).
+-- Returns {cursor, done, scanned, id, instance, body, ...} ('e') or {cursor, done, scanned, key,
+-- n, ...} ('c'); done is 1 when the range is exhausted, cursor is the last id read or skipped
+-- ('' when none), scanned how many entries were read.
 local stream, blocks = KEYS[1], KEYS[2]
 local pos, stop, dir = ARGV[1], ARGV[2], ARGV[3]
 local wanted, budget, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -25,13 +27,24 @@ local max_bytes = tonumber(ARGV[7])
 local levels, services, mode = ARGV[8], ARGV[9], ARGV[10]
 local step = tonumber(ARGV[11])
 local block_budget, bprefix, bloom_bits = tonumber(ARGV[12]), ARGV[13], ARGV[14]
+local slice = tonumber(ARGV[15])
+local began = 0
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+if slice > 0 then began = now_us() end
+-- whether the call has run its time slice (so that appends waiting behind it get their turn)
+local function spent()
+  return slice > 0 and now_us() - began >= slice
+end
 local back = dir == 'b'
 local command = back and 'XREVRANGE' or 'XRANGE'
 local find, lower, sub, floor = string.find, string.lower, string.sub, math.floor
 local counting = mode == 'c'
 
 local clauses = {}
-for i = 15, #ARGV, 2 do
+for i = 16, #ARGV, 2 do
   local words = {}
   for t in string.gmatch(ARGV[i], '[^\n]+') do
     words[#words + 1] = t
@@ -78,10 +91,10 @@ local function before(a, b)
   return c < 0
 end
 
-local out = {'', 0}
+local out = {'', 0, 0}
 local counts = {}
 local found, scanned, visited, last, bytes, seen_bytes = 0, 0, 0, '', 0, 0
-local CHUNK_BYTES, FIRST_CHUNK = 1048576, 32
+local CHUNK_BYTES, FIRST_CHUNK = 131072, 32
 local unfiltered = levels == '' and services == '' and not need_body and not counting
 local full = false -- wanted, bytes or budget reached
 
@@ -122,7 +135,7 @@ local function scan(from, to)
     if unfiltered then
       count = math.min(count, wanted - found)
     end
-    if count <= 0 then full = true return false end
+    if count <= 0 or (scanned > 0 and spent()) then full = true return false end
     local batch = redis.call(command, stream, from, to, 'COUNT', count)
     for _, entry in ipairs(batch) do
       local id, f = entry[1], entry[2]
@@ -195,13 +208,17 @@ local function summary(n)
     if #args > 0 then
       local words = redis.call('BITFIELD', bprefix .. 'f:' .. n, unpack(args))
       local j = 1
+      -- a token may be in the block when both its words hold its bits
       for _, c in ipairs(clauses) do
         if #c.probes > 0 then
           local ok = false
-          for _, p in ipairs(c.probes) do
-            local w = words[j] or 0
-            if bit.band(w, p[2]) == bit.band(p[2], 0xFFFFFFFF) then ok = true end
-            j = j + 1
+          for t = 1, #c.probes, 2 do
+            local p, q = c.probes[t], c.probes[t + 1]
+            if bit.band(words[j], p[2]) == bit.tobit(p[2])
+                and bit.band(words[j + 1], q[2]) == bit.tobit(q[2]) then
+              ok = true
+            end
+            j = j + 2
           end
           if not ok then may = false end
         end
@@ -226,6 +243,7 @@ end
 local function finish(done)
   out[1] = last
   out[2] = done and 1 or 0
+  out[3] = scanned
   if counting then
     for k, n in pairs(counts) do
       out[#out + 1] = k
@@ -260,7 +278,7 @@ while true do
   if before(stopk, posk) then return finish(true) end
   if not b then return finish(scan(pos, stop)) end
   visited = visited + 1
-  if visited > block_budget then return finish(false) end
+  if visited > block_budget or (visited % 16 == 0 and spent()) then return finish(false) end
   local near, far = back and b.tk or b.fk, back and b.fk or b.tk
   local near_s, far_s = back and b.t or b.f, back and b.f or b.t
   -- a gap before the block (entries no block covers): scan it whole
