@@ -355,7 +355,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
     print(
         f"index: {index_share:.3f} bytes per byte of stream; {blocks:,} "
         f"blocks of ~{index.block_entries} entries, {index.bloom_bytes} "
-        f"B filters, {index.bits_per_token} bits per token; false "
+        f"B filters, 4 bits in each of 2 words per token; false "
         f"positives {measured:.4f}"
     )
     print(

@@ -190,6 +190,23 @@ async def test_index_skips_blocks_within_one_bounded_call(
     assert missed.next_cursor is not None
 
 
+async def test_a_level_search_reads_only_the_postings_of_its_levels(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    on, off = stores(client, prefix, scan_budget=20, max_scan=20)
+    levels = [LogLevel.ERROR if i % 30 == 0 else LogLevel.INFO for i in range(300)]
+    levels[7] = levels[8] = LogLevel.WARNING
+    await on.append_many([NewLog(message=f"s{i}", level=lv) for i, lv in enumerate(levels)])
+    plan = PLANS["level"]
+    page = await on.search(plan, LogQuery(limit=100))
+    assert [e.message for e in page.items] == [f"s{i}" for i in reversed(range(0, 300, 30))]
+    assert page.next_cursor is None
+    short = await off.search(plan, LogQuery(limit=100))
+    assert short.items == []  # 20 entries scanned (s299-s280), no error among them
+    assert short.next_cursor is not None
+    assert await client.xlen(f"{{{prefix}}}:ixl") == 12
+
+
 async def test_non_ascii_case_is_left_to_the_exact_check(
     client: aioredis.Redis, prefix: str
 ) -> None:
@@ -240,6 +257,8 @@ async def test_retention_drops_blocks_with_their_entries(
     assert tuple(map(int, oldest[b"t"].split(b"-"))) >= tuple(map(int, first.split("-")))
     keys = await client.keys(f"{{{prefix}}}:ix:f:*")
     assert len(keys) == len(members)
+    postings: Any = await client.xrange(f"{{{prefix}}}:ixl", "-", "+", count=1)
+    assert tuple(map(int, postings[0][0].split(b"-"))) >= tuple(map(int, first.split("-")))
 
 
 # -- counts -----------------------------------------------------------------------------------

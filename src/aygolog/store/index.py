@@ -8,7 +8,7 @@ entries. `lua/scan.lua` reads the summaries and filters of the blocks in a query
 scans only the blocks that may hold a match.
 
 Hashing happens here, never in Lua: a token's blake2b (16 bytes) picks two 32-bit words of the
-filter and `IndexOptions.bits_per_token` bits inside each (a blocked bloom filter: two reads per
+filter and 4 bits inside each (a blocked bloom filter: two reads per
 token per block, in one `BITFIELD` call). With the defaults (4,096 entries, 64 KiB filters, 4
 bits per word) and about 3 new tokens per entry (12,000 per block), a token that is not in a
 block passes its filter about once in 60,000 blocks (see `false_positive_rate`; the benchmark
@@ -31,7 +31,15 @@ from aygolog.query.tokens import tokens
 
 __all__ = ["BloomHasher", "IndexOptions", "false_positive_rate"]
 
+_BITS: Final = 4
+"""Bits per word per token (two lookups of `_TWO_BITS`; a repeat sets fewer)."""
+
 _PAIR: Final = struct.Struct(">II")
+_QUAD: Final = struct.Struct("<IIII").unpack
+_QUAD_OUT: Final = struct.Struct(">IIII").pack
+_blake2b: Final = hashlib.blake2b
+_TWO_BITS: Final = tuple(1 << (x & 31) | 1 << (x >> 5) for x in range(1024))
+"""10 hash bits -> a mask of (up to) two of 32 bits; two lookups make a token's 4 bits."""
 # ASCII text: one bytes.translate lower-cases word characters ([A-Za-z0-9_], what `\\w` is in
 # ASCII) and blanks the rest, then split() gives the tokens: ~4x faster than the regex.
 _ASCII_WORDS: Final = (
@@ -52,8 +60,6 @@ class IndexOptions:
     """A new block starts once the current one holds this many entries."""
     bloom_bytes: int = 65536
     """Size of each block's bloom filter; a power of two, at least 4."""
-    bits_per_token: int = 4
-    """Bits set per token inside each of its two 32-bit words (1-6)."""
     block_budget: int = 512
     """At most this many block summaries are read by one server-side call."""
 
@@ -61,8 +67,6 @@ class IndexOptions:
         words = self.bloom_bytes // 4
         if self.bloom_bytes < 4 or words & (words - 1) or self.bloom_bytes % 4:
             raise ValueError("bloom_bytes must be a power of two, at least 4")
-        if not 1 <= self.bits_per_token <= 6:
-            raise ValueError("bits_per_token must be 1-6")
         if self.block_entries < 1 or self.block_budget < 1:
             raise ValueError("block_entries and block_budget must be positive")
 
@@ -71,38 +75,20 @@ class BloomHasher:
     """Token -> two (word, mask) probes of a blocked bloom filter, and the bits of a batch."""
 
     def __init__(self, options: IndexOptions) -> None:
-        self._words = options.bloom_bytes // 4
-        self._k = options.bits_per_token
+        self._last = options.bloom_bytes // 4 - 1
         self._dense_from = options.bloom_bytes // 16
         """Distinct words from which the whole filter is sent (one BITOP) rather than pairs."""
-        self._cache: dict[bytes, tuple[int, int, int, int]] = {}
 
     def probe(self, token: str) -> tuple[int, int, int, int]:
         """The two (word index, bit mask) probes of `token`, flat."""
-        return self._probe(token.encode())
-
-    def _probe(self, token: bytes) -> tuple[int, int, int, int]:
-        found = self._cache.get(token)
-        if found is not None:
-            return found
-        h = int.from_bytes(hashlib.blake2b(token, digest_size=16).digest(), "little")
-        k, last = self._k, self._words - 1
-        first = second = 0
-        for i in range(k):
-            first |= 1 << ((h >> (32 + 5 * i)) & 31)
-            second |= 1 << ((h >> (96 + 5 * i)) & 31)
-        found = (h & last, first, (h >> 64) & last, second)
-        if len(self._cache) >= 200_000:  # unique tokens (request ids) would grow it forever
-            self._cache.clear()
-        self._cache[token] = found
-        return found
+        a, b, c, d = _QUAD(_blake2b(token.encode(), digest_size=16).digest())
+        last, m = self._last, _TWO_BITS
+        return a & last, m[b & 1023] | m[b >> 10 & 1023], c & last, m[d & 1023] | m[d >> 10 & 1023]
 
     def probes(self, clause: Iterable[str]) -> bytes:
         """A clause's probes as `lua/scan.lua` takes them: per token, two (word, mask)
         big-endian pairs."""
-        return b"".join(
-            _PAIR.pack(*p[:2]) + _PAIR.pack(*p[2:]) for p in map(self.probe, sorted(clause))
-        )
+        return b"".join(_QUAD_OUT(*self.probe(t)) for t in sorted(clause))
 
     def batch_bits(self, logs: Sequence[NewLog]) -> bytes:
         """The filter bits of every token of `logs`, as `lua/append.lua` takes them."""
@@ -119,16 +105,18 @@ class BloomHasher:
             found = set(text.encode().translate(_ASCII_WORDS).split())
         else:
             found = {t.encode() for t in tokens(text)}
+        # the hot loop of the write path (~3 new tokens per entry): `probe`, inlined
         words: dict[int, int] = {}
-        probe = self._probe
-        get = words.get
+        get, last, m, quad, blake = words.get, self._last, _TWO_BITS, _QUAD, _blake2b
         for token in found:
-            w1, m1, w2, m2 = probe(token)
-            words[w1] = get(w1, 0) | m1
-            words[w2] = get(w2, 0) | m2
+            a, b, c, d = quad(blake(token, digest_size=16).digest())
+            a &= last
+            c &= last
+            words[a] = get(a, 0) | m[b & 1023] | m[b >> 10 & 1023]
+            words[c] = get(c, 0) | m[d & 1023] | m[d >> 10 & 1023]
         if len(words) < self._dense_from:
-            return b"s" + b"".join(_PAIR.pack(w, m) for w, m in words.items())
-        filter_words = array("I", bytes(self._words * 4))
+            return b"s" + b"".join(_PAIR.pack(w, mask) for w, mask in words.items())
+        filter_words = array("I", bytes((self._last + 1) * 4))
         for word, mask in words.items():
             filter_words[word] = mask
         if _SWAP:
@@ -144,7 +132,7 @@ def false_positive_rate(options: IndexOptions, tokens_per_block: int) -> float:
 
 
 def _word_rate(options: IndexOptions, probes: int) -> float:
-    k = options.bits_per_token
+    k = _BITS
     load = probes / (options.bloom_bytes // 4)
     rate = 0.0
     weight = math.exp(-load)

@@ -2,6 +2,7 @@
 -- one, and reading at most a bounded number of entries and blocks so that one call never stalls
 -- Redis. The caller checks candidates exactly and continues from the returned cursor.
 -- KEYS[1] stream   KEYS[2] block list (zset: member = zero-padded block number, score = first ms)
+-- KEYS[3] the postings of warning and above (a stream: the same ids, field l = severity digit)
 -- ARGV[1] start (an XRANGE bound: '-', '+', 'ms-seq' or '(ms-seq')   ARGV[2] stop bound (inclusive)
 -- ARGV[3] 'b' newest first (XREVRANGE) or 'f' oldest first   ARGV[4] how many candidates are wanted
 -- ARGV[5] scan budget (entries)   ARGV[6] most entries per XRANGE
@@ -10,7 +11,7 @@
 -- ARGV[10] 'e' return entries, or 'c' return counts per (bucket, level, service, instance)
 -- ARGV[11] count bucket width in ms (0: one bucket)
 -- ARGV[12] block budget (0: index off)   ARGV[13] block key prefix   ARGV[14] bloom size in bits
--- ARGV[15] time slice in microseconds: the call returns once it has run this long (0: none)
+-- ARGV[15] unused (kept for the argument layout)
 -- ARGV[16..] per token clause, two arguments: its ASCII tokens, "\n"-separated ('' for none: no
 --   substring test), and its bloom probes: per token two (big-endian u32 word, u32 mask) pairs
 -- An entry is a candidate when its severity and service are allowed and, for every clause, the
@@ -27,17 +28,7 @@ local max_bytes = tonumber(ARGV[7])
 local levels, services, mode = ARGV[8], ARGV[9], ARGV[10]
 local step = tonumber(ARGV[11])
 local block_budget, bprefix, bloom_bits = tonumber(ARGV[12]), ARGV[13], ARGV[14]
-local slice = tonumber(ARGV[15])
-local began = 0
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-if slice > 0 then began = now_us() end
--- whether the call has run its time slice (so that appends waiting behind it get their turn)
-local function spent()
-  return slice > 0 and now_us() - began >= slice
-end
+
 local back = dir == 'b'
 local command = back and 'XREVRANGE' or 'XRANGE'
 local find, lower, sub, floor = string.find, string.lower, string.sub, math.floor
@@ -104,13 +95,20 @@ local function candidate(f)
   if services ~= '' and not find(services, '\n' .. f[4] .. '\n', 1, true) then return false end
   if need_body then
     local body = f[8]
-    local low = lower(body)
+    local low = nil
     local wide = nil
     for _, c in ipairs(clauses) do
       if c.words then
         local ok = false
+        -- the body as it is first (most log text is lower case), lower-cased only when needed
         for _, t in ipairs(c.words) do
-          if find(low, t, 1, true) then ok = true break end
+          if find(body, t, 1, true) then ok = true break end
+        end
+        if not ok then
+          if low == nil then low = lower(body) end
+          for _, t in ipairs(c.words) do
+            if find(low, t, 1, true) then ok = true break end
+          end
         end
         if not ok then
           if wide == nil then wide = find(body, '[\128-\255]') ~= nil end
@@ -135,7 +133,7 @@ local function scan(from, to)
     if unfiltered then
       count = math.min(count, wanted - found)
     end
-    if count <= 0 or (scanned > 0 and spent()) then full = true return false end
+    if count <= 0 then full = true return false end
     local batch = redis.call(command, stream, from, to, 'COUNT', count)
     for _, entry in ipairs(batch) do
       local id, f = entry[1], entry[2]
@@ -253,9 +251,50 @@ local function finish(done)
   return out
 end
 
+-- Read the postings from `from` to `to`, fetching the entries of the allowed severities: a
+-- search for warning and above reads only those entries (errors are ~1% of a stream).
+local function postings(from, to)
+  while true do
+    local count = math.min(chunk, budget - scanned)
+    if count <= 0 then return false end
+    local batch = redis.call(command, KEYS[3], from, to, 'COUNT', count)
+    for _, p in ipairs(batch) do
+      local id = p[1]
+      scanned = scanned + 1
+      last = id
+      if find(levels, p[2][2], 1, true) then
+        local entry = redis.call('XRANGE', stream, id, id)[1]
+        if entry then
+          local f = entry[2]
+          if candidate(f) then
+            out[#out + 1] = id
+            out[#out + 1] = f[6]
+            out[#out + 1] = f[8]
+            found = found + 1
+            bytes = bytes + #f[8]
+            if found >= wanted or bytes >= max_bytes then return false end
+          end
+        end
+      end
+    end
+    if #batch < count then return true end
+    from = '(' .. last
+  end
+end
+
 local stopk = key(stop)
 if block_budget <= 0 or (levels == '' and services == '' and #clauses == 0 and not counting) then
   return finish(scan(pos, stop))
+end
+if levels ~= '' and not find(levels, '[012]') and not counting then
+  -- postings cover the stream when its first entry is in the oldest block (every writer
+  -- indexes; older entries, from before the index, are scanned by the block walk instead)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  local oldest = redis.call('ZRANGE', blocks, 0, 0)[1]
+  local f = oldest and redis.call('HGET', bprefix .. tonumber(oldest), 'f')
+  if first and f and cmp(key(first[1]), key(f)) >= 0 then
+    return finish(postings(pos, stop))
+  end
 end
 
 local posk = key(pos)
@@ -278,7 +317,7 @@ while true do
   if before(stopk, posk) then return finish(true) end
   if not b then return finish(scan(pos, stop)) end
   visited = visited + 1
-  if visited > block_budget or (visited % 16 == 0 and spent()) then return finish(false) end
+  if visited > block_budget then return finish(false) end
   local near, far = back and b.tk or b.fk, back and b.fk or b.tk
   local near_s, far_s = back and b.t or b.f, back and b.f or b.t
   -- a gap before the block (entries no block covers): scan it whole
