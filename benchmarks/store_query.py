@@ -211,8 +211,8 @@ async def false_positives(
             continue
         swapped = [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
         fill += sum(bin(w).count("1") for w in swapped) / (len(swapped) * 32)
-        for word, mask in absent:
-            passed += swapped[word] & mask == mask
+        for w1, m1, w2, m2 in absent:
+            passed += swapped[w1] & m1 == m1 and swapped[w2] & m2 == m2
         checked += 1
     rate = passed / (checked * len(absent)) if checked else 0.0
     return rate, checked, fill / checked if checked else 0.0
@@ -272,7 +272,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
     )
     since = datetime.fromtimestamp(now_ms / 1000, UTC) - timedelta(hours=24)
     shapes: list[tuple[str, LogQuery, bool]] = [
-        ("a token that occurs once (request id)", LogQuery(query=needle, limit=100), False),
+        ("a token that occurs once (request_id:<id>)",
+         LogQuery(query=f"request_id:{needle}", limit=100), False),
         ("a token in 0.01% (checkout_declined)", LogQuery(query="checkout_declined", limit=100),
          False),
         ("level:error (1%)", LogQuery(query="level:error", limit=100), False),
@@ -317,7 +318,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
     quiet = await append_p99(url, args.seconds)
     stop = threading.Event()
     done = [0]
-    rare = LogQuery(query=needle, limit=100)
+    rare = LogQuery(query=f"request_id:{needle}", limit=100)
     thread = threading.Thread(target=search_loop, args=(url, prefix, rare, stop, done))
     thread.start()
     await asyncio.sleep(0.5)
@@ -354,7 +355,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
     print(
         f"index: {index_share:.3f} bytes per byte of stream; {blocks:,} "
         f"blocks of ~{index.block_entries} entries, {index.bloom_bytes} "
-        f"B filters, {index.bits_per_token} bits per token; false "
+        f"B filters, 4 bits in each of 2 words per token; false "
         f"positives {measured:.4f}"
     )
     print(

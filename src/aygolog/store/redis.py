@@ -11,7 +11,10 @@ Layout (all keys share the deployment's hash tag, so the scripts stay valid on a
   the ingest rate over the last minute.
 - The search index (`store/index.py`): `{prefix}:ix` (the current block number),
   `{prefix}:ixb` (a zset of blocks by first ms), `{prefix}:ix:<n>` (block n's summary) and
-  `{prefix}:ix:f:<n>` (its bloom filter). Retention drops a block once its entries are gone.
+  `{prefix}:ix:f:<n>` (its bloom filter), `{prefix}:ixl` (the ids of the entries of warning
+  and above, for level searches). Retention drops a block once its entries are gone. Every
+  writer of a stream must index it, or none (entries written without the index are found by
+  scans, but not by the postings of warning and above once the index covers the stream).
 
 A batch (entries, counters and index) is written by one EVALSHA (`lua/append.lua`). A query
 runs `lua/scan.lua`: it walks the index blocks of the range, skips those whose summary or bloom
@@ -85,6 +88,10 @@ _BUCKET_SECONDS: Final = 10
 _COUNTER_FIELDS: Final = frozenset({"level", "service", "instance"})
 _LEVEL_NAMES: Final = tuple(LogLevel.from_severity(i).value for i in range(len(LogLevel)))
 _NO_INDEX: Final = IndexOptions()
+_CALL_ENTRIES: Final = 2000
+"""A scan call reads at most this many entries (fewer than `StoreOptions.scan_budget` when that
+is larger), ~5-10 ms of Redis time: appends wait behind a Lua call, so this bounds what a heavy
+query adds to their latency. (Redis freezes time inside a script, so no clock can do it.)"""
 _Filters = list[str | bytes | int]
 
 
@@ -123,7 +130,12 @@ class RedisStreamLogStore:
         self._owns_client = False
         self._index = index
         self._hasher = BloomHasher(index or _NO_INDEX)
-        self._index_keys = (self._keys.key("ix"), self._keys.key("ixb"), self._keys.key("ixtmp"))
+        self._index_keys = (
+            self._keys.key("ix"),
+            self._keys.key("ixb"),
+            self._keys.key("ixtmp"),
+            self._keys.key("ixl"),
+        )
         self._block_prefix = self._keys.key("ix") + ":"
 
     @classmethod
@@ -237,8 +249,7 @@ class RedisStreamLogStore:
         start, stop = (high, low) if backward else (low, high)
         options = self._options
         items: list[LogEntry] = []
-        calls = 0
-        max_calls = max(1, options.max_scan // options.scan_budget)
+        calls = scanned = 0
         page_bytes = 0
         exact = plan.predicate is None
         while True:
@@ -251,8 +262,8 @@ class RedisStreamLogStore:
                 options.max_page_bytes - page_bytes, "e", 0, filters,
             )  # fmt: skip
             calls += 1
-            last, done = reply[0].decode(), reply[1] == 1
-            body = reply[2:]
+            last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
+            body = reply[3:]
             for i in range(0, len(body), 3):
                 entry = _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
                 if not exact and not plan.matches(entry):
@@ -265,7 +276,7 @@ class RedisStreamLogStore:
                     return LogPage(items=items, next_cursor=entry.id)
             if done:
                 return LogPage(items=items)
-            if calls >= max_calls or not last:
+            if scanned >= options.max_scan or not last:
                 return LogPage(items=items, next_cursor=last or None)
             start = "(" + last
 
@@ -294,17 +305,15 @@ class RedisStreamLogStore:
         start, stop = (format_stream_id(b) for b in frame.bounds)
         step_ms = frame.step_ms or 0
         options = self._options
-        max_calls = max(1, options.max_scan // options.scan_budget)
-        calls = 0
+        scanned = 0
         counted: dict[tuple[str, ...], list[int]] = {}
         while True:
             reply = await self._scan(
                 start, stop, "f", options.scan_budget, options.max_page_bytes,
                 "c" if by_counters else "e", step_ms, filters,
             )  # fmt: skip
-            calls += 1
-            last, done = reply[0].decode(), reply[1] == 1
-            body = reply[2:]
+            last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
+            body = reply[3:]
             if by_counters:
                 for i in range(0, len(body), 2):
                     bucket, level, service, instance = body[i].decode().split("\n")
@@ -320,7 +329,7 @@ class RedisStreamLogStore:
                         tally.add(entry, id_ms(entry.id))
             if done:
                 break
-            if calls >= max_calls or not last:
+            if scanned >= options.max_scan or not last:
                 tally.complete = False
                 break
             start = "(" + last
@@ -463,9 +472,10 @@ class RedisStreamLogStore:
         filters: _Filters,
     ) -> Any:
         options = self._options
-        args = [start, stop, direction, wanted, options.scan_budget, options.scan_chunk,
-                max_bytes, filters[0], filters[1], mode, step_ms, *filters[2:]]  # fmt: skip
-        keys = (self._stream, self._index_keys[1])
+        budget = min(options.scan_budget, _CALL_ENTRIES)
+        args = [start, stop, direction, wanted, budget, options.scan_chunk, max_bytes,
+                filters[0], filters[1], mode, step_ms, *filters[2:5], 0, *filters[5:]]  # fmt: skip
+        keys = (self._stream, self._index_keys[1], self._index_keys[3])
         return await self._eval("query", _SHA_SCAN, _SCAN, keys, args)
 
     async def _eval(

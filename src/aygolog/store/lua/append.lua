@@ -2,7 +2,8 @@
 -- KEYS[1] stream, KEYS[2] stats hash, KEYS[3] idempotency record (unused when ARGV[3] is 0),
 -- KEYS[4] the ingest counter of the current 10-second bucket,
 -- KEYS[5] index state (hash: cur = the current block number), KEYS[6] block list (zset: member =
--- zero-padded block number, score = the block's first ms), KEYS[7] a scratch key
+-- zero-padded block number, score = the block's first ms), KEYS[7] a scratch key,
+-- KEYS[8] the postings of warning and above (a stream of the same ids, field l = severity)
 -- ARGV[1] max entries (0: no bound; trimmed approximately, whole nodes at a time)
 -- ARGV[2] max age in ms (0: no bound; trimmed exactly)
 -- ARGV[3] idempotency TTL in ms (0: no key)   ARGV[4] instance   ARGV[5] batch digest
@@ -46,6 +47,9 @@ for i = 11, #ARGV, width do
   if block_size > 0 then
     local g = level .. '\n' .. service
     groups[g] = (groups[g] or 0) + 1
+    if level >= '3' then
+      xadd('XADD', KEYS[8], ids[#ids], 'l', level)
+    end
   end
 end
 local n = #ids - 1
@@ -114,26 +118,32 @@ if block_size > 0 then
     redis.call('BITOP', 'OR', fkey, fkey, KEYS[7])
     redis.call('DEL', KEYS[7])
   elseif #bloom > 1 then
-    local gets, words, masks = {}, {}, {}
-    for j = 2, #bloom, 8 do
-      local w, m = struct.unpack('>I4>I4', string.sub(bloom, j, j + 7))
-      words[#words + 1] = '#' .. w
-      masks[#masks + 1] = m
-      gets[#gets + 1] = 'GET'
-      gets[#gets + 1] = 'u32'
-      gets[#gets + 1] = '#' .. w
+    -- OR each word in: read a few hundred words, write them back (unpack has a stack limit)
+    local at = 2
+    while at <= #bloom do
+      local stop = math.min(#bloom, at + 8 * 500 - 1)
+      local gets, words, masks = {}, {}, {}
+      for j = at, stop, 8 do
+        local w, m = struct.unpack('>I4>I4', string.sub(bloom, j, j + 7))
+        words[#words + 1] = '#' .. w
+        masks[#masks + 1] = m
+        gets[#gets + 1] = 'GET'
+        gets[#gets + 1] = 'u32'
+        gets[#gets + 1] = '#' .. w
+      end
+      local old = redis.call('BITFIELD', fkey, unpack(gets))
+      local sets = {}
+      for j = 1, #words do
+        local v = bit.bor(old[j], masks[j])
+        if v < 0 then v = v + 4294967296 end
+        sets[#sets + 1] = 'SET'
+        sets[#sets + 1] = 'u32'
+        sets[#sets + 1] = words[j]
+        sets[#sets + 1] = v
+      end
+      redis.call('BITFIELD', fkey, unpack(sets))
+      at = stop + 1
     end
-    local old = redis.call('BITFIELD', fkey, unpack(gets))
-    local sets = {}
-    for j = 1, #words do
-      local v = bit.bor(old[j], masks[j])
-      if v < 0 then v = v + 4294967296 end
-      sets[#sets + 1] = 'SET'
-      sets[#sets + 1] = 'u32'
-      sets[#sets + 1] = words[j]
-      sets[#sets + 1] = v
-    end
-    redis.call('BITFIELD', fkey, unpack(sets))
   end
 end
 
@@ -152,6 +162,7 @@ if trimmed > 0 and block_size > 0 then
   -- drop the blocks whose entries are all gone (a few per call: the next appends finish the job)
   local prefix = ARGV[7]
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  redis.call('XTRIM', KEYS[8], 'MINID', first and first[1] or '18446744073709551615-0')
   local first_ms, first_seq = math.huge, 0
   if first then
     local id = first[1]

@@ -2,6 +2,7 @@
 -- one, and reading at most a bounded number of entries and blocks so that one call never stalls
 -- Redis. The caller checks candidates exactly and continues from the returned cursor.
 -- KEYS[1] stream   KEYS[2] block list (zset: member = zero-padded block number, score = first ms)
+-- KEYS[3] the postings of warning and above (a stream: the same ids, field l = severity digit)
 -- ARGV[1] start (an XRANGE bound: '-', '+', 'ms-seq' or '(ms-seq')   ARGV[2] stop bound (inclusive)
 -- ARGV[3] 'b' newest first (XREVRANGE) or 'f' oldest first   ARGV[4] how many candidates are wanted
 -- ARGV[5] scan budget (entries)   ARGV[6] most entries per XRANGE
@@ -10,14 +11,16 @@
 -- ARGV[10] 'e' return entries, or 'c' return counts per (bucket, level, service, instance)
 -- ARGV[11] count bucket width in ms (0: one bucket)
 -- ARGV[12] block budget (0: index off)   ARGV[13] block key prefix   ARGV[14] bloom size in bits
--- ARGV[15..] per token clause, two arguments: its ASCII tokens framed as "\n"..t.."\n" ('' when one
---   is not ASCII: no substring test), and its bloom probes (big-endian u32 word, u32 mask pairs)
+-- ARGV[15] unused (kept for the argument layout)
+-- ARGV[16..] per token clause, two arguments: its ASCII tokens, "\n"-separated ('' for none: no
+--   substring test), and its bloom probes: per token two (big-endian u32 word, u32 mask) pairs
 -- An entry is a candidate when its severity and service are allowed and, for every clause, the
 -- lower-cased body holds one of the clause's tokens (or holds a byte >= 128: Unicode case rules
 -- are Python's, so such a body is left to the exact check). A block is skipped when its summary
 -- has none of the severities or services, or its bloom filter has none of a clause's tokens.
--- Returns {cursor, done, id, instance, body, ...} ('e') or {cursor, done, key, n, ...} ('c');
--- done is 1 when the range is exhausted, cursor is the last id read or skipped ('' when none).
+-- Returns {cursor, done, scanned, id, instance, body, ...} ('e') or {cursor, done, scanned, key,
+-- n, ...} ('c'); done is 1 when the range is exhausted, cursor is the last id read or skipped
+-- ('' when none), scanned how many entries were read.
 local stream, blocks = KEYS[1], KEYS[2]
 local pos, stop, dir = ARGV[1], ARGV[2], ARGV[3]
 local wanted, budget, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -25,13 +28,14 @@ local max_bytes = tonumber(ARGV[7])
 local levels, services, mode = ARGV[8], ARGV[9], ARGV[10]
 local step = tonumber(ARGV[11])
 local block_budget, bprefix, bloom_bits = tonumber(ARGV[12]), ARGV[13], ARGV[14]
+
 local back = dir == 'b'
 local command = back and 'XREVRANGE' or 'XRANGE'
 local find, lower, sub, floor = string.find, string.lower, string.sub, math.floor
 local counting = mode == 'c'
 
 local clauses = {}
-for i = 15, #ARGV, 2 do
+for i = 16, #ARGV, 2 do
   local words = {}
   for t in string.gmatch(ARGV[i], '[^\n]+') do
     words[#words + 1] = t
@@ -78,10 +82,10 @@ local function before(a, b)
   return c < 0
 end
 
-local out = {'', 0}
+local out = {'', 0, 0}
 local counts = {}
 local found, scanned, visited, last, bytes, seen_bytes = 0, 0, 0, '', 0, 0
-local CHUNK_BYTES, FIRST_CHUNK = 1048576, 32
+local CHUNK_BYTES, FIRST_CHUNK = 131072, 32
 local unfiltered = levels == '' and services == '' and not need_body and not counting
 local full = false -- wanted, bytes or budget reached
 
@@ -91,13 +95,20 @@ local function candidate(f)
   if services ~= '' and not find(services, '\n' .. f[4] .. '\n', 1, true) then return false end
   if need_body then
     local body = f[8]
-    local low = lower(body)
+    local low = nil
     local wide = nil
     for _, c in ipairs(clauses) do
       if c.words then
         local ok = false
+        -- the body as it is first (most log text is lower case), lower-cased only when needed
         for _, t in ipairs(c.words) do
-          if find(low, t, 1, true) then ok = true break end
+          if find(body, t, 1, true) then ok = true break end
+        end
+        if not ok then
+          if low == nil then low = lower(body) end
+          for _, t in ipairs(c.words) do
+            if find(low, t, 1, true) then ok = true break end
+          end
         end
         if not ok then
           if wide == nil then wide = find(body, '[\128-\255]') ~= nil end
@@ -195,13 +206,17 @@ local function summary(n)
     if #args > 0 then
       local words = redis.call('BITFIELD', bprefix .. 'f:' .. n, unpack(args))
       local j = 1
+      -- a token may be in the block when both its words hold its bits
       for _, c in ipairs(clauses) do
         if #c.probes > 0 then
           local ok = false
-          for _, p in ipairs(c.probes) do
-            local w = words[j] or 0
-            if bit.band(w, p[2]) == bit.band(p[2], 0xFFFFFFFF) then ok = true end
-            j = j + 1
+          for t = 1, #c.probes, 2 do
+            local p, q = c.probes[t], c.probes[t + 1]
+            if bit.band(words[j], p[2]) == bit.tobit(p[2])
+                and bit.band(words[j + 1], q[2]) == bit.tobit(q[2]) then
+              ok = true
+            end
+            j = j + 2
           end
           if not ok then may = false end
         end
@@ -226,6 +241,7 @@ end
 local function finish(done)
   out[1] = last
   out[2] = done and 1 or 0
+  out[3] = scanned
   if counting then
     for k, n in pairs(counts) do
       out[#out + 1] = k
@@ -235,9 +251,50 @@ local function finish(done)
   return out
 end
 
+-- Read the postings from `from` to `to`, fetching the entries of the allowed severities: a
+-- search for warning and above reads only those entries (errors are ~1% of a stream).
+local function postings(from, to)
+  while true do
+    local count = math.min(chunk, budget - scanned)
+    if count <= 0 then return false end
+    local batch = redis.call(command, KEYS[3], from, to, 'COUNT', count)
+    for _, p in ipairs(batch) do
+      local id = p[1]
+      scanned = scanned + 1
+      last = id
+      if find(levels, p[2][2], 1, true) then
+        local entry = redis.call('XRANGE', stream, id, id)[1]
+        if entry then
+          local f = entry[2]
+          if candidate(f) then
+            out[#out + 1] = id
+            out[#out + 1] = f[6]
+            out[#out + 1] = f[8]
+            found = found + 1
+            bytes = bytes + #f[8]
+            if found >= wanted or bytes >= max_bytes then return false end
+          end
+        end
+      end
+    end
+    if #batch < count then return true end
+    from = '(' .. last
+  end
+end
+
 local stopk = key(stop)
 if block_budget <= 0 or (levels == '' and services == '' and #clauses == 0 and not counting) then
   return finish(scan(pos, stop))
+end
+if levels ~= '' and not find(levels, '[012]') and not counting then
+  -- postings cover the stream when its first entry is in the oldest block (every writer
+  -- indexes; older entries, from before the index, are scanned by the block walk instead)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  local oldest = redis.call('ZRANGE', blocks, 0, 0)[1]
+  local f = oldest and redis.call('HGET', bprefix .. tonumber(oldest), 'f')
+  if first and f and cmp(key(first[1]), key(f)) >= 0 then
+    return finish(postings(pos, stop))
+  end
 end
 
 local posk = key(pos)
