@@ -46,8 +46,12 @@ for i = 11, #ARGV, width do
   levels[level] = (levels[level] or 0) + 1
   services[service] = (services[service] or 0) + 1
   if block_size > 0 then
-    local g = level .. '\n' .. service
-    groups[g] = (groups[g] or 0) + 1
+    local g = groups[level]
+    if not g then
+      g = {}
+      groups[level] = g
+    end
+    g[service] = (g[service] or 0) + 1
     if level >= '3' then
       xadd('XADD', KEYS[8], ids[#ids], 'l', level)
     end
@@ -95,8 +99,10 @@ if block_size > 0 then
   local first_minute, last_minute = math.floor(ms_of(ids[2]) / 60000), math.floor(ms_of(ids[#ids]) / 60000)
   if first_minute == last_minute then
     local m = 'm' .. first_minute .. '\n'
-    for g, count in pairs(groups) do
-      redis.call('HINCRBY', bkey, m .. g .. '\n' .. instance, count)
+    for level, g in pairs(groups) do
+      for service, count in pairs(g) do
+        redis.call('HINCRBY', bkey, m .. level .. '\n' .. service .. '\n' .. instance, count)
+      end
     end
   else
     -- the batch spans minutes: count each entry in its own (rare; explicit ids)
