@@ -91,7 +91,9 @@ class BloomHasher:
         return b"".join(_QUAD_OUT(*self.probe(t)) for t in sorted(clause))
 
     def batch_bits(self, logs: Sequence[NewLog]) -> bytes:
-        """The filter bits of every token of `logs`, as `lua/append.lua` takes them."""
+        """The filter bits of every token of `logs`, as `lua/append.lua` takes them: "d" and
+        the whole filter, or "s" and (word, mask) pairs; "D"/"S" when the batch's text is not
+        all ASCII."""
         parts: list[str] = []
         for log in logs:
             parts.append(log.message)
@@ -101,7 +103,8 @@ class BloomHasher:
         # one tokenizer pass over the batch: the union of each entry's `log_tokens` ("\n" is
         # not a word character, so no token spans two values)
         text = "\n".join(parts)
-        if text.isascii():
+        ascii_only = text.isascii()
+        if ascii_only:
             found = set(text.encode().translate(_ASCII_WORDS).split())
         else:
             found = {t.encode() for t in tokens(text)}
@@ -114,14 +117,16 @@ class BloomHasher:
             c &= last
             words[a] = get(a, 0) | m[b & 1023] | m[b >> 10 & 1023]
             words[c] = get(c, 0) | m[d & 1023] | m[d >> 10 & 1023]
+        # upper case: the batch has non-ASCII text, which the scan must leave to Python
         if len(words) < self._dense_from:
-            return b"s" + b"".join(_PAIR.pack(w, mask) for w, mask in words.items())
+            kind = b"s" if ascii_only else b"S"
+            return kind + b"".join(_PAIR.pack(w, mask) for w, mask in words.items())
         filter_words = array("I", bytes((self._last + 1) * 4))
         for word, mask in words.items():
             filter_words[word] = mask
         if _SWAP:
             filter_words.byteswap()
-        return b"d" + filter_words.tobytes()
+        return (b"d" if ascii_only else b"D") + filter_words.tobytes()
 
 
 def false_positive_rate(options: IndexOptions, tokens_per_block: int) -> float:

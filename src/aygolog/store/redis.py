@@ -263,7 +263,7 @@ class RedisStreamLogStore:
             )  # fmt: skip
             calls += 1
             last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
-            body = reply[3:]
+            body = reply[4:]
             for i in range(0, len(body), 3):
                 entry = _entry(body[i].decode(), body[i + 1].decode(), body[i + 2])
                 if not exact and not plan.matches(entry):
@@ -313,7 +313,7 @@ class RedisStreamLogStore:
                 "c" if by_counters else "e", step_ms, filters,
             )  # fmt: skip
             last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
-            body = reply[3:]
+            body = reply[4:]
             if by_counters:
                 for i in range(0, len(body), 2):
                     bucket, level, service, instance = body[i].decode().split("\n")

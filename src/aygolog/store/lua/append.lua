@@ -9,13 +9,14 @@
 -- ARGV[3] idempotency TTL in ms (0: no key)   ARGV[4] instance   ARGV[5] batch digest
 -- ARGV[6] entries per index block (0: index off)   ARGV[7] block key prefix
 -- ARGV[8] bloom size in bits   ARGV[9] bloom bits of the batch's tokens: 'd' .. the whole filter,
---   or 's' .. (big-endian u32 word, u32 mask) pairs
+--   or 's' .. (big-endian u32 word, u32 mask) pairs ('D', 'S': the batch has non-ASCII text)
 -- ARGV[10] '' (ids made by Redis) or 'x' (each entry starts with its explicit id: benchmarks)
 -- ARGV[11..] triples: severity digit, service ('' for none), JSON body (quads with 'x')
 -- Returns {1, id...} when stored, {0, record} when the key was seen before
 -- (record = digest .. "\n" .. instance .. "\n" .. comma-separated ids).
 -- A block (KEYS[7]'s siblings, prefix ARGV[7]) is a hash: f/t first/last id, n entries, b bloom
--- bits, l<severity> and s:<service> counts, m<minute>\n<severity>\n<service>\n<instance> counts;
+-- bits, w (present: some text is not ASCII), l<severity> and s:<service> counts,
+-- m<minute>\n<severity>\n<service>\n<instance> counts;
 -- its bloom filter is the string <prefix>f:<number>. A batch goes whole into one block: a new
 -- block starts when the current one holds ARGV[6] entries or more.
 local stream = KEYS[1]
@@ -45,8 +46,12 @@ for i = 11, #ARGV, width do
   levels[level] = (levels[level] or 0) + 1
   services[service] = (services[service] or 0) + 1
   if block_size > 0 then
-    local g = level .. '\n' .. service
-    groups[g] = (groups[g] or 0) + 1
+    local g = groups[level]
+    if not g then
+      g = {}
+      groups[level] = g
+    end
+    g[service] = (g[service] or 0) + 1
     if level >= '3' then
       xadd('XADD', KEYS[8], ids[#ids], 'l', level)
     end
@@ -94,8 +99,10 @@ if block_size > 0 then
   local first_minute, last_minute = math.floor(ms_of(ids[2]) / 60000), math.floor(ms_of(ids[#ids]) / 60000)
   if first_minute == last_minute then
     local m = 'm' .. first_minute .. '\n'
-    for g, count in pairs(groups) do
-      redis.call('HINCRBY', bkey, m .. g .. '\n' .. instance, count)
+    for level, g in pairs(groups) do
+      for service, count in pairs(g) do
+        redis.call('HINCRBY', bkey, m .. level .. '\n' .. service .. '\n' .. instance, count)
+      end
     end
   else
     -- the batch spans minutes: count each entry in its own (rare; explicit ids)
@@ -113,7 +120,11 @@ if block_size > 0 then
   end
   local bloom = ARGV[9]
   local fkey = prefix .. 'f:' .. cur
-  if string.sub(bloom, 1, 1) == 'd' then
+  local kind = string.sub(bloom, 1, 1)
+  if kind == 'D' or kind == 'S' then
+    redis.call('HSET', bkey, 'w', 1)
+  end
+  if kind == 'd' or kind == 'D' then
     redis.call('SET', KEYS[7], string.sub(bloom, 2))
     redis.call('BITOP', 'OR', fkey, fkey, KEYS[7])
     redis.call('DEL', KEYS[7])

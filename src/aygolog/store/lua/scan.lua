@@ -18,9 +18,10 @@
 -- lower-cased body holds one of the clause's tokens (or holds a byte >= 128: Unicode case rules
 -- are Python's, so such a body is left to the exact check). A block is skipped when its summary
 -- has none of the severities or services, or its bloom filter has none of a clause's tokens.
--- Returns {cursor, done, scanned, id, instance, body, ...} ('e') or {cursor, done, scanned, key,
--- n, ...} ('c'); done is 1 when the range is exhausted, cursor is the last id read or skipped
--- ('' when none), scanned how many entries were read.
+-- Returns {cursor, done, scanned, opened, id, instance, body, ...} ('e') or {cursor, done,
+-- scanned, opened, key, n, ...} ('c'); done is 1 when the range is exhausted, cursor is the last
+-- id read or skipped ('' when none), scanned how many entries were read, opened how many blocks
+-- were scanned rather than skipped.
 local stream, blocks = KEYS[1], KEYS[2]
 local pos, stop, dir = ARGV[1], ARGV[2], ARGV[3]
 local wanted, budget, chunk = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -82,12 +83,17 @@ local function before(a, b)
   return c < 0
 end
 
-local out = {'', 0, 0}
+local out = {'', 0, 0, 0}
+local opened = 0 -- blocks scanned (not skipped)
 local counts = {}
 local found, scanned, visited, last, bytes, seen_bytes = 0, 0, 0, '', 0, 0
 local CHUNK_BYTES, FIRST_CHUNK = 131072, 32
 local unfiltered = levels == '' and services == '' and not need_body and not counting
 local full = false -- wanted, bytes or budget reached
+
+-- whether a body with a non-ASCII byte may hide a match (false inside a block whose text is
+-- all ASCII: the summary says so)
+local check_wide = true
 
 local function candidate(f)
   -- fields are written in this order: l, s, i, d
@@ -111,6 +117,7 @@ local function candidate(f)
           end
         end
         if not ok then
+          if not check_wide then return false end
           if wide == nil then wide = find(body, '[\128-\255]') ~= nil end
           if not wide then return false end
         end
@@ -171,7 +178,7 @@ end
 
 local function summary(n)
   local bkey = bprefix .. n
-  local fields = {'f', 't', 'b', 'n'}
+  local fields = {'f', 't', 'b', 'w'}
   for _, x in ipairs(sev_fields) do fields[#fields + 1] = x end
   for _, x in ipairs(svc_fields) do fields[#fields + 1] = x end
   local v = redis.call('HMGET', bkey, unpack(fields))
@@ -223,7 +230,8 @@ local function summary(n)
       end
     end
   end
-  return {f = v[1], t = v[2], fk = key(v[1]), tk = key(v[2]), may = may, key = bkey}
+  return {f = v[1], t = v[2], fk = key(v[1]), tk = key(v[2]), may = may, key = bkey,
+          wide = v[4] ~= false}
 end
 
 -- The block holding `at` or, failing that, the nearest one before it (in id order).
@@ -242,6 +250,7 @@ local function finish(done)
   out[1] = last
   out[2] = done and 1 or 0
   out[3] = scanned
+  out[4] = opened
   if counting then
     for k, n in pairs(counts) do
       out[#out + 1] = k
@@ -344,8 +353,12 @@ while true do
             counts[k] = (counts[k] or 0) + tonumber(h[i + 1])
           end
         end
-      elseif not scan(pos, to_s) then
-        return finish(false)
+      else
+        opened = opened + 1
+        check_wide = b.wide
+        local complete = scan(pos, to_s)
+        check_wide = true
+        if not complete then return finish(false) end
       end
     end
     if before(stopk, far) then return finish(true) end
