@@ -415,3 +415,22 @@ async def test_the_search_box_takes_a_query_for_the_table_and_the_live_tail(
     await eventually(lambda: messages(user) == [f"{word} live error", f"{word} bad"])
     user.find(marker="filter-text").clear().type(f"{word} (")
     await eventually(lambda: any("query: at" in m for m in user.notify.messages))
+
+
+async def test_the_chart_above_the_table_counts_per_level(user: User, sdk: AsyncLogClient) -> None:
+    word = tag()
+    await sdk.log(f"{word} one")
+    await sdk.log(f"{word} two", level="error")
+    await sdk.log(f"{word} three", level="error")
+    await user.open(f"/?query={word}")
+    await eventually(lambda: len(messages(user)) == 3)
+    chart = next(iter(user.find(marker="histogram").elements))
+    assert isinstance(chart, ui.echart)
+
+    def totals() -> dict[str, int]:
+        return {s["name"]: sum(n for _, n in s["data"]) for s in chart.options["series"]}
+
+    await eventually(lambda: totals() == {"info": 1, "error": 2})
+    assert chart.visible
+    user.find(marker="filter-text").clear().type(f"{word} | limit 2")
+    await eventually(lambda: not chart.visible)

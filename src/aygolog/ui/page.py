@@ -25,7 +25,8 @@ from starlette.requests import Request
 
 from aygolog.client import AsyncLogClient, AsyncTail
 from aygolog.errors import AygologError, NoHealthyInstance, Unavailable
-from aygolog.models import LogEntry, LogLevel
+from aygolog.models import CountResult, LogEntry, LogLevel
+from aygolog.ui.histogram import histogram_options, histogram_request
 from aygolog.ui.state import (
     LEVEL_COLORS,
     RANGES,
@@ -367,6 +368,15 @@ class LogView:
                 ui.button("Refresh", icon="refresh", on_click=self.refresh).props(
                     "flat dense"
                 ).mark("refresh")
+            # Matches per level over the time range (GET /api/logs/count), above the table as in
+            # every log UI; hidden when the search box cannot be counted (it ends in a pipe).
+            self.histogram = (
+                ui.echart(histogram_options(CountResult(buckets=[], series=[])))
+                .classes("w-full aygolog-histogram")
+                .style("height: 120px")
+                .mark("histogram")
+            )
+            self.histogram.set_visibility(False)
             self.table = (
                 ui.table(
                     columns=_LOG_COLUMNS,
@@ -561,6 +571,24 @@ class LogView:
             self.held_count = len(self.held)
             self._render_held()
         self._render_rows()
+        await self._refresh_histogram(generation)
+
+    async def _refresh_histogram(self, generation: int) -> None:
+        """Count the filters' matches per level over the range, for the chart above the table."""
+        request = histogram_request(self.filters)
+        result: CountResult | None = None
+        if request is not None:
+            text, filters = request
+            try:
+                result = await self.api.count(text, **filters)
+            except (AygologError, ValueError, OverflowError):
+                result = None  # the table's own query says what is wrong; the chart stays away
+        if generation != self._generation:
+            return
+        if result is not None:
+            self.histogram.options.update(histogram_options(result))
+            self.histogram.update()
+        self.histogram.set_visibility(result is not None)
 
     async def load_older(self) -> None:
         """The next page of older entries, through the query cursor."""
