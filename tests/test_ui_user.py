@@ -414,7 +414,11 @@ async def test_the_search_box_takes_a_query_for_the_table_and_the_live_tail(
     await sdk.log(f"{word} live error", level="error")
     await eventually(lambda: messages(user) == [f"{word} live error", f"{word} bad"])
     user.find(marker="filter-text").clear().type(f"{word} (")
-    await eventually(lambda: any("query: at" in m for m in user.notify.messages))
+    box = next(iter(user.find(marker="filter-text").elements))
+    assert isinstance(box, ui.input)
+    await eventually(lambda: (box.error or "").startswith("at "))  # shown under the box
+    assert not any("query" in m for m in user.notify.messages)  # not as a toast
+    assert messages(user) == [f"{word} live error", f"{word} bad"]  # the last good query stays
 
 
 async def test_the_chart_above_the_table_counts_per_level(user: User, sdk: AsyncLogClient) -> None:

@@ -304,7 +304,12 @@ class LogView:
                 .mark("filter-service")
             )
             self.text_filter = (
-                ui.input("Search", value=f.text, on_change=self._filters_changed)
+                ui.input(
+                    "Search",
+                    value=f.text,
+                    on_change=self._filters_changed,
+                    validation=lambda text: Filters(text=text or "").query_problem(),
+                )
                 .props('outlined dense clearable debounce=400 placeholder="level>=warning timeout"')
                 .classes("w-full sm:w-72")
                 .tooltip(
@@ -690,7 +695,8 @@ class LogView:
             problem = "the time range is out of reach"
         if problem is not None:
             self._show_custom_range(custom=span == "custom")
-            ui.notify(problem, type="warning")
+            if filters.query_problem() is None:  # the search box shows its own, under it
+                ui.notify(problem, type="warning")
             return
         self.filters = filters
         await self._filters_applied()

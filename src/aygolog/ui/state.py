@@ -201,15 +201,22 @@ class Filters:
             return parse_time(self.range, now=now), None
         return None, None
 
-    def problem(self) -> str | None:
-        """Why these filters cannot be run (a query that does not parse, or asks for counts;
-        a custom time that is not a time), or None."""
+    def query_problem(self) -> str | None:
+        """Why the search box cannot be run (it does not parse, or asks for counts), or None."""
         try:
             plan = self.plan()
         except QuerySyntaxError as exc:
-            return f"query: {exc.errors[0].reason}"
+            return exc.errors[0].reason
         if plan.count is not None:
-            return "query: the table lists entries; a `| count()` query is asked of the API"
+            return "the table lists entries; a `| count()` query is asked of the API"
+        return None
+
+    def problem(self) -> str | None:
+        """Why these filters cannot be run (a query that does not parse, or asks for counts;
+        a custom time that is not a time), or None."""
+        problem = self.query_problem()
+        if problem is not None:
+            return f"query: {problem}"
         if self.range == "custom":
             for name, value in (("since", self.since), ("until", self.until)):
                 if value and not _valid_time(value):
