@@ -31,6 +31,7 @@ from aygolog.query.tokens import tokens
 
 __all__ = ["BloomHasher", "IndexOptions", "false_positive_rate"]
 
+_CACHE_TOKENS: Final = 100_000
 _BITS: Final = 4
 """Bits per word per token (two lookups of `_TWO_BITS`; a repeat sets fewer)."""
 
@@ -78,6 +79,7 @@ class BloomHasher:
         self._last = options.bloom_bytes // 4 - 1
         self._dense_from = options.bloom_bytes // 16
         """Distinct words from which the whole filter is sent (one BITOP) rather than pairs."""
+        self._cache: dict[bytes, tuple[int, int, int, int]] = {}
 
     def probe(self, token: str) -> tuple[int, int, int, int]:
         """The two (word index, bit mask) probes of `token`, flat."""
@@ -108,15 +110,27 @@ class BloomHasher:
             found = set(text.encode().translate(_ASCII_WORDS).split())
         else:
             found = {t.encode() for t in tokens(text)}
-        # the hot loop of the write path (~3 new tokens per entry): `probe`, inlined
+        # the hot loop of the write path (~3 new tokens per entry): `probe`, inlined, with a
+        # cache for the tokens that recur (words, user names, status texts)
         words: dict[int, int] = {}
         get, last, m, quad, blake = words.get, self._last, _TWO_BITS, _QUAD, _blake2b
+        cache = self._cache
+        if len(cache) > _CACHE_TOKENS:  # unique tokens (request ids) would grow it forever
+            cache.clear()
+        known = cache.get
         for token in found:
-            a, b, c, d = quad(blake(token, digest_size=16).digest())
-            a &= last
-            c &= last
-            words[a] = get(a, 0) | m[b & 1023] | m[b >> 10 & 1023]
-            words[c] = get(c, 0) | m[d & 1023] | m[d >> 10 & 1023]
+            probe = known(token)
+            if probe is None:
+                a, b, c, d = quad(blake(token, digest_size=16).digest())
+                probe = cache[token] = (
+                    a & last,
+                    m[b & 1023] | m[b >> 10 & 1023],
+                    c & last,
+                    m[d & 1023] | m[d >> 10 & 1023],
+                )
+            a, b, c, d = probe
+            words[a] = get(a, 0) | b
+            words[c] = get(c, 0) | d
         # upper case: the batch has non-ASCII text, which the scan must leave to Python
         if len(words) < self._dense_from:
             kind = b"s" if ascii_only else b"S"
