@@ -392,3 +392,10 @@ def test_ingest_series_starts_from_the_servers_rate() -> None:
     assert series.add(100.0, 50, first_rate=1.5) is None
     assert series.add(102.0, 54, first_rate=9.0) == 2.0
     assert series.chart_data() == [[100_000, 1.5], [102_000, 2.0]]
+
+
+def test_a_number_too_large_in_the_query_is_a_problem_not_an_exception() -> None:
+    filters = Filters(text="_time:999999999999d")
+    assert (filters.problem() or "").startswith("query: at 0:")
+    assert not filters.live_applies
+    assert not filters.matches(entry(1), now=NOW)
