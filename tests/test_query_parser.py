@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aygolog.errors import ValidationError
-from aygolog.models import LogLevel
-from aygolog.query import Query, QuerySyntaxError, format_query, parse
+from aygolog.models import LogLevel, LogQuery
+from aygolog.query import Query, QuerySyntaxError, format_query, parse, plan_for
 from aygolog.query.ast import (
     And,
     CountSpec,
@@ -25,7 +26,7 @@ from aygolog.query.ast import (
     TimeLast,
     TimeRange,
 )
-from aygolog.query.syntax import MAX_DEPTH, MAX_LIMIT, MAX_QUERY_CHARS, MAX_TERMS
+from aygolog.query.lexicon import MAX_DEPTH, MAX_LIMIT, MAX_QUERY_CHARS, MAX_TERMS
 from aygolog.store.base import MAX_QUERY_LIMIT
 from test_query_strategies import queries
 
@@ -249,9 +250,33 @@ def test_bounds_on_size_nesting_and_terms() -> None:
         parse("a " * (MAX_TERMS + 1))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(queries())
 def test_round_trip(query: Query) -> None:
     text = format_query(query)
     assert parse(text) == query, text
     assert format_query(parse(text)) == text
+
+
+_GRAMMAR_BITS = st.sampled_from(
+    [
+        *'()"|~*-:<>=[],\\ ',
+        *("AND", "OR", "NOT", "level", "_time", "service", "status", "by", "count()", "limit"),
+        *("step", "15m", "1m", "500", "error", "2026-11-29T10:00Z", "_msg"),
+    ]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=40) | st.lists(_GRAMMAR_BITS, max_size=25).map("".join))
+def test_any_text_parses_or_raises_a_syntax_error(text: str) -> None:
+    position: int | None = None
+    try:
+        query = parse(text)
+    except QuerySyntaxError as exc:
+        position = exc.position
+    if position is not None:
+        assert 0 <= position <= len(text)
+        return
+    assert parse(format_query(query)) == query
+    plan_for(LogQuery(query=text))  # whatever parses, plans

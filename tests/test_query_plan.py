@@ -4,6 +4,8 @@ selects the right entries, and the necessary conditions hold for whatever matche
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,7 +28,7 @@ from aygolog.query.ast import (
     Regex,
     Text,
 )
-from aygolog.query.predicates import attribute_equals
+from aygolog.query.predicates import MAX_CLAUSES, attribute_equals
 from aygolog.store.base import attribute_matches, matches
 from test_query_strategies import ATTRIBUTE_KEYS, VALUES, WORDS, entries, exprs
 
@@ -44,17 +46,19 @@ old_queries = st.builds(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(old_queries, entries)
 def test_old_parameters_match_like_store_matches(query: LogQuery, entry: LogEntry) -> None:
     assert plan_for(query).matches(entry) == matches(entry, query)
 
 
+@settings(deadline=None)
 @given(old_queries, entries)
 def test_old_parameters_give_necessary_conditions(query: LogQuery, entry: LogEntry) -> None:
     _check_necessary(plan_for(query), entry)
 
 
+@settings(deadline=None)
 @given(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=4)),
     st.one_of(st.sampled_from(VALUES), st.text(max_size=4), st.sampled_from(["1_0", " 5 ", "nan"])),
@@ -205,6 +209,38 @@ def test_necessary_conditions_of_a_query() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "exact"),
+    [
+        ("level:error", True),
+        ("level:(error OR critical) service:(a OR b) -level:debug", True),
+        ("_time:5m service:a", True),
+        ("", True),
+        ("level:error OR service:a", False),
+        ("-service:a", False),
+        ("service:*", False),
+        ("level:error x", False),
+        ('service:~"a"', False),
+    ],
+)
+def test_exact_plans(text: str, exact: bool) -> None:
+    assert plan_for(LogQuery(query=text)).exact is exact
+    assert not plan_for(LogQuery(query=text, text="x")).exact
+    assert not plan_for(LogQuery(query=text, attributes={"a": "b"})).exact
+
+
+def test_clauses_are_bounded() -> None:
+    def group(prefix: str, j: int) -> str:
+        return "(" + " ".join(f"{prefix}{j}x{i}" for i in range(8)) + ")"
+
+    text = " ".join(f"({group('a', j)} OR {group('b', j)})" for j in range(16))
+    plan = plan_for(LogQuery(query=text))
+    assert len(plan.clauses) == MAX_CLAUSES
+    wide = " OR ".join(group("c", j) for j in range(3))  # 8**3 clauses in full
+    (clause,) = plan_for(LogQuery(query=wide)).clauses
+    assert clause == {"c0x0", "c1x0", "c2x0"}
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "level:error level:info",
@@ -319,14 +355,14 @@ def reference(expr: Expr, e: LogEntry) -> bool:
     return fields.get(expr.field) is not None
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(exprs, entries)
 def test_plan_matches_the_reference(expr: Expr, e: LogEntry) -> None:
     plan = plan_for(LogQuery(query=format_query(Query(filter=expr))))
     assert plan.matches(e) == reference(expr, e)
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(exprs, entries)
 def test_necessary_conditions_hold(expr: Expr, e: LogEntry) -> None:
     _check_necessary(plan_for(LogQuery(query=format_query(Query(filter=expr)))), e)
@@ -336,6 +372,11 @@ def _check_necessary(plan: object, e: LogEntry) -> None:
     from aygolog.query import Plan
 
     assert isinstance(plan, Plan)
+    if plan.exact:
+        assert plan.matches(e) == (
+            (plan.severities is None or e.level.severity in plan.severities)
+            and (plan.services is None or (e.service or "") in plan.services)
+        )
     if not plan.matches(e):
         return
     assert not plan.empty
@@ -346,3 +387,49 @@ def _check_necessary(plan: object, e: LogEntry) -> None:
     have = log_tokens(e.message, e.attributes, e.trace_id)
     for clause in plan.clauses:
         assert clause & have, (clause, have)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("(a+)+$", "a" * 40 + "!"), ("(a|aa)*b", "a" * 60), (".*.*.*x", "a" * 65536)],
+)
+def test_hostile_regexes_run_in_linear_time(pattern: str, message: str) -> None:
+    # Python's re backtracks on these for minutes (docs/query.md); on RE2 the test ends at once,
+    # on a backtracking engine it would hit the per-test timeout.
+    plan = plan_for(LogQuery(query=f'~"{pattern}"'))
+    assert not plan.matches(entry(message))
+    assert (
+        plan_for(LogQuery(query=f'path:~"{pattern}"')).matches(
+            entry("x", attributes={"path": message})
+        )
+        is False
+    )
+
+
+@pytest.mark.parametrize("pattern", ["(a)\\\\1", "(?=a)", "(?<!a)b", "a{1001}"])
+def test_what_re2_cannot_run_is_a_syntax_error(pattern: str) -> None:
+    with pytest.raises(QuerySyntaxError) as caught:
+        plan_for(LogQuery(query=f'~"{pattern}"'))
+    assert caught.value.position == 1
+    assert "RE2" in caught.value.expected
+
+
+def test_without_re2_regexes_parse_but_do_not_run() -> None:
+    # A base install (the SDK) has no RE2: queries still parse and print, but a plan with a
+    # regex is refused rather than run on a backtracking engine.
+    script = """
+import sys
+sys.modules["re2"] = None  # as if google-re2 were not installed
+from aygolog.models import LogQuery
+from aygolog.query import QuerySyntaxError, format_query, parse, plan_for
+assert format_query(parse('~"(a"')) == '~"(a"'
+assert plan_for(LogQuery(query="level:error x")).matches is not None
+try:
+    plan_for(LogQuery(query='path:~"^/api/"'))
+except QuerySyntaxError as exc:
+    print(exc.expected)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "install aygolog[server] (google-re2)" in done.stdout, done.stderr

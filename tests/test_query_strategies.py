@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aygolog.models import LogEntry, LogLevel
@@ -25,7 +25,7 @@ from aygolog.query.ast import (
     TimeLast,
     TimeRange,
 )
-from aygolog.query.syntax import RESERVED_FIELDS
+from aygolog.query.lexicon import RESERVED_FIELDS
 from aygolog.query.tokens import tokens
 
 # Few distinct words, so that queries and entries meet often.
@@ -145,6 +145,7 @@ entries = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(queries())
 def test_generated_queries_are_in_normal_form(query: Query) -> None:
     def check(expr: Expr) -> None:

@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from aygolog.models import LogEntry, LogQuery
+from aygolog.models import LogEntry, LogLevel, LogQuery
 from aygolog.query.ast import And, CountSpec, Expr, TimeLast, TimeRange
 from aygolog.query.predicates import (
     Predicate,
     all_of,
     attribute_equals,
     compile_filter,
+    dedupe_clauses,
+    exact_services,
+    exact_severities,
     necessary_clauses,
     necessary_services,
     necessary_severities,
@@ -55,6 +58,11 @@ class Plan:
     count: CountSpec | None = None
     """From `| count() ...`; None for a plain search."""
     empty: bool = False
+    exact: bool = False
+    """True when `severities` and `services` say it all: an entry with a severity in
+    `severities` and a service in `services` matches (e.g. `level:error service:(a OR b)`), so
+    a store may filter on those alone (in Lua, or by per-block counters) without `matches`.
+    `plan_for` sets it; False (the default) is always safe."""
 
     def matches(self, entry: LogEntry) -> bool:
         """Whether `entry` passes the filter (the time range and cursor excepted)."""
@@ -73,8 +81,9 @@ def plan_for(query: LogQuery, *, now: datetime | None = None) -> Plan:
     predicates: list[Predicate] = []
     severities = query.level_severities()
     if severities is not None:
-        wanted = severities
-        predicates.append(lambda entry: entry.level.severity in wanted)
+        # Members, not severities: `level in set` skips the property call (~3x faster).
+        wanted = frozenset(LogLevel.from_severity(s) for s in severities)
+        predicates.append(lambda entry: entry.level in wanted)
     services = query.services
     if services is not None:
         allowed = services
@@ -88,6 +97,7 @@ def plan_for(query: LogQuery, *, now: datetime | None = None) -> Plan:
         predicates.append(_attribute(key, value))
         clauses += [frozenset({t}) for t in value_tokens(key, value)]
     since, until = query.since, query.until
+    exact = not query.text and not query.attributes
     expr = parsed.filter if parsed else None
     if expr is not None:
         items = expr.items if isinstance(expr, And) else (expr,)
@@ -107,6 +117,10 @@ def plan_for(query: LogQuery, *, now: datetime | None = None) -> Plan:
                 predicates.append(compile_filter(filtered))
             except RegexError as exc:
                 raise QuerySyntaxError(0, str(exc), "a regular expression") from None
+            exact = exact and all(
+                exact_severities(item) is not None or exact_services(item) is not None
+                for item in rest
+            )
             severities = _meet(severities, necessary_severities(filtered))
             services = _meet(services, necessary_services(filtered))
             clauses += necessary_clauses(filtered)
@@ -119,12 +133,13 @@ def plan_for(query: LogQuery, *, now: datetime | None = None) -> Plan:
         predicate=all_of(predicates) if predicates else None,
         severities=severities,
         services=services,
-        clauses=tuple(dict.fromkeys(clauses)),
+        clauses=tuple(dedupe_clauses(clauses)),
         since=since,
         until=until,
         limit=parsed.limit if parsed else None,
         count=parsed.count if parsed else None,
         empty=empty,
+        exact=exact,
     )
 
 

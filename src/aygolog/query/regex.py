@@ -79,9 +79,18 @@ def compile_regex(pattern: str) -> Callable[[str], bool]:
         raise RegexError(
             "regular expressions to be run by RE2: install aygolog[server] (google-re2)"
         )
-    search = _compile(pattern).search
+    compiled = _compile(pattern)
+    low = getattr(compiled, "_regexp", None)
+    anchor = getattr(getattr(low, "Anchor", None), "UNANCHORED", None)
+    if low is None or anchor is None:  # another google-re2 layout: the public, slower call
+        search = compiled.search
+        return lambda text: search(text) is not None
+    # The public search() decodes match offsets back to str positions and builds a Match
+    # (4x the time of the match itself, measured); only "is there one" is wanted here.
+    match = low.Match
 
     def found(text: str) -> bool:
-        return search(text) is not None
+        data = text.encode("utf-8", "surrogatepass")
+        return bool(match(anchor, data, 0, len(data))[0][0] >= 0)
 
     return found

@@ -1,5 +1,5 @@
-"""Lexer and parser of the query language (`parse`), and the printer back to text
-(`format_query`). The grammar is in docs/query.md.
+"""Lexer and parser of the query language (`parse`; the grammar is in docs/query.md), and,
+re-exported from `printer.py`, the printer back to text (`format_query`).
 
 A hand-written recursive descent over the characters (no separate token list): what a
 character means depends on where it is (`-` negates at a term's start but is part of
@@ -10,9 +10,7 @@ Input is bounded (characters, nesting, terms), so no query can exhaust the stack
 from __future__ import annotations
 
 import math
-import re
-from datetime import UTC, datetime, timedelta
-from typing import Final
+from datetime import datetime, timedelta
 
 from aygolog.errors import ValidationError
 from aygolog.models import FieldError, LogLevel
@@ -34,6 +32,30 @@ from aygolog.query.ast import (
     TimeLast,
     TimeRange,
 )
+from aygolog.query.lexicon import (
+    BARE_RE,
+    BUILTIN_FIELDS,
+    DATE_RE,
+    DURATION_RE,
+    FIELD_RE,
+    INTEGER_RE,
+    KEYWORDS,
+    LEVEL_FIELD,
+    LEVELS_HINT,
+    MAX_DEPTH,
+    MAX_DURATION,
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    MAX_TERMS,
+    MESSAGE_FIELDS,
+    NAME_RE,
+    NO_SECONDS_RE,
+    NUMBER_RE,
+    RESERVED_FIELDS,
+    TIME_FIELD,
+    UNITS,
+)
+from aygolog.query.printer import format_query
 from aygolog.query.regex import RegexError, check_regex
 from aygolog.query.tokens import tokens
 from aygolog.querystring import parse_time
@@ -48,38 +70,6 @@ __all__ = [
     "format_query",
     "parse",
 ]
-
-MAX_QUERY_CHARS: Final = 4096
-MAX_DEPTH: Final = 32
-"""Parentheses and NOTs nested in each other."""
-MAX_TERMS: Final = 256
-MAX_LIMIT: Final = 1000
-"""`| limit N` at most this (the stores' page size bound, `store.base.MAX_QUERY_LIMIT`)."""
-MAX_DURATION: Final = timedelta(days=3650)
-
-LEVEL_FIELD: Final = "level"
-TIME_FIELD: Final = "_time"
-MESSAGE_FIELDS: Final = frozenset({"_msg", "message"})
-BUILTIN_FIELDS: Final = frozenset({"service", "instance", "trace_id"})
-RESERVED_FIELDS: Final = frozenset({LEVEL_FIELD, TIME_FIELD, *MESSAGE_FIELDS})
-KEYWORDS: Final = frozenset({"AND", "OR", "NOT"})
-
-_FIELD: Final = re.compile(r"([^\W\d][\w.\-]*)(:|>=|<=|>|<)")
-_NAME: Final = re.compile(r"[^\W\d][\w.\-]*")
-_BARE: Final = re.compile(r'[^\s()"|]+')
-_NUMBER: Final = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_DURATION: Final = re.compile(r"(\d{1,12})(ms|s|m|h|d|w)")
-_DATE: Final = re.compile(r"\d{4}-\d\d-\d\d")
-_NO_SECONDS: Final = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d)((?:[Zz]|[+-]\d\d:\d\d)?)")
-_UNITS: Final = {
-    "w": timedelta(weeks=1),
-    "d": timedelta(days=1),
-    "h": timedelta(hours=1),
-    "m": timedelta(minutes=1),
-    "s": timedelta(seconds=1),
-    "ms": timedelta(milliseconds=1),
-}
-_LEVELS_HINT: Final = "a level (" + ", ".join(LogLevel) + ", or an alias)"
 
 
 class QuerySyntaxError(ValidationError):
@@ -117,7 +107,10 @@ class _Parser:
     def found(self, pos: int) -> str:
         if pos >= len(self.text):
             return "end of query"
-        match = _BARE.match(self.text, pos)
+        if self.text[pos] == '"':
+            end = self.text.find('"', pos + 1)
+            return repr(self.text[pos : end + 1 if end > 0 else len(self.text)][:30])
+        match = BARE_RE.match(self.text, pos)
         return repr(match.group()[:30] if match else self.text[pos])
 
     def fail(self, expected: str, pos: int | None = None) -> QuerySyntaxError:
@@ -141,7 +134,7 @@ class _Parser:
         return pos < len(self.text) and not self.text[pos].isspace() and self.text[pos] not in ")|"
 
     def keyword(self) -> str | None:
-        match = _BARE.match(self.text, self.pos)
+        match = BARE_RE.match(self.text, self.pos)
         if match and match.group() in KEYWORDS:
             return match.group()
         return None
@@ -171,7 +164,7 @@ class _Parser:
         raise self.fail(f"'\"' to close the string opened at {start}", len(text))
 
     def bare(self, what: str) -> str:
-        match = _BARE.match(self.text, self.pos)
+        match = BARE_RE.match(self.text, self.pos)
         if match is None:
             raise self.fail(what)
         self.pos = match.end()
@@ -209,7 +202,7 @@ class _Parser:
             self.pos += 1
             self.skip_space()
             name_at = self.pos
-            name = _NAME.match(self.text, self.pos)
+            name = NAME_RE.match(self.text, self.pos)
             if name and name.group() == "limit":
                 if limit is not None:
                     raise self.fail("one '| limit' at most", start)
@@ -242,7 +235,7 @@ class _Parser:
     def limit(self) -> int:
         self.skip_space()
         start = self.pos
-        match = re.compile(r"\d{1,7}").match(self.text, self.pos)
+        match = INTEGER_RE.match(self.text, self.pos)
         if match is None or not self.at_end_of_term(match.end()):
             raise self.fail(f"a number of entries, 1-{MAX_LIMIT}")
         value = int(match.group())
@@ -259,7 +252,7 @@ class _Parser:
         self.skip_space()
         by: list[str] = []
         step: timedelta | None = None
-        word = _NAME.match(self.text, self.pos)
+        word = NAME_RE.match(self.text, self.pos)
         if word and word.group() == "by":
             self.pos = word.end()
             self.skip_space()
@@ -267,7 +260,7 @@ class _Parser:
             while True:
                 self.skip_space()
                 at = self.pos
-                name = _NAME.match(self.text, self.pos)
+                name = NAME_RE.match(self.text, self.pos)
                 if name is None:
                     raise self.fail("a field name to group by")
                 if name.group() in by or name.group() in (TIME_FIELD, *MESSAGE_FIELDS):
@@ -281,7 +274,7 @@ class _Parser:
                 self.expect(")")
                 break
             self.skip_space()
-            word = _NAME.match(self.text, self.pos)
+            word = NAME_RE.match(self.text, self.pos)
         if word and word.group() == "step":
             self.pos = word.end()
             self.skip_space()
@@ -292,10 +285,10 @@ class _Parser:
 
     def duration(self, what: str) -> timedelta:
         start = self.pos
-        match = _DURATION.match(self.text, self.pos)
+        match = DURATION_RE.match(self.text, self.pos)
         if match is None or not self.at_end_of_term(match.end()):
             raise self.fail(what)
-        value = int(match.group(1)) * _UNITS[match.group(2)]
+        value = int(match.group(1)) * UNITS[match.group(2)]
         if not timedelta(0) < value <= MAX_DURATION:
             raise self.fail(f"{what}, above 0 and at most {MAX_DURATION.days}d", start)
         self.pos = match.end()
@@ -369,7 +362,7 @@ class _Parser:
             return Regex(self.regex())
         if char == '"':
             return self.text_term(self.quoted(), start)
-        match = _FIELD.match(self.text, self.pos)
+        match = FIELD_RE.match(self.text, self.pos)
         if match:
             name, op = match.groups()
             self.pos = match.end()
@@ -455,7 +448,7 @@ class _Parser:
             raise self.fail(
                 f"a comparison only on level or a numeric attribute, not {field}", start
             )
-        number = _NUMBER.fullmatch(text)
+        number = NUMBER_RE.fullmatch(text)
         value = float(text) if number else math.nan
         if not math.isfinite(value):
             raise self.fail("a number", at)
@@ -465,7 +458,7 @@ class _Parser:
         try:
             return LogLevel.parse(text)
         except ValueError:
-            raise QuerySyntaxError(at, _LEVELS_HINT, f"unknown level {text[:40]!r}") from None
+            raise QuerySyntaxError(at, LEVELS_HINT, f"unknown level {text[:40]!r}") from None
 
     def time(self) -> Expr:
         char = self.peek()
@@ -491,9 +484,9 @@ class _Parser:
             end += 1
         raw = self.text[at:end].strip()
         # The examples people copy write minutes without seconds (10:00Z) or a bare date.
-        if _DATE.fullmatch(raw):
+        if DATE_RE.fullmatch(raw):
             raw += "T00:00:00Z"
-        elif short := _NO_SECONDS.fullmatch(raw):
+        elif short := NO_SECONDS_RE.fullmatch(raw):
             raw = f"{short.group(1)}:00{short.group(2)}"
         try:
             value = parse_time(raw)
@@ -511,92 +504,3 @@ def _flatten(items: list[Expr], kind: type[And] | type[Or]) -> list[Expr]:
         else:
             flat.append(item)
     return flat
-
-
-# -- printing ------------------------------------------------------------------------------
-
-
-def format_query(query: Query) -> str:
-    """Canonical text of `query`; `parse(format_query(q)) == q`."""
-    parts = [] if query.filter is None else [_format(query.filter)]
-    if query.count is not None:
-        count = "count()"
-        if query.count.by:
-            count += " by (" + ", ".join(query.count.by) + ")"
-        if query.count.step is not None:
-            count += " step " + format_duration(query.count.step)
-        parts.append(count)
-    if query.limit is not None:
-        parts.append(f"limit {query.limit}")
-    if query.filter is None and parts:
-        parts.insert(0, "*")
-    return " | ".join(parts)
-
-
-def _format(expr: Expr) -> str:
-    if isinstance(expr, Or):
-        return " OR ".join(_format(item) for item in expr.items)
-    if isinstance(expr, And):
-        return " ".join(
-            f"({_format(item)})" if isinstance(item, Or) else _format(item) for item in expr.items
-        )
-    if isinstance(expr, Not):
-        inner = _format(expr.item)
-        return f"NOT ({inner})" if isinstance(expr.item, And | Or) else f"NOT {inner}"
-    if isinstance(expr, Text):
-        return expr.text if _bare_word(expr.text) else _quote(expr.text)
-    if isinstance(expr, Regex):
-        return "~" + _quote(expr.pattern)
-    if isinstance(expr, Level):
-        return f"level{expr.op}{expr.level.value}"
-    if isinstance(expr, FieldEquals):
-        value = expr.value if _bare_value(expr.value) else _quote(expr.value)
-        return f"{expr.field}:{value}"
-    if isinstance(expr, NumberCompare):
-        return f"{expr.field}:{expr.op}{format_number(expr.value)}"
-    if isinstance(expr, FieldRegex):
-        return f"{expr.field}:~{_quote(expr.pattern)}"
-    if isinstance(expr, Exists):
-        return f"{expr.field}:*"
-    if isinstance(expr, TimeLast):
-        return f"{TIME_FIELD}:{format_duration(expr.duration)}"
-    opening = "[" if expr.start_inclusive else "("
-    closing = "]" if expr.end_inclusive else ")"
-    return f"{TIME_FIELD}:{opening}{_instant(expr.start)}, {_instant(expr.end)}{closing}"
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _bare_word(text: str) -> bool:
-    return (
-        _BARE.fullmatch(text) is not None
-        and text not in KEYWORDS
-        and text[0] not in "-~"
-        and "*" not in text
-        and _FIELD.match(text) is None
-    )
-
-
-def _bare_value(text: str) -> bool:
-    return _BARE.fullmatch(text) is not None and text[0] not in "~*<>"
-
-
-def format_number(value: float) -> str:
-    """A number as the shortest text that reads back to it (500, not 500.0)."""
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
-
-
-def format_duration(value: timedelta) -> str:
-    """A duration in the largest unit that divides it (90s -> "90s", 120s -> "2m")."""
-    for unit, size in _UNITS.items():
-        if value % size == timedelta(0):
-            return f"{value // size}{unit}"
-    return f"{value // timedelta(milliseconds=1)}ms"
-
-
-def _instant(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
