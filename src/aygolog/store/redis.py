@@ -251,7 +251,7 @@ class RedisStreamLogStore:
         items: list[LogEntry] = []
         calls = scanned = 0
         page_bytes = 0
-        exact = plan.predicate is None
+        exact = plan.predicate is None or (plan.exact and not plan.clauses)
         while True:
             wanted = limit - len(items)
             if not exact:
@@ -292,7 +292,8 @@ class RedisStreamLogStore:
         """Run a count plan (see `count`; `now` ends a stepped range without an end).
 
         Entries of whole index blocks are counted from the blocks' counters when the plan
-        filters nothing and groups only by level, service or instance; the rest is scanned,
+        filters by level and service at most (`Plan.exact`) and groups only by level, service
+        or instance; the rest is scanned,
         at most `StoreOptions.max_scan` entries (past it the result says `complete=False`).
         """
         frame = count_frame(plan, now=now or datetime.now(UTC))
@@ -301,8 +302,11 @@ class RedisStreamLogStore:
         if frame.bounds is None or filters is None:
             return tally.result()
         by = frame.spec.by
-        by_counters = plan.predicate is None and set(by) <= _COUNTER_FIELDS
-        mode = ("v" if set(by) <= {"level"} else "c") if by_counters else "e"
+        # counters hold (minute, level, service, instance): they serve a plan whose filter is
+        # exactly its severities and services (Lua filters the counters by those)
+        by_counters = (plan.predicate is None or plan.exact) and set(by) <= _COUNTER_FIELDS
+        by_level = set(by) <= {"level"} and plan.services is None
+        mode = ("v" if by_level else "c") if by_counters else "e"
         start, stop = (format_stream_id(b) for b in frame.bounds)
         step_ms = frame.step_ms or 0
         options = self._options
