@@ -302,6 +302,14 @@ COUNTS = [
     ("30 s step", Plan(count=CountSpec(("level",), timedelta(seconds=30))), (3, 17)),
     ("filtered", Plan(predicate=lambda e: e.level is LogLevel.ERROR, severities=frozenset({4}),
                       count=CountSpec(("service",), timedelta(minutes=5))), (0, 59)),
+    ("exact level", Plan(predicate=lambda e: e.level is LogLevel.ERROR, severities=frozenset({4}),
+                         exact=True, count=CountSpec(("level",), timedelta(minutes=1))), (0, 59)),
+    ("exact service", Plan(predicate=lambda e: e.service == "auth", services=frozenset({"auth"}),
+                           exact=True, count=CountSpec(("service", "level"),
+                                                       timedelta(minutes=2))), (1, 50)),
+    ("exact both", Plan(predicate=lambda e: e.level is LogLevel.INFO and e.service != "auth",
+                        severities=frozenset({2}), services=frozenset({"shop", ""}), exact=True,
+                        count=CountSpec(("instance",), timedelta(minutes=3))), (0, 60)),
     ("by attribute", Plan(count=CountSpec(("status",), timedelta(minutes=1))), (2, 22)),
 ]  # fmt: skip
 
@@ -315,8 +323,9 @@ async def test_counts_agree_with_the_entries_index_on_and_off(
     await load(on, make_logs(300), spread_ms=11_500)
     since_ms = T0 + minutes[0] * 60_000 + 1234
     until_ms = T0 + minutes[1] * 60_000 + 4321
-    plan = Plan(predicate=plan.predicate, severities=plan.severities, count=plan.count,
-                since=at(since_ms), until=at(until_ms))  # fmt: skip
+    plan = Plan(predicate=plan.predicate, severities=plan.severities, services=plan.services,
+                exact=plan.exact, count=plan.count, since=at(since_ms),
+                until=at(until_ms))  # fmt: skip
     entries = await all_entries(on)
     now = at(until_ms + 10**7)
     for store in (on, off):

@@ -88,9 +88,9 @@ _BUCKET_SECONDS: Final = 10
 _COUNTER_FIELDS: Final = frozenset({"level", "service", "instance"})
 _LEVEL_NAMES: Final = tuple(LogLevel.from_severity(i).value for i in range(len(LogLevel)))
 _NO_INDEX: Final = IndexOptions()
-_CALL_ENTRIES: Final = 2000
+_CALL_ENTRIES: Final = 1000
 """A scan call reads at most this many entries (fewer than `StoreOptions.scan_budget` when that
-is larger), ~5-10 ms of Redis time: appends wait behind a Lua call, so this bounds what a heavy
+is larger), ~3-5 ms of Redis time: appends wait behind a Lua call, so this bounds what a heavy
 query adds to their latency. (Redis freezes time inside a script, so no clock can do it.)"""
 _Filters = list[str | bytes | int]
 
@@ -251,7 +251,7 @@ class RedisStreamLogStore:
         items: list[LogEntry] = []
         calls = scanned = 0
         page_bytes = 0
-        exact = plan.predicate is None
+        exact = plan.predicate is None or (plan.exact and not plan.clauses)
         while True:
             wanted = limit - len(items)
             if not exact:
@@ -292,7 +292,8 @@ class RedisStreamLogStore:
         """Run a count plan (see `count`; `now` ends a stepped range without an end).
 
         Entries of whole index blocks are counted from the blocks' counters when the plan
-        filters nothing and groups only by level, service or instance; the rest is scanned,
+        filters by level and service at most (`Plan.exact`) and groups only by level, service
+        or instance; the rest is scanned,
         at most `StoreOptions.max_scan` entries (past it the result says `complete=False`).
         """
         frame = count_frame(plan, now=now or datetime.now(UTC))
@@ -301,7 +302,11 @@ class RedisStreamLogStore:
         if frame.bounds is None or filters is None:
             return tally.result()
         by = frame.spec.by
-        by_counters = plan.predicate is None and set(by) <= _COUNTER_FIELDS
+        # counters hold (minute, level, service, instance): they serve a plan whose filter is
+        # exactly its severities and services (Lua filters the counters by those)
+        by_counters = (plan.predicate is None or plan.exact) and set(by) <= _COUNTER_FIELDS
+        by_level = set(by) <= {"level"} and plan.services is None
+        mode = ("v" if by_level else "c") if by_counters else "e"
         start, stop = (format_stream_id(b) for b in frame.bounds)
         step_ms = frame.step_ms or 0
         options = self._options
@@ -310,7 +315,7 @@ class RedisStreamLogStore:
         while True:
             reply = await self._scan(
                 start, stop, "f", options.scan_budget, options.max_page_bytes,
-                "c" if by_counters else "e", step_ms, filters,
+                mode, step_ms, filters,
             )  # fmt: skip
             last, done, scanned = reply[0].decode(), reply[1] == 1, scanned + reply[2]
             body = reply[4:]

@@ -17,7 +17,8 @@
 -- A block (KEYS[7]'s siblings, prefix ARGV[7]) is a hash: f/t first/last id, n entries, b bloom
 -- bits, w (present: some text is not ASCII), l<severity> and s:<service> counts,
 -- m<minute>\n<severity>\n<service>\n<instance> counts;
--- its bloom filter is the string <prefix>f:<number>. A batch goes whole into one block: a new
+-- its bloom filter is the string <prefix>f:<number>, its counts per minute and severity the hash
+-- <prefix>v:<number> (<minute>\n<severity>: what a count by level reads). A batch goes whole into one block: a new
 -- block starts when the current one holds ARGV[6] entries or more.
 local stream = KEYS[1]
 local idem_ttl = tonumber(ARGV[3])
@@ -88,6 +89,7 @@ if block_size > 0 then
     redis.call('HSET', bkey, 'f', ids[2], 'b', ARGV[8])
     redis.call('ZADD', KEYS[6], ms_of(ids[2]), string.format('%012d', cur))
   end
+  local vkey = prefix .. 'v:' .. cur
   redis.call('HSET', bkey, 't', ids[#ids])
   redis.call('HINCRBY', bkey, 'n', n)
   for level, count in pairs(levels) do
@@ -104,18 +106,27 @@ if block_size > 0 then
         redis.call('HINCRBY', bkey, m .. level .. '\n' .. service .. '\n' .. instance, count)
       end
     end
+    for level, count in pairs(levels) do
+      redis.call('HINCRBY', vkey, first_minute .. '\n' .. level, count)
+    end
   else
     -- the batch spans minutes: count each entry in its own (rare; explicit ids)
-    local per = {}
+    local per, by_level = {}, {}
     local j = 2
     for i = 11, #ARGV, width do
       local at = explicit and i + 1 or i
-      local k = 'm' .. math.floor(ms_of(ids[j]) / 60000) .. '\n' .. ARGV[at] .. '\n' .. ARGV[at + 1] .. '\n' .. instance
+      local minute = math.floor(ms_of(ids[j]) / 60000)
+      local k = 'm' .. minute .. '\n' .. ARGV[at] .. '\n' .. ARGV[at + 1] .. '\n' .. instance
       per[k] = (per[k] or 0) + 1
+      local v = minute .. '\n' .. ARGV[at]
+      by_level[v] = (by_level[v] or 0) + 1
       j = j + 1
     end
     for k, count in pairs(per) do
       redis.call('HINCRBY', bkey, k, count)
+    end
+    for k, count in pairs(by_level) do
+      redis.call('HINCRBY', vkey, k, count)
     end
   end
   local bloom = ARGV[9]
@@ -190,7 +201,7 @@ if trimmed > 0 and block_size > 0 then
       local ms, seq = tonumber(string.sub(t, 1, dash - 1)), tonumber(string.sub(t, dash + 1))
       if ms > first_ms or (ms == first_ms and seq >= first_seq) then break end
     end
-    redis.call('DEL', prefix .. number, prefix .. 'f:' .. number)
+    redis.call('DEL', prefix .. number, prefix .. 'f:' .. number, prefix .. 'v:' .. number)
     redis.call('ZREM', KEYS[6], oldest)
   end
 end

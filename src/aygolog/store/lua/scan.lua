@@ -8,7 +8,9 @@
 -- ARGV[5] scan budget (entries)   ARGV[6] most entries per XRANGE
 -- ARGV[7] byte budget: stop after the candidate whose body brings the bodies returned to this many
 -- ARGV[8] allowed severity digits ('' = any)   ARGV[9] services, each framed as "\n"..s.."\n" ('' = any)
--- ARGV[10] 'e' return entries, or 'c' return counts per (bucket, level, service, instance)
+-- ARGV[10] 'e' return entries, or 'c' return counts per (bucket, level, service, instance), or
+--   'v' counts that only need (bucket, level) (whole blocks read their per-level counters); in
+--   'c' and 'v' the filter is exactly the severities and services (no clauses)
 -- ARGV[11] count bucket width in ms (0: one bucket)
 -- ARGV[12] block budget (0: index off)   ARGV[13] block key prefix   ARGV[14] bloom size in bits
 -- ARGV[15] unused (kept for the argument layout)
@@ -33,7 +35,7 @@ local block_budget, bprefix, bloom_bits = tonumber(ARGV[12]), ARGV[13], ARGV[14]
 local back = dir == 'b'
 local command = back and 'XREVRANGE' or 'XRANGE'
 local find, lower, sub, floor = string.find, string.lower, string.sub, math.floor
-local counting = mode == 'c'
+local counting = mode == 'c' or mode == 'v'
 
 local clauses = {}
 for i = 16, #ARGV, 2 do
@@ -367,15 +369,38 @@ while true do
       if counting and by_minute and not before(near, posk) and not before(stopk, far)
           and cmp(b.fk, firstk) >= 0 then
         -- the whole block is in range and none of it was trimmed: its counters are exact
-        local h = redis.call('HGETALL', b.key)
-        for i = 1, #h, 2 do
-          local field = h[i]
-          if sub(field, 1, 1) == 'm' then
+        if mode == 'v' then
+          local h = redis.call('HGETALL', bprefix .. 'v:' .. n)
+          for i = 1, #h, 2 do
+            local field = h[i]
             local nl = find(field, '\n', 1, true)
-            local minute = tonumber(sub(field, 2, nl - 1))
-            local bucket = step > 0 and floor(minute * 60000 / step) * step or 0
-            local k = bucket .. sub(field, nl)
-            counts[k] = (counts[k] or 0) + tonumber(h[i + 1])
+            if levels == '' or find(levels, sub(field, nl + 1), 1, true) then
+              local minute = tonumber(sub(field, 1, nl - 1))
+              local bucket = step > 0 and floor(minute * 60000 / step) * step or 0
+              local k = bucket .. sub(field, nl) .. '\n\n'
+              counts[k] = (counts[k] or 0) + tonumber(h[i + 1])
+            end
+          end
+        else
+          local h = redis.call('HGETALL', b.key)
+          for i = 1, #h, 2 do
+            local field = h[i]
+            if sub(field, 1, 1) == 'm' then
+              local nl = find(field, '\n', 1, true)
+              local ok = true
+              if levels ~= '' or services ~= '' then
+                -- m<minute>\n<severity>\n<service>\n<instance>: the plan's filter, on counters
+                local lv, svc = string.match(field, '^[^\n]*\n([^\n]*)\n([^\n]*)\n')
+                ok = (levels == '' or find(levels, lv, 1, true) ~= nil)
+                  and (services == '' or find(services, '\n' .. svc .. '\n', 1, true) ~= nil)
+              end
+              if ok then
+                local minute = tonumber(sub(field, 2, nl - 1))
+                local bucket = step > 0 and floor(minute * 60000 / step) * step or 0
+                local k = bucket .. sub(field, nl)
+                counts[k] = (counts[k] or 0) + tonumber(h[i + 1])
+              end
+            end
           end
         end
       else
