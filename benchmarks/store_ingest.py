@@ -5,7 +5,8 @@
 Starts a private Redis-compatible server unless --redis-url is given, so both figures come from
 the same server in the same run. "1 writer" awaits each batch before sending the next; "4
 writers" keeps four batches in flight on a connection pool, the way a Log API instance serving
-several clients does (the client encodes one batch while Redis runs another).
+several clients does (the client encodes one batch while Redis runs another). Each is measured
+with the search index (the default) and without it (`index=None`), one after the other.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ import redis.asyncio as aioredis
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import redis_target, sample_logs
 from aygolog.store import RedisStreamLogStore
+from aygolog.store.index import IndexOptions
 
 
-async def measure(url: str, batch: int, writers: int, seconds: float) -> float:
-    """Logs per second for one batch size and writer count."""
+async def measure(url: str, batch: int, writers: int, seconds: float, index: bool) -> float:
+    """Logs per second for one batch size and writer count, with or without the index."""
     client = aioredis.Redis.from_url(url, max_connections=writers + 2)
     prefix = f"b{uuid.uuid4().hex[:8]}"
-    store = RedisStreamLogStore(client, instance="bench", prefix=prefix)
+    options = IndexOptions() if index else None
+    store = RedisStreamLogStore(client, instance="bench", prefix=prefix, index=options)
     logs = sample_logs(batch)
     await store.append_many(logs)  # load the script, warm up
     stored = 0
@@ -48,7 +51,8 @@ async def measure(url: str, batch: int, writers: int, seconds: float) -> float:
     elapsed = time.perf_counter() - start
     total = (await store.stats()).total
     assert total == stored + batch, f"counted {stored + batch} logs but the store holds {total}"
-    await client.delete(f"{{{prefix}}}:logs")  # free the memory between runs
+    keys = [key async for key in client.scan_iter(match=f"{{{prefix}}}:*")]
+    await client.delete(*keys)  # free the memory between runs
     await client.aclose()
     return stored / elapsed
 
@@ -78,18 +82,19 @@ def main() -> None:
         rows = []
         for batch in (1, 100, 1000):
             for writers in (1, 4):
-                rate = asyncio.run(measure(url, batch, writers, args.seconds))
-                rows.append((batch, writers, rate))
-                print(f"append_many({batch}) with {writers} writer(s): {rate:,.0f} logs/s",
-                      flush=True)  # fmt: skip
+                off = asyncio.run(measure(url, batch, writers, args.seconds, False))
+                on = asyncio.run(measure(url, batch, writers, args.seconds, True))
+                rows.append((batch, writers, off, on))
+                print(f"append_many({batch}) with {writers} writer(s): {off:,.0f} logs/s without"
+                      f" the index, {on:,.0f} with ({on / off:.2f}x)", flush=True)  # fmt: skip
         xadd = redis_benchmark_xadd(url)
     print()
-    print("| batch size | writers | logs/s |")
-    print("|---:|---:|---:|")
-    for batch, writers, rate in rows:
-        print(f"| {batch} | {writers} | {rate:,.0f} |")
+    print("| batch size | writers | logs/s without index | with index | ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for batch, writers, off, on in rows:
+        print(f"| {batch} | {writers} | {off:,.0f} | {on:,.0f} | {on / off:.2f} |")
     if xadd is not None:
-        print(f"| redis-benchmark -P 64 XADD (same server) | | {xadd:,.0f} |")
+        print(f"| redis-benchmark -P 64 XADD (same server) | | {xadd:,.0f} | | |")
 
 
 if __name__ == "__main__":

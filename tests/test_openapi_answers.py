@@ -309,7 +309,22 @@ CASES: dict[tuple[str, str, int], Call] = {
     ("/api/logs/stats", "get", 401): call("keyed", "GET", "/api/logs/stats"),
     ("/api/logs/stats", "get", 403): call("keyed", "GET", "/api/logs/stats", headers=WRITER),
     ("/api/logs/stats", "get", 503): call("down", "GET", "/api/logs/stats"),
+    ("/api/logs/count", "get", 200): call(
+        "plain", "GET", "/api/logs/count", params={"query": "| count() by (level) step 1m"}
+    ),
+    ("/api/logs/count", "get", 400): call(
+        "plain", "GET", "/api/logs/count", params={"query": "service:(a OR"}
+    ),
+    ("/api/logs/count", "get", 401): call("keyed", "GET", "/api/logs/count"),
+    ("/api/logs/count", "get", 403): call("keyed", "GET", "/api/logs/count", headers=WRITER),
+    ("/api/logs/count", "get", 422): call(
+        "plain", "GET", "/api/logs/count", params={"query": "| count() step 1s", "since": "30d"}
+    ),
+    ("/api/logs/count", "get", 503): call("down", "GET", "/api/logs/count"),
     ("/api/logs/stream", "get", 200): call("plain", "GET", "/api/logs/stream"),
+    ("/api/logs/stream", "get", 400): call(
+        "plain", "GET", "/api/logs/stream", params={"query": "error _time:5m"}
+    ),
     ("/api/logs/stream", "get", 422): call(
         "plain", "GET", "/api/logs/stream", "/api/logs/stream?last_event_id=yesterday"
     ),

@@ -114,9 +114,9 @@ def test_filters_live_in_the_url(page: Page, web: ServiceProcess, sdk: LogClient
     word = tag()
     sdk.log(f"shared link {word}", service="links")
     sdk.log(f"other line {word}", service="noise")
-    page.get_by_label("Search text").fill(word)
+    page.get_by_label("Search", exact=True).fill(word)
     page.get_by_label("Service").nth(1).fill("links")
-    page.wait_for_url(lambda url: "service=links" in url and f"q={word}" in url, timeout=5_000)
+    page.wait_for_url(lambda url: "service=links" in url and f"query={word}" in url, timeout=5_000)
     expect(page.locator(".aygolog-row")).to_have_count(1, timeout=5_000)
     shared = page.context.new_page()
     shared.goto(page.url)
@@ -124,7 +124,7 @@ def test_filters_live_in_the_url(page: Page, web: ServiceProcess, sdk: LogClient
         timeout=10_000
     )
     expect(shared.locator(".aygolog-row")).to_have_count(1)
-    expect(shared.get_by_label("Search text")).to_have_value(word)
+    expect(shared.get_by_label("Search", exact=True)).to_have_value(word)
     shared.close()
 
 

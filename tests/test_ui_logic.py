@@ -9,6 +9,7 @@ import pytest
 
 from aygolog.errors import Unavailable, ValidationError
 from aygolog.models import FieldError, InstanceView, LogEntry, LogLevel
+from aygolog.query import regex
 from aygolog.querystring import parse_query_params
 from aygolog.ui import state as ui_state
 from aygolog.ui.state import (
@@ -75,12 +76,41 @@ def test_filters_round_trip_through_the_url() -> None:
     assert params_of(url) == {
         "level": ["warning,error"],
         "service": ["api,auth"],
-        "q": ["time out"],
+        "query": ["time out"],
         "since": ["15m"],
     }
     assert Filters.from_params(params_of(url)) == Filters(
         levels=filters.levels, service="api,auth", text="time out", range="15m"
     )
+
+
+def test_an_older_links_q_is_a_substring_query() -> None:
+    assert Filters.from_params({"q": "time out"}).text == '~"time out"'
+    assert Filters.from_params({"q": "old", "query": "new"}).text == "new"
+    for q, yes, no in [
+        ('say "hi"', 'they SAY "HI" there', "say hi"),
+        ("a.b (c)* \\d", "xA.B (C)* \\Dy", "aXb (c)* \\d"),
+    ]:
+        old = Filters.from_params({"q": q})
+        assert old.problem() is None, old.text
+        assert old.matches(entry(1, yes), now=NOW), old.text
+        assert not old.matches(entry(1, no), now=NOW), old.text
+
+
+def test_a_regex_this_process_cannot_run_is_left_to_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(regex, "_RE2", None)  # as with the `ui` extra alone
+    ui_state._plan.cache_clear()
+    try:
+        filters = Filters(text='~"time.*out" | limit 5', levels=frozenset({LogLevel.ERROR}))
+        assert filters.problem() is None
+        assert not filters.live_applies
+        assert filters.matches(entry(1, "anything", level=LogLevel.ERROR), now=NOW)
+        assert not filters.matches(entry(1, "anything"), now=NOW)  # the level still applies
+        assert (Filters(text='~"(a" (').problem() or "").startswith("query: at")
+    finally:
+        ui_state._plan.cache_clear()
 
 
 def test_empty_filters_make_a_bare_url() -> None:
@@ -117,20 +147,18 @@ def test_bad_parameters_are_left_out() -> None:
 def test_url_params_mean_the_same_to_the_log_api() -> None:
     filters = Filters(levels=frozenset({LogLevel.ERROR}), service="api", text="x", range="1h")
     api = parse_query_params(
-        level=["error"], service=["api"], q="x", since="1h", limit=50
+        level=["error"], service=["api"], query="x", since="1h", limit=50
     )  # what GET /api/logs?<the page's params> runs
     mine = to_log_query(filters, limit=50, now=NOW)
-    assert (mine.levels, mine.services, mine.text) == (api.levels, api.services, api.text)
+    assert (mine.levels, mine.services, mine.query) == (api.levels, api.services, api.query)
     assert mine.since == NOW - timedelta(hours=1)
 
 
 def test_query_and_tail_filters() -> None:
     filters = Filters(levels=frozenset({LogLevel.ERROR}), service="a,b", text="boom", range="5m")
-    assert filters.tail_filters() == {
-        "level": [LogLevel.ERROR],
-        "service": ["a", "b"],
-        "text": "boom",
-    }
+    assert filters.tail_filters() == {"level": [LogLevel.ERROR], "service": ["a", "b"]}
+    assert filters.query == "boom"
+    assert Filters(text="  ").query is None
     query = filters.query_filters(now=NOW)
     assert query["since"] == NOW - timedelta(minutes=5)
     assert "until" not in query
@@ -143,14 +171,32 @@ def test_query_and_tail_filters() -> None:
         (Filters(levels=frozenset({LogLevel.ERROR})), False),
         (Filters(service="shop"), True),
         (Filters(service="auth,api"), False),
-        (Filters(text="HELL"), True),
+        (Filters(text="HELLO"), True),
+        (Filters(text="HELL"), False),  # a word is a whole word
+        (Filters(text='~"ELL"'), True),
         (Filters(text="bye"), False),
+        (Filters(text="hello -order:1"), False),
+        (Filters(text="level>=info service:(shop OR x)"), True),
+        (Filters(text="hello (", range="5m"), False),  # does not parse: nothing matches
         (Filters(range="5m"), True),
         (Filters(range="custom", until="2026-01-01T00:00:00Z"), False),
     ],
 )
 def test_matches(filters: Filters, expected: bool) -> None:
     assert filters.matches(entry(1), now=NOW + timedelta(seconds=1)) is expected
+
+
+def test_problem_names_a_query_that_does_not_parse_or_counts() -> None:
+    assert (Filters(text="service:(a OR").problem() or "").startswith("query: at 13: expected")
+    assert "count" in (Filters(text="x | count()").problem() or "")
+    assert Filters(text="level>=warning timeout").problem() is None
+
+
+def test_a_query_a_live_tail_refuses_turns_live_off() -> None:
+    assert Filters(text="timeout").live_applies
+    assert not Filters(text="timeout _time:5m").live_applies
+    assert not Filters(text="timeout | limit 5").live_applies
+    assert not Filters(text="(").live_applies
 
 
 def test_problem_names_a_custom_time_that_is_not_one() -> None:
@@ -346,3 +392,10 @@ def test_ingest_series_starts_from_the_servers_rate() -> None:
     assert series.add(100.0, 50, first_rate=1.5) is None
     assert series.add(102.0, 54, first_rate=9.0) == 2.0
     assert series.chart_data() == [[100_000, 1.5], [102_000, 2.0]]
+
+
+def test_a_number_too_large_in_the_query_is_a_problem_not_an_exception() -> None:
+    filters = Filters(text="_time:999999999999d")
+    assert (filters.problem() or "").startswith("query: at 0:")
+    assert not filters.live_applies
+    assert not filters.matches(entry(1), now=NOW)

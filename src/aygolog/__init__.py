@@ -31,6 +31,8 @@ from aygolog.errors import (
 )
 from aygolog.models import (
     BatchResult,
+    CountResult,
+    CountSeries,
     Direction,
     ErrorBody,
     EventKind,
@@ -49,6 +51,7 @@ from aygolog.models import (
     SeedLog,
     ServiceInstance,
 )
+from aygolog.query import QuerySyntaxError
 from aygolog.registry import InMemoryServiceRegistry, ServiceRegistry, check_registration
 from aygolog.settings import (
     LoadBalancerSettings,
@@ -67,6 +70,8 @@ __all__ = [
     "BalancerStrategy",
     "BatchResult",
     "Conflict",
+    "CountResult",
+    "CountSeries",
     "Direction",
     "EmbeddedRedis",
     "ErrorBody",
@@ -92,6 +97,7 @@ __all__ = [
     "NoHealthyInstance",
     "NotFound",
     "PowerOfTwoChoices",
+    "QuerySyntaxError",
     "Random",
     "RateLimited",
     "RedisSettings",

@@ -32,9 +32,17 @@ from aygolog.errors import (
     Unavailable,
     ValidationError,
 )
-from aygolog.models import FieldError, LogEntry, LogLevel, LogPage, NewLog
+from aygolog.models import (
+    CountResult,
+    FieldError,
+    LogEntry,
+    LogLevel,
+    LogPage,
+    NewLog,
+)
+from aygolog.query import parse
 
-__all__ = ["DEFAULT_URL", "add_client_commands", "format_entry", "use_colour"]
+__all__ = ["DEFAULT_URL", "add_client_commands", "count_table", "format_entry", "use_colour"]
 
 EXIT_OK: Final = 0
 EXIT_USER_ERROR: Final = 1
@@ -307,6 +315,16 @@ def _send(args: argparse.Namespace) -> int:
 # -- query -------------------------------------------------------------------------------------
 
 
+def _is_count(text: str | None) -> bool:
+    """Whether the query string ends in `| count()` (parsed here to pick the endpoint; a
+    syntax error is reported here too, with its position). Only parsed, not planned: a regex
+    needs RE2, which the SDK-only install lacks; the server runs it."""
+    try:
+        return bool(text and text.strip()) and parse(text or "").count is not None
+    except OverflowError as exc:  # the parser lets `_time:999999999999d` through this way
+        raise UserError("query: a number in it is too large") from exc
+
+
 def _query(args: argparse.Namespace) -> int:
     filters = _filters(args)
     for name in ("since", "until", "cursor"):
@@ -316,9 +334,12 @@ def _query(args: argparse.Namespace) -> int:
         filters["direction"] = "forward"
     if not 1 <= args.limit <= 1000:
         raise UserError("--limit must be between 1 and 1000")
+    text: str | None = args.query
+    if _is_count(text):
+        return _count(args, text, filters)
     with _client(args) as client:
         if args.all:
-            items: Iterator[LogEntry] = client.iter_logs(limit=args.limit, **filters)
+            items: Iterator[LogEntry] = client.iter_logs(text, limit=args.limit, **filters)
             next_cursor = None
             if args.format == "ndjson":
                 for entry in items:
@@ -326,7 +347,7 @@ def _query(args: argparse.Namespace) -> int:
                 return EXIT_OK
             entries = list(items)
         else:
-            page = client.query(limit=args.limit, **filters)
+            page = client.query(text, limit=args.limit, **filters)
             entries, next_cursor = page.items, page.next_cursor
     if args.format == "json":
         _print_json(LogPage(items=entries, next_cursor=next_cursor))
@@ -340,6 +361,38 @@ def _query(args: argparse.Namespace) -> int:
                 f"(more: --cursor {next_cursor}, or --all; {len(entries)} shown)", file=sys.stderr
             )
     return EXIT_OK
+
+
+def _count(args: argparse.Namespace, text: str | None, filters: dict[str, Any]) -> int:
+    for name in ("cursor", "direction"):
+        if filters.pop(name, None) is not None:
+            raise UserError(f"--{'forward' if name == 'direction' else name}: a count has no pages")
+    with _client(args) as client:
+        result = client.count(text, **filters)
+    if args.format in ("json", "ndjson"):
+        _print_json(result)
+    else:
+        for line in count_table(result):
+            print(line)
+    return EXIT_OK
+
+
+def count_table(result: CountResult) -> list[str]:
+    """A count as text: with one bucket, a row per group (its labels, then COUNT); with a step,
+    a row per bucket (TIME, then a column per group, named by its label values)."""
+    if not result.series:
+        return ["no matching entries"]
+    names = list(result.series[0].labels)
+    if len(result.buckets) == 1 and result.step_seconds is None:
+        headers = [name.upper() for name in names] + ["COUNT"]
+        rows = [[*(s.labels[n] or '""' for n in names), str(s.counts[0])] for s in result.series]
+        return _table(headers, rows)
+    columns = [",".join(s.labels[n] or '""' for n in names) or "COUNT" for s in result.series]
+    rows = [
+        [_time(at), *(str(s.counts[i]) for s in result.series)]
+        for i, at in enumerate(result.buckets)
+    ]
+    return _table(["TIME", *columns], rows)
 
 
 def _print_table(entries: Sequence[LogEntry], colour: bool) -> None:
@@ -378,7 +431,7 @@ def _tail(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             client.health()  # fail fast (exit 2) when nothing answers; the tail then reconnects
-            with client.tail(**filters) as tail:
+            with client.tail(args.query, **filters) as tail:
                 if sys.stderr.isatty():
                     print(f"following {client.base_url} (Ctrl-C stops)", file=sys.stderr)
                 for count, entry in enumerate(tail, start=1):
@@ -447,6 +500,7 @@ _OPTIONS: Final = {
     "attr": "--attr",
     "limit": "--limit",
     "cursor": "--cursor",
+    "step": "step (in the query)",
 }
 
 
@@ -534,6 +588,9 @@ def add_client_commands(commands: Any) -> None:
         help="follow new logs live, coloured by level",
         description="Follow new logs as they are stored (Ctrl-C stops).",
     )
+    tail.add_argument(
+        "--query", help="a query (docs/query.md) to filter with, e.g. 'level>=warning timeout'"
+    )
     tail.add_argument("--format", choices=("text", "ndjson"), default="text")
     tail.add_argument("-n", "--count", type=int, default=0, help="stop after this many entries")
     tail.set_defaults(handler=_run("tail", _tail))
@@ -541,8 +598,16 @@ def add_client_commands(commands: Any) -> None:
     query = commands.add_parser(
         "query",
         parents=[url, filters, colour],
-        help="search stored logs: a table, JSON or NDJSON",
-        description="Search stored logs, newest first.",
+        help="search or count stored logs: a table, JSON or NDJSON",
+        description="Search stored logs, newest first, with a query (docs/query.md) and/or the "
+        "filter options (they AND). A query ending in `| count() by (...) step ...` prints "
+        "its counts instead.",
+    )
+    query.add_argument(
+        "query",
+        nargs="?",
+        help="e.g. 'level>=warning service:shop timeout' or 'level:error | count() by (service)'"
+        " (one that starts with - goes after --: aygolog query -- '-debug timeout')",
     )
     query.add_argument("--since", help="from: RFC 3339, epoch, or relative (15m, 2h, 7d)")
     query.add_argument("--until", help="up to, in the same forms as --since")
@@ -551,6 +616,9 @@ def add_client_commands(commands: Any) -> None:
     query.add_argument("--forward", action="store_true", help="oldest first")
     query.add_argument("--all", action="store_true", help="every matching entry, page after page")
     query.add_argument("--format", choices=("table", "json", "ndjson"), default="table")
+    query.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="= --format json"
+    )
     query.set_defaults(handler=_run("query", _query))
 
     services = commands.add_parser(

@@ -6,8 +6,9 @@
                [--insecure-open-registration]                     run the load balancer
     aygolog ui [--host H] [--port P] [--lb-url URL]                run the web page
     aygolog send [MESSAGE] [--level L] [--service S] [--attr K=V]  send a log, or stdin lines
-    aygolog tail [filters]                                        follow logs live
-    aygolog query [filters] [--format table|json|ndjson] [--all]  search stored logs
+    aygolog tail [--query Q] [filters]                            follow logs live
+    aygolog query [QUERY] [filters] [--format table|json|ndjson|--json] [--all]
+                                                 search stored logs, or count (`| count()`)
     aygolog services                                              the LB's instances
     aygolog version
 

@@ -4,6 +4,7 @@ Parameters (all optional, every one given must match):
 
 | name | meaning | example |
 |---|---|---|
+| `query` | the query language (docs/query.md), at most 4,096 characters | `query=timeout` |
 | `level` | levels, repeated or comma-separated (aliases allowed) | `level=error,warn` |
 | `min_level` | this level or more severe | `min_level=warning` |
 | `service` | services, repeated or comma-separated | `service=api&service=auth` |
@@ -73,8 +74,11 @@ def parse_query_params(
     limit: int = 100,
     cursor: str | None = None,
     direction: str | None = None,
+    query: str | None = None,
 ) -> LogQuery:
     """A `LogQuery` from query parameters (see the module docstring).
+
+    `query` is kept as text: it is parsed (and its length bounded) by `plan_for`, once.
 
     Raises:
         ValidationError: naming each bad parameter.
@@ -130,12 +134,15 @@ def parse_query_params(
         limit=limit,
         cursor=cursor or None,
         direction=way,
+        query=query if query and query.strip() else None,
     )
 
 
 def query_to_params(query: LogQuery) -> list[tuple[str, str]]:
     """The query parameters that `parse_query_params` turns back into `query`."""
     params: list[tuple[str, str]] = []
+    if query.query:
+        params.append(("query", query.query))
     if query.levels is not None:
         params.append(("level", ",".join(sorted(lv.value for lv in query.levels))))
     if query.min_level is not None:

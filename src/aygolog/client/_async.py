@@ -23,6 +23,7 @@ from aygolog.client._base import (
     Attempts,
     Balance,
     ClientCore,
+    CountFilters,
     PreparedBatch,
     QueryFilters,
     RequestSpec,
@@ -43,6 +44,7 @@ from aygolog.client._base import (
 from aygolog.errors import AygologError, Unavailable, ValidationError
 from aygolog.models import (
     BatchResult,
+    CountResult,
     LogEntry,
     LogLevel,
     LogPage,
@@ -233,15 +235,22 @@ class AsyncLogClient:
         return await self._call(spec, BatchResult, policy=policy, timeout=timeout)
 
     async def query(
-        self, query: LogQuery | None = None, /, **filters: Unpack[QueryFilters]
+        self, query: LogQuery | str | None = None, /, **filters: Unpack[QueryFilters]
     ) -> LogPage:
         """One page of stored entries matching the filters; see `LogClient.query`."""
         built = make_query(query, **filters)
         return await self._call(self._core.query_request(built), LogPage)
 
+    async def count(
+        self, query: LogQuery | str | None = None, /, **filters: Unpack[CountFilters]
+    ) -> CountResult:
+        """Count matching entries; see `LogClient.count`."""
+        built = make_query(query, **filters)
+        return await self._call(self._core.count_request(built), CountResult)
+
     async def iter_logs(
         self,
-        query: LogQuery | None = None,
+        query: LogQuery | str | None = None,
         /,
         *,
         max_items: int | None = None,
@@ -263,7 +272,7 @@ class AsyncLogClient:
 
     def tail(
         self,
-        query: LogQuery | None = None,
+        query: LogQuery | str | None = None,
         /,
         *,
         last_event_id: str | None = None,

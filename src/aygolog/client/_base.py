@@ -33,6 +33,7 @@ from __future__ import annotations
 import email.utils
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -67,6 +68,7 @@ from aygolog.models import (
     LogQuery,
     NewLog,
 )
+from aygolog.query import QuerySyntaxError
 from aygolog.querystring import parse_time, query_to_params
 
 __all__ = [
@@ -305,6 +307,9 @@ def _error_body(content: bytes) -> ErrorBody | None:
         return None
 
 
+_SYNTAX_REASON: Final = re.compile(r"at (\d+): expected (.*), found (.*)", re.DOTALL)
+
+
 def error_from_response(
     status: int, headers: Mapping[str, str], content: bytes, where: str
 ) -> AygologError:
@@ -316,6 +321,10 @@ def error_from_response(
         text = content[:200].decode("utf-8", "replace").strip() or "no body"
         detail = []
     message = f"{where}: HTTP {status}: {text}"
+    if status == 400 and len(detail) == 1 and detail[0].field == "query":
+        syntax = _SYNTAX_REASON.fullmatch(detail[0].reason)
+        if syntax is not None:  # the server's QuerySyntaxError, with its position, again
+            return QuerySyntaxError(int(syntax[1]), syntax[2], syntax[3])
     if status in (400, 413, 415, 422):
         errors = detail or [FieldError(field="$", reason=text)]
         cls = MalformedInput if status == 400 else ValidationError
@@ -582,6 +591,8 @@ TimeArg = datetime | float | str | None
 class TailFilters(TypedDict, total=False):
     """The filters of a live tail (all must match)."""
 
+    query: str
+    """A query string (docs/query.md); the same as passing it first."""
     level: LevelArg
     """Levels: a name, a comma-separated string, or several."""
     min_level: LogLevel | str | int
@@ -594,13 +605,18 @@ class TailFilters(TypedDict, total=False):
     """Attribute equality."""
 
 
-class QueryFilters(TailFilters, total=False):
-    """The filters and paging of a query (all filters must match)."""
+class CountFilters(TailFilters, total=False):
+    """The filters and time range of a count (all filters must match)."""
 
     since: TimeArg
     """From this time on: a datetime, epoch seconds, RFC 3339, or relative (`15m`)."""
     until: TimeArg
     """Up to this time, in the same forms as `since`."""
+
+
+class QueryFilters(CountFilters, total=False):
+    """The filters and paging of a query (all filters must match)."""
+
     limit: int
     """The page size, 1-1000 (default 100)."""
     cursor: str
@@ -631,8 +647,10 @@ def _services(value: str | Iterable[str] | None) -> frozenset[str] | None:
 
 
 def make_query(
-    query: LogQuery | None = None,
+    base: LogQuery | str | None = None,
+    /,
     *,
+    query: str | None = None,
     level: LevelArg = None,
     min_level: LogLevel | str | int | None = None,
     service: str | Iterable[str] | None = None,
@@ -644,15 +662,19 @@ def make_query(
     cursor: str | None = None,
     direction: Direction | str | None = None,
 ) -> LogQuery:
-    """A `LogQuery` from keyword filters, on top of `query` when given.
+    """A `LogQuery` from keyword filters, on top of `base` when given.
 
-    `since`/`until` take datetimes, epoch seconds, RFC 3339 or relative times (`15m`: 15 minutes
-    before now, resolved now so that paging sees a fixed range).
+    `base` is a `LogQuery`, or a string in the query language (docs/query.md), which the
+    server parses; `query=` sets that string too (keywords win). `since`/`until` take
+    datetimes, epoch seconds, RFC 3339 or relative times (`15m`: 15 minutes before now,
+    resolved now so that paging sees a fixed range).
 
     Raises:
         ValidationError: naming each filter that cannot be understood.
     """
-    base = query or LogQuery()
+    if isinstance(base, str):
+        base = LogQuery(query=base)
+    base = base or LogQuery()
     changes: dict[str, Any] = {}
     errors: list[FieldError] = []
 
@@ -682,6 +704,11 @@ def make_query(
         changes["cursor"] = cursor or None
     if direction is not None:
         attempt("direction", lambda: Direction(str(direction).lower()))
+    if query is not None:
+        changes["query"] = query
+    if "query" in changes or base.query is not None:
+        text = changes.get("query", base.query)
+        changes["query"] = text if text and text.strip() else None  # blank: no query
     if errors:
         raise ValidationError(errors)
     return msgspec.structs.replace(base, **changes) if changes else base
@@ -693,12 +720,18 @@ def _attr_text(value: object) -> str:
     return str(value)
 
 
-_TAIL_PARAMS: Final = frozenset({"level", "min_level", "service", "q", "attr"})
+_TAIL_PARAMS: Final = frozenset({"query", "level", "min_level", "service", "q", "attr"})
+_COUNT_PARAMS: Final = _TAIL_PARAMS | {"since", "until"}
 
 
 def tail_params(query: LogQuery) -> list[tuple[str, str]]:
     """The live-tail filters of `query` (the stream takes no time range, limit or cursor)."""
     return [(k, v) for k, v in query_to_params(query) if k in _TAIL_PARAMS]
+
+
+def count_params(query: LogQuery) -> list[tuple[str, str]]:
+    """The parameters of a count: the query string, the filters and the time range."""
+    return [(k, v) for k, v in query_to_params(query) if k in _COUNT_PARAMS]
 
 
 # -- client-side balancing -------------------------------------------------------------------
@@ -1004,6 +1037,11 @@ class ClientCore:
     def query_request(query: LogQuery) -> RequestSpec:
         """GET /api/logs."""
         return RequestSpec("GET", "/api/logs", params=query_to_params(query), idempotent=True)
+
+    @staticmethod
+    def count_request(query: LogQuery) -> RequestSpec:
+        """GET /api/logs/count."""
+        return RequestSpec("GET", "/api/logs/count", params=count_params(query), idempotent=True)
 
     @staticmethod
     def get_request(path: str, *, balanced: bool = True) -> RequestSpec:

@@ -24,6 +24,7 @@ from aygolog.client._base import (
     Attempts,
     Balance,
     ClientCore,
+    CountFilters,
     PreparedBatch,
     QueryFilters,
     RequestSpec,
@@ -44,6 +45,7 @@ from aygolog.client._base import (
 from aygolog.errors import AygologError, Unavailable, ValidationError
 from aygolog.models import (
     BatchResult,
+    CountResult,
     LogEntry,
     LogLevel,
     LogPage,
@@ -272,17 +274,33 @@ class LogClient:
         spec = self._core.batch_request(batch)
         return self._call(spec, BatchResult, policy=policy, timeout=timeout)
 
-    def query(self, query: LogQuery | None = None, /, **filters: Unpack[QueryFilters]) -> LogPage:
+    def query(
+        self, query: LogQuery | str | None = None, /, **filters: Unpack[QueryFilters]
+    ) -> LogPage:
         """One page of stored entries matching the filters (newest first by default).
 
-        Pass a `LogQuery`, keyword filters (see `QueryFilters`), or both (keywords win).
+        Pass a query string (`"level>=warning service:shop timeout"`, docs/query.md), a
+        `LogQuery`, keyword filters (see `QueryFilters`), or a query and keywords (keywords
+        win; they AND with the string). A string that does not parse raises `ValidationError`
+        naming "query", with the position; a `| count()` query is asked with `count`.
         """
         built = make_query(query, **filters)
         return self._call(self._core.query_request(built), LogPage)
 
+    def count(
+        self, query: LogQuery | str | None = None, /, **filters: Unpack[CountFilters]
+    ) -> CountResult:
+        """Count matching entries: `count("level:error | count() by (service) step 5m")`.
+
+        The query's `| count() by (...) step ...` pipe sets the groups and the buckets (see
+        `GET /api/logs/count`); without one, a single total.
+        """
+        built = make_query(query, **filters)
+        return self._call(self._core.count_request(built), CountResult)
+
     def iter_logs(
         self,
-        query: LogQuery | None = None,
+        query: LogQuery | str | None = None,
         /,
         *,
         max_items: int | None = None,
@@ -307,7 +325,7 @@ class LogClient:
 
     def tail(
         self,
-        query: LogQuery | None = None,
+        query: LogQuery | str | None = None,
         /,
         *,
         last_event_id: str | None = None,

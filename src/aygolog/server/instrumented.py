@@ -8,7 +8,15 @@ from typing import TypeVar
 
 from aygolog.errors import Unavailable
 from aygolog.metrics import Metrics
-from aygolog.models import BatchResult, LogEntry, LogPage, LogQuery, LogStats, NewLog
+from aygolog.models import (
+    BatchResult,
+    CountResult,
+    LogEntry,
+    LogPage,
+    LogQuery,
+    LogStats,
+    NewLog,
+)
 from aygolog.store import LogStore
 
 __all__ = ["InstrumentedStore"]
@@ -58,6 +66,10 @@ class InstrumentedStore:
     async def query(self, query: LogQuery) -> LogPage:
         """See `LogStore.query`."""
         return await self._timed("query", self._inner.query(query))
+
+    async def count(self, query: LogQuery) -> CountResult:
+        """See `LogStore.count`."""
+        return await self._timed("count", self._inner.count(query))
 
     async def version(self) -> str:
         """See `LogStore.version`."""

@@ -14,12 +14,14 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
+from litestar.types import ExceptionHandlersMap
 
-from aygolog.errors import ValidationError
+from aygolog.errors import MalformedInput, ValidationError
 from aygolog.ingest.body import BodyError, decode_content
 from aygolog.metrics import Metrics
 from aygolog.models import (
     BatchResult,
+    CountResult,
     Direction,
     FieldError,
     Limits,
@@ -30,6 +32,7 @@ from aygolog.models import (
     NewLog,
     SeedLog,
 )
+from aygolog.query import Plan, QuerySyntaxError, plan_for
 from aygolog.querystring import parse_query_params
 from aygolog.server.openapi import Health, Readiness, answers, documented, event_stream
 from aygolog.server.reads import PageCache, ReadGate
@@ -309,6 +312,7 @@ def _query_params(
     limit: int,
     cursor: str | None,
     direction: str | None,
+    query: str | None = None,
 ) -> LogQuery:
     return parse_query_params(
         level=level,
@@ -321,6 +325,42 @@ def _query_params(
         limit=limit,
         cursor=cursor,
         direction=direction,
+        query=query,
+    )
+
+
+def _query_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """What the store (or `plan_for`) refused: a 400 when it is the query string (it does not
+    parse, is too long, or asks what this route does not answer), else a 422 as elsewhere."""
+    assert isinstance(exc, ValidationError)
+    if isinstance(exc, QuerySyntaxError):
+        return error_response(400, "the query does not parse", exc.errors)
+    if isinstance(exc, MalformedInput) or all(e.field == "query" for e in exc.errors):
+        return error_response(400, "this query cannot be answered here", exc.errors)
+    return error_response(422, "invalid input", exc.errors)
+
+
+def _overflow(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # A safety net: the parser should refuse numbers too large to compute with (it let
+    # `_time:999999999999d` through as an OverflowError, a 500); the parameters' own times
+    # are refused by `parse_time` already, so here it can only be the query string.
+    reason = "a number in it is too large"
+    return error_response(
+        400, "the query does not parse", [FieldError(field="query", reason=reason)]
+    )
+
+
+_QUERY_ERRORS: Final[ExceptionHandlersMap] = {
+    ValidationError: _query_error,
+    OverflowError: _overflow,
+}
+"""Route-level: the store parses the query string (once per request) and its errors about it
+are a 400; the app maps other validation errors to 422."""
+
+
+def _refuse(reason: str) -> Response[bytes]:
+    return error_response(
+        400, "this query cannot be answered here", [FieldError(field="query", reason=reason)]
     )
 
 
@@ -354,16 +394,25 @@ async def list_logs_seed(
     return Response(body, media_type=JSON)
 
 
+_QUERY_DOC: Final = "A query in the query language (docs/query.md), ANDed with the other filters"
+
+
 @get(
     "/api/logs",
     summary="Search stored entries, one page at a time",
+    description="`query` takes the query language (docs/query.md); the other filters are "
+    "sugar ANDed with it. A query that does not parse is a 400 naming `query`, the position "
+    "and what was expected; a `| count()` query is a 400 pointing to `/api/logs/count`. "
+    "`| limit N` caps the page at N and makes it the last (no `next_cursor`).",
     responses=answers(
         {200: (LogPage, "One page; `next_cursor` is null on the last")}, 400, 422, 503, auth=True
     ),
     operation_class=documented(),
+    exception_handlers=_QUERY_ERRORS,
 )
 async def query_logs(
     state: State,
+    text: Annotated[str | None, QueryParameter(name="query", description=_QUERY_DOC)] = None,
     level: FromQuery[list[str] | None] = None,
     min_level: FromQuery[str | None] = None,
     service: FromQuery[list[str] | None] = None,
@@ -374,14 +423,51 @@ async def query_logs(
     limit: FromQuery[int] = 100,
     cursor: FromQuery[str | None] = None,
     direction: FromQuery[str | None] = None,
-) -> LogPage:
-    """GET /api/logs: filters, `limit` (<= 1000) and `cursor`; items and `next_cursor`."""
-    query = _query_params(
-        level, min_level, service, q, since, until, attr, limit, cursor, direction
+) -> Response[bytes]:
+    """GET /api/logs: `query`, filters, `limit` (<= 1000) and `cursor`; items and
+    `next_cursor`."""
+    search = _query_params(
+        level, min_level, service, q, since, until, attr, limit, cursor, direction, text
     )
     api = _api(state)
     async with api.reads.slot():
-        return await api.store.query(query)
+        page = await api.store.query(search)
+    return json_response(page)
+
+
+@get(
+    "/api/logs/count",
+    summary="Count matching entries, grouped and in time buckets",
+    description="`query` may end in `| count() by (field, ...) step 1m` (`by` and `step` "
+    "optional; without the pipe: one total). Buckets are aligned to multiples of `step` from "
+    "the Unix epoch over the time range (`since`/`until` or `_time`; without a start, the hour "
+    "before its end; without an end, now), at most 11,000 of them (else a 422 naming `step`). "
+    'Groups by level, service, instance, trace_id or any attribute (missing: "").',
+    responses=answers(
+        {200: (CountResult, "Bucket start times and one series of counts per group")},
+        *(400, 422, 503),
+        auth=True,
+    ),
+    operation_class=documented(),
+    exception_handlers=_QUERY_ERRORS,
+)
+async def count_logs(
+    state: State,
+    text: Annotated[str | None, QueryParameter(name="query", description=_QUERY_DOC)] = None,
+    level: FromQuery[list[str] | None] = None,
+    min_level: FromQuery[str | None] = None,
+    service: FromQuery[list[str] | None] = None,
+    q: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    attr: FromQuery[list[str] | None] = None,
+) -> Response[bytes]:
+    """GET /api/logs/count: a `CountResult` for `query` (and the filters)."""
+    counted = _query_params(level, min_level, service, q, since, until, attr, 100, None, None, text)
+    api = _api(state)
+    async with api.reads.slot():
+        result = await api.store.count(counted)
+    return json_response(result)
 
 
 @get(
@@ -398,14 +484,18 @@ async def log_stats(state: State) -> LogStats:
 @get(
     "/api/logs/stream",
     summary="Live tail as Server-Sent Events",
+    description="`query` takes the query language's filters (docs/query.md); a time range "
+    "(`_time`) or a pipe (`| count()`, `| limit`) means nothing to a live tail: a 400.",
     responses={
         **event_stream("`data:` one LogEntry as JSON, `id:` its stream id; `event: dropped`"),
-        **answers({}, 422, auth=True),
+        **answers({}, 400, 422, auth=True),
     },
-    operation_class=documented(never=(400,)),  # its parameters are all strings
+    operation_class=documented(),
+    exception_handlers=_QUERY_ERRORS,
 )
 async def stream_logs(
     state: State,
+    text: Annotated[str | None, QueryParameter(name="query", description=_QUERY_DOC)] = None,
     level: FromQuery[list[str] | None] = None,
     min_level: FromQuery[str | None] = None,
     service: FromQuery[list[str] | None] = None,
@@ -413,7 +503,7 @@ async def stream_logs(
     attr: FromQuery[list[str] | None] = None,
     last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id")] = None,
     last_event_id_header: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
-) -> Stream:
+) -> Stream | Response[bytes]:
     """GET /api/logs/stream: new entries as SSE; event id = stream id.
 
     `Last-Event-ID` (header, or `last_event_id` query parameter) resumes after that entry with
@@ -421,17 +511,30 @@ async def stream_logs(
     count. A comment is sent every 15 s to keep the connection open.
     """
     api = _api(state)
-    query = _query_params(level, min_level, service, q, None, None, attr, 1000, None, None)
+    tailed = _query_params(level, min_level, service, q, None, None, attr, 1000, None, None, text)
+    refused = _tail_refusal(plan_for(tailed))
+    if refused is not None:
+        return refused
     resume = last_event_id_header or last_event_id_query
     if resume:
         parse_stream_id(resume, "last_event_id")
     # A plain byte stream of ready-made frames: Litestar's ServerSentEvent hops to a thread
     # when a stream opens and formats every event per subscriber.
     return Stream(
-        _events(api, query, resume),
+        _events(api, tailed, resume),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _tail_refusal(plan: Plan) -> Response[bytes] | None:
+    if plan.since is not None or plan.until is not None:
+        return _refuse("a live tail follows new entries: it takes no time range (`_time`)")
+    if plan.count is not None:
+        return _refuse("a live tail cannot count: use GET /api/logs/count")
+    if plan.limit is not None:
+        return _refuse("a live tail has no end: it takes no `| limit`")
+    return None
 
 
 _CONNECTED: Final = b": connected\r\nretry: 2000\r\n\r\n"
@@ -558,6 +661,7 @@ ROUTES: Final = [
     create_logs,
     list_logs_seed,
     query_logs,
+    count_logs,
     log_stats,
     stream_logs,
     health,

@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from aygolog.errors import Unavailable
 from aygolog.models import LogEntry, LogQuery
-from aygolog.store import LogStore, matches
+from aygolog.query import plan_for
+from aygolog.store import LogStore
 
 __all__ = ["END", "Dropped", "End", "Subscription", "TailHub"]
 
@@ -56,10 +57,9 @@ class Subscription:
 
     def __init__(self, hub: TailHub, query: LogQuery | None, size: int) -> None:
         self._hub = hub
-        if query is not None and not _filters(query):
-            query = None  # every entry matches: skip `matches` for each one
-        self._query = query
-        self._severities = query.level_severities() if query is not None else None
+        # The plan's predicate is None when every entry matches (nothing to call per entry).
+        # Its time range, limit and count do not apply to a tail (the route refuses them).
+        self._matches = None if query is None else plan_for(query).predicate
         self._items: deque[LogEntry | Dropped | End] = deque()
         self._size = size
         self._waiter: asyncio.Future[None] | None = None
@@ -82,7 +82,7 @@ class Subscription:
 
     def offer(self, entry: LogEntry) -> bool:
         """Queue the entry if it matches; count it as dropped if the queue is full."""
-        if self._query is not None and not matches(entry, self._query, self._severities):
+        if self._matches is not None and not self._matches(entry):
             return True
         waiting = len(self._items)
         # The gap marker goes where the gap is: after what was queued before it, before this.
@@ -133,17 +133,6 @@ class Subscription:
         self._hub.unsubscribe(self)
 
 
-def _filters(query: LogQuery) -> bool:
-    """Whether `query` filters entries (its time range and paging do not apply to a tail)."""
-    return bool(
-        query.levels is not None
-        or query.min_level is not None
-        or query.services is not None
-        or query.text
-        or query.attributes
-    )
-
-
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -188,6 +177,9 @@ class TailHub:
 
     async def subscribe(self, query: LogQuery | None = None) -> Subscription:
         """A new subscription receiving entries that match `query` from now on.
+
+        Raises:
+            QuerySyntaxError: `query.query` does not parse.
 
         The reader runs only while someone is subscribed (reading every entry costs CPU in
         proportion to the ingest rate); the first subscriber starts it and waits until it

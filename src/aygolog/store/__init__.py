@@ -1,5 +1,9 @@
 """Log stores: the `LogStore` protocol, `InMemoryLogStore`, and `RedisStreamLogStore`.
 
+- `base.py`: the protocol, its options, stream ids and the paging rules;
+- `counting.py`: the buckets and groups of `LogStore.count`;
+- `memory.py`, `redis.py` (+ `lua/`): the two stores.
+
 `RedisStreamLogStore` needs the `server` extra (redis-py); it is imported on first use, so the
 SDK-only install can import this package.
 """
@@ -8,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aygolog.store.base import LogStore, Retention, StoreOptions, matches
+from aygolog.store.base import LogStore, Retention, StoreOptions
 from aygolog.store.memory import InMemoryLogStore
 
 if TYPE_CHECKING:
@@ -20,7 +24,6 @@ __all__ = [
     "RedisStreamLogStore",
     "Retention",
     "StoreOptions",
-    "matches",
 ]
 
 

@@ -1,7 +1,8 @@
-"""The `LogStore` protocol, its configuration, and the filter semantics every store shares.
+"""The `LogStore` protocol, its configuration, and the paging rules every store shares.
 
-`matches()` is the one definition in Python of what a `LogQuery` selects; the Redis store's Lua
-scan mirrors it, and the contract tests hold the two to the same answers.
+What a `LogQuery` selects is defined once, by its plan (`aygolog.query.plan_for`): every store
+runs `Plan.matches` (or an index that finds the same entries), and the contract tests hold the
+stores to the same answers. Counts (`LogStore.count`) follow `aygolog.store.counting`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aygolog.errors import ValidationError
 from aygolog.models import (
     AttributeValue,
     BatchResult,
+    CountResult,
     Direction,
     FieldError,
     LogEntry,
@@ -25,6 +27,7 @@ from aygolog.models import (
     LogStats,
     NewLog,
 )
+from aygolog.query import Plan, plan_for
 
 __all__ = [
     "MAX_ID_PART",
@@ -39,9 +42,12 @@ __all__ = [
     "id_bounds",
     "id_ms",
     "matches",
+    "page_limit",
     "parse_stream_id",
     "received_at",
+    "search_plan",
     "stored_entry",
+    "time_bounds",
 ]
 
 MAX_QUERY_LIMIT: Final = 1000
@@ -111,7 +117,21 @@ class LogStore(Protocol):
         ...
 
     async def query(self, query: LogQuery) -> LogPage:
-        """Entries matching `query`, one page at a time."""
+        """Entries matching `query`, one page at a time (see `search_plan` and `page_limit`).
+
+        Raises:
+            ValidationError: a bad limit, cursor or time range; a query string that does not
+                parse (`QuerySyntaxError`, field "query"), or one with a `| count()` pipe.
+        """
+        ...
+
+    async def count(self, query: LogQuery) -> CountResult:
+        """How many entries match `query`, grouped and bucketed by its `| count() by (...)
+        step ...` pipe (without one: one total). See `aygolog.store.counting` for the rules.
+
+        Raises:
+            ValidationError: a query string that does not parse, or too many buckets ("step").
+        """
         ...
 
     async def version(self) -> str:
@@ -178,22 +198,20 @@ def _before(key: StreamKey) -> StreamKey | None:
     return (ms - 1, MAX_ID_PART) if ms > 0 else None
 
 
-def id_bounds(query: LogQuery) -> tuple[StreamKey, StreamKey] | None:
+def id_bounds(query: LogQuery, plan: Plan | None = None) -> tuple[StreamKey, StreamKey] | None:
     """The inclusive range of stream ids `query` may return, or None when it is empty.
 
-    From `since`/`until` (receive times; before 1970 means from the start) and the cursor
-    (the page starts after it, in the query's direction). Every store pages by this, so a
-    cursor at either end of the id space is an empty page, never an invalid Redis range.
+    From the time range (receive times; before 1970 means from the start): `plan.since` and
+    `plan.until` when a plan is given (the parameters intersected with the query string's
+    `_time`), else the query's own `since`/`until`; and from the cursor (the page starts after
+    it, in the query's direction). Every store pages by this, so a cursor at either end of the
+    id space is an empty page, never an invalid Redis range.
     """
-    low: StreamKey = (0, 0)
-    high: StreamKey = (MAX_ID_PART, MAX_ID_PART)
-    if query.since is not None:
-        low = (min(max(0, _ms(query.since)), MAX_ID_PART), 0)
-    if query.until is not None:
-        until = _ms(query.until)
-        if until < 0:
-            return None
-        high = (min(until, MAX_ID_PART), MAX_ID_PART)
+    since, until = (query.since, query.until) if plan is None else (plan.since, plan.until)
+    bounds = time_bounds(since, until)
+    if bounds is None:
+        return None
+    low, high = bounds
     if query.cursor is not None:
         cursor = parse_stream_id(query.cursor)
         if query.direction is Direction.BACKWARD:
@@ -209,8 +227,59 @@ def id_bounds(query: LogQuery) -> tuple[StreamKey, StreamKey] | None:
     return (low, high) if low <= high else None
 
 
+def time_bounds(
+    since: datetime | None, until: datetime | None
+) -> tuple[StreamKey, StreamKey] | None:
+    """The inclusive range of stream ids received from `since` to `until` (None: open), or
+    None when no id can be in it."""
+    low: StreamKey = (0, 0)
+    high: StreamKey = (MAX_ID_PART, MAX_ID_PART)
+    if since is not None:
+        low = (min(max(0, _ms(since)), MAX_ID_PART), 0)
+    if until is not None:
+        until_ms = _ms(until)
+        if until_ms < 0:
+            return None
+        high = (min(until_ms, MAX_ID_PART), MAX_ID_PART)
+    return (low, high) if low <= high else None
+
+
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
+
+
+def search_plan(query: LogQuery) -> Plan:
+    """The plan of a search (`LogStore.query`): `plan_for(query)`, refusing a count.
+
+    Raises:
+        ValidationError: the query string does not parse (`QuerySyntaxError`), or it ends in
+            `| count()` (a count is asked with `LogStore.count`, `GET /api/logs/count`).
+    """
+    plan = plan_for(query)
+    if plan.count is not None:
+        raise ValidationError(
+            [
+                FieldError(
+                    field="query",
+                    reason="a `| count()` query is a count, not a search: ask it with count() "
+                    "(GET /api/logs/count)",
+                )
+            ]
+        )
+    return plan
+
+
+def page_limit(query: LogQuery, plan: Plan) -> tuple[int, bool]:
+    """How many entries this page may hold, and whether a full page gets a `next_cursor`.
+
+    `| limit N` asks for N entries in all, so it caps the page (the smaller of N and `limit`
+    applies) and the page is the last one: no cursor, as `head -n N`. Without the pipe, pages
+    of `limit` follow one another by cursor. (A page cut early by `max_page_bytes` still gets
+    a cursor: what it could not hold is not dropped.)
+    """
+    if plan.limit is None:
+        return query.limit, True
+    return min(query.limit, plan.limit), False
 
 
 def id_ms(stream_id: str) -> int:
@@ -282,9 +351,11 @@ def attribute_matches(value: AttributeValue | None, wanted: str) -> bool:
 
 
 def matches(entry: LogEntry, query: LogQuery, severities: frozenset[int] | None = None) -> bool:
-    """Whether `entry` passes every filter of `query` (the time range and cursor excepted).
+    """Whether `entry` passes the old parameters of `query` (not its query string).
 
-    Pass `severities=query.level_severities()` when calling this in a loop.
+    No store runs this any more: they run `plan_for(query)`, the one definition of matching.
+    It stays only as the reference that `tests/test_query_plan.py` holds the plan to (the old
+    parameters must select what they selected before); it belongs in that test.
     """
     if severities is None:
         severities = query.level_severities()

@@ -12,12 +12,14 @@ import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 
 import msgspec
 
 from aygolog.errors import Conflict
 from aygolog.models import (
     BatchResult,
+    CountResult,
     Direction,
     LogEntry,
     LogPage,
@@ -25,15 +27,19 @@ from aygolog.models import (
     LogStats,
     NewLog,
 )
+from aygolog.query import plan_for
 from aygolog.store.base import (
     StoreOptions,
     check_idempotency_key,
     check_query,
     id_bounds,
-    matches,
+    id_ms,
+    page_limit,
     parse_stream_id,
+    search_plan,
     stored_entry,
 )
+from aygolog.store.counting import Tally, count_frame
 
 __all__ = ["InMemoryLogStore"]
 
@@ -106,26 +112,44 @@ class InMemoryLogStore:
     async def query(self, query: LogQuery) -> LogPage:
         """Entries matching `query` (see `LogQuery`)."""
         check_query(query)
-        bounds = id_bounds(query)
+        plan = search_plan(query)
+        bounds = None if plan.empty else id_bounds(query, plan)
         if bounds is None:
             return LogPage(items=[])
-        low, high = bounds
-        first = bisect.bisect_left(self._keys, low)
-        end = bisect.bisect_right(self._keys, high)
-        candidates = range(first, end)
+        candidates = self._range(*bounds)
         if query.direction is Direction.BACKWARD:
             candidates = candidates[::-1]
-        severities = query.level_severities()
+        size, more = page_limit(query, plan)
+        matches = plan.matches
         items: list[LogEntry] = []
         page_bytes, max_bytes = 0, self._options.max_page_bytes
         for index in candidates:
             entry = self._entries[index]
-            if matches(entry, query, severities):
+            if matches(entry):
                 items.append(entry)
                 page_bytes += self._sizes[index]
-                if len(items) == query.limit or page_bytes >= max_bytes:
+                if len(items) == size:
+                    return LogPage(items=items, next_cursor=entry.id if more else None)
+                if page_bytes >= max_bytes:
                     return LogPage(items=items, next_cursor=entry.id)
         return LogPage(items=items)
+
+    async def count(self, query: LogQuery) -> CountResult:
+        """Entries matching `query`, counted per its `| count()` pipe (see `LogStore.count`)."""
+        plan = plan_for(query)
+        frame = count_frame(plan, now=datetime.fromtimestamp(self._clock(), UTC))
+        tally = Tally(frame)
+        if frame.bounds is not None:
+            matches = plan.matches
+            for index in self._range(*frame.bounds):
+                entry = self._entries[index]
+                if matches(entry):
+                    tally.add(entry, id_ms(entry.id))
+        return tally.result()
+
+    def _range(self, low: _Key, high: _Key) -> range:
+        """The indexes of the entries with ids from `low` to `high`, inclusive."""
+        return range(bisect.bisect_left(self._keys, low), bisect.bisect_right(self._keys, high))
 
     async def version(self) -> str:
         """Changes whenever an entry is added or removed (see `LogStore.version`)."""

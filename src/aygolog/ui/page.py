@@ -25,7 +25,8 @@ from starlette.requests import Request
 
 from aygolog.client import AsyncLogClient, AsyncTail
 from aygolog.errors import AygologError, NoHealthyInstance, Unavailable
-from aygolog.models import LogEntry, LogLevel
+from aygolog.models import CountResult, LogEntry, LogLevel
+from aygolog.ui.histogram import histogram_options, histogram_request
 from aygolog.ui.state import (
     LEVEL_COLORS,
     RANGES,
@@ -303,9 +304,18 @@ class LogView:
                 .mark("filter-service")
             )
             self.text_filter = (
-                ui.input("Search text", value=f.text, on_change=self._filters_changed)
-                .props("outlined dense clearable debounce=400")
-                .classes("w-full sm:w-48")
+                ui.input(
+                    "Search",
+                    value=f.text,
+                    on_change=self._filters_changed,
+                    validation=lambda text: Filters(text=text or "").query_problem(),
+                )
+                .props('outlined dense clearable debounce=400 placeholder="level>=warning timeout"')
+                .classes("w-full sm:w-72")
+                .tooltip(
+                    'The query language: words, "phrases", -word, OR, level>=warning, '
+                    "service:(a OR b), status:>=500, user:*, _time:15m (see docs/query.md)"
+                )
                 .mark("filter-text")
             )
             self.range_filter = (
@@ -363,6 +373,15 @@ class LogView:
                 ui.button("Refresh", icon="refresh", on_click=self.refresh).props(
                     "flat dense"
                 ).mark("refresh")
+            # Matches per level over the time range (GET /api/logs/count), above the table as in
+            # every log UI; hidden when the search box cannot be counted (it ends in a pipe).
+            self.histogram = (
+                ui.echart(histogram_options(CountResult(buckets=[], series=[])))
+                .classes("w-full aygolog-histogram")
+                .style("height: 120px")
+                .mark("histogram")
+            )
+            self.histogram.set_visibility(False)
             self.table = (
                 ui.table(
                     columns=_LOG_COLUMNS,
@@ -533,7 +552,8 @@ class LogView:
         arrived: list[LogEntry] = []
         self._since_refresh = arrived
         try:
-            page = await self.api.query(limit=PAGE_SIZE, **self.filters.query_filters())
+            filters = self.filters
+            page = await self.api.query(filters.query, limit=PAGE_SIZE, **filters.query_filters())
         except AygologError as exc:
             self._api_error(exc)
             return
@@ -556,6 +576,24 @@ class LogView:
             self.held_count = len(self.held)
             self._render_held()
         self._render_rows()
+        await self._refresh_histogram(generation)
+
+    async def _refresh_histogram(self, generation: int) -> None:
+        """Count the filters' matches per level over the range, for the chart above the table."""
+        request = histogram_request(self.filters)
+        result: CountResult | None = None
+        if request is not None:
+            text, filters = request
+            try:
+                result = await self.api.count(text, **filters)
+            except (AygologError, ValueError, OverflowError):
+                result = None  # the table's own query says what is wrong; the chart stays away
+        if generation != self._generation:
+            return
+        if result is not None:
+            self.histogram.options.update(histogram_options(result))
+            self.histogram.update()
+        self.histogram.set_visibility(result is not None)
 
     async def load_older(self) -> None:
         """The next page of older entries, through the query cursor."""
@@ -565,8 +603,9 @@ class LogView:
         generation = self._generation
         self._loading_older = True
         try:
+            filters = self.filters
             page = await self.api.query(
-                limit=PAGE_SIZE, cursor=cursor, **self.filters.query_filters()
+                filters.query, limit=PAGE_SIZE, cursor=cursor, **filters.query_filters()
             )
         except AygologError as exc:
             self._api_error(exc)
@@ -655,8 +694,9 @@ class LogView:
         except OverflowError:  # defensive: `problem` already treats such a time as invalid
             problem = "the time range is out of reach"
         if problem is not None:
-            self._show_custom_range(custom=True)
-            ui.notify(problem, type="warning")
+            self._show_custom_range(custom=span == "custom")
+            if filters.query_problem() is None:  # the search box shows its own, under it
+                ui.notify(problem, type="warning")
             return
         self.filters = filters
         await self._filters_applied()
@@ -708,7 +748,7 @@ class LogView:
             tail: AsyncTail | None = None
             failed = False
             try:
-                tail = self.api.tail(idle_timeout=30.0, **filters.tail_filters())
+                tail = self.api.tail(filters.query, idle_timeout=30.0, **filters.tail_filters())
                 self._tail_connected = tail.connected.is_set
                 async for entry in tail:
                     self.pending.append(entry)

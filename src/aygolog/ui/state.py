@@ -1,13 +1,15 @@
 """The web page's pure logic: URL filter state, attribute parsing, table rows, buffers, series.
 
 Nothing here touches NiceGUI or the network, so all of it is tested without a browser.
-The URL state uses the API's own query parameters (`aygolog.querystring`): `level`, `service`,
-`q`, `since`, `until`; a link to the page with `?level=error&since=1h` shows what
-`GET /api/logs?level=error&since=1h` returns.
+The URL state uses the API's own query parameters (`aygolog.querystring`): `query` (the search
+box: the query language, docs/query.md), `level`, `service`, `since`, `until`; a link to the
+page with `?query=timeout&level=error&since=1h` shows what `GET /api/logs` returns for the same
+parameters. (An older link's `q=`, a substring of the message, still works: see `from_params`.)
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shlex
@@ -18,8 +20,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlencode
 
+from msgspec.structs import replace as replace_struct
+
 from aygolog.errors import ValidationError
 from aygolog.models import AttributeValue, InstanceView, LogEntry, LogLevel, LogQuery
+from aygolog.query import Plan, QuerySyntaxError, parse, plan_for
 from aygolog.querystring import parse_time
 
 __all__ = [
@@ -85,6 +90,7 @@ class Filters:
     levels: frozenset[LogLevel] = frozenset()
     service: str = ""
     text: str = ""
+    """The search box: a query in the query language (docs/query.md)."""
     range: str = ""
     """A key of `RANGES`: a relative time (`15m`), `custom`, or "" for any time."""
     since: str = ""
@@ -119,7 +125,7 @@ class Filters:
         return cls(
             levels=frozenset(levels),
             service=",".join(_split(values("service"))),
-            text=(values("q") or [""])[-1],
+            text=(values("query") or [_substring(q) for q in values("q")] or [""])[-1],
             range=span,
             since=since,
             until=until,
@@ -133,8 +139,8 @@ class Filters:
             params.append(("level", ",".join(lv.value for lv in ordered)))
         if self.service.strip():
             params.append(("service", ",".join(_split([self.service]))))
-        if self.text:
-            params.append(("q", self.text))
+        if self.text.strip():
+            params.append(("query", self.text))
         if self.range == "custom":
             if self.since:
                 params.append(("since", self.since))
@@ -149,8 +155,14 @@ class Filters:
         params = self.to_params()
         return f"{path}?{urlencode(params)}" if params else path
 
+    @property
+    def query(self) -> str | None:
+        """The search box's query string for the SDK (None when blank)."""
+        return self.text if self.text.strip() else None
+
     def query_filters(self, *, now: datetime | None = None) -> dict[str, Any]:
-        """Keyword filters for `AsyncLogClient.query` (relative times resolved against `now`)."""
+        """Keyword filters for `AsyncLogClient.query` beside `query` (relative times resolved
+        against `now`)."""
         kwargs: dict[str, Any] = self.tail_filters()
         since, until = self.bounds(now=now)
         if since is not None:
@@ -160,16 +172,23 @@ class Filters:
         return kwargs
 
     def tail_filters(self) -> dict[str, Any]:
-        """Keyword filters for `AsyncLogClient.tail` (the time range does not apply to it)."""
+        """Keyword filters for `AsyncLogClient.tail` beside `query` (the time range does not
+        apply to a tail)."""
         kwargs: dict[str, Any] = {}
         if self.levels:
             kwargs["level"] = sorted(self.levels, key=lambda lv: lv.severity)
         services = _split([self.service])
         if services:
             kwargs["service"] = services
-        if self.text:
-            kwargs["text"] = self.text
         return kwargs
+
+    def plan(self) -> Plan:
+        """The plan of the search box and the level and service filters (not the range).
+
+        Raises:
+            QuerySyntaxError: the search box does not parse.
+        """
+        return _plan(self.query, self.levels, tuple(_split([self.service])))
 
     def bounds(self, *, now: datetime | None = None) -> tuple[datetime | None, datetime | None]:
         """The time range as datetimes (None: unbounded)."""
@@ -182,8 +201,22 @@ class Filters:
             return parse_time(self.range, now=now), None
         return None, None
 
+    def query_problem(self) -> str | None:
+        """Why the search box cannot be run (it does not parse, or asks for counts), or None."""
+        try:
+            plan = self.plan()
+        except QuerySyntaxError as exc:
+            return exc.errors[0].reason
+        if plan.count is not None:
+            return "the table lists entries; a `| count()` query is asked of the API"
+        return None
+
     def problem(self) -> str | None:
-        """Why these filters cannot be run (a custom time that is not a time), or None."""
+        """Why these filters cannot be run (a query that does not parse, or asks for counts;
+        a custom time that is not a time), or None."""
+        problem = self.query_problem()
+        if problem is not None:
+            return f"query: {problem}"
         if self.range == "custom":
             for name, value in (("since", self.since), ("until", self.until)):
                 if value and not _valid_time(value):
@@ -194,17 +227,22 @@ class Filters:
 
     @property
     def live_applies(self) -> bool:
-        """Whether new entries can match: not with a custom range that ends in the past."""
-        return not (self.range == "custom" and self.until)
+        """Whether new entries can be followed: not with a custom range that ends in the past,
+        nor with a query a live tail refuses (a `_time` range, a `| limit`)."""
+        if self.range == "custom" and self.until:
+            return False
+        try:
+            plan = self.plan()
+        except QuerySyntaxError:
+            return False
+        return plan.since is None and plan.until is None and plan.limit is None
 
     def matches(self, entry: LogEntry, *, now: datetime | None = None) -> bool:
-        """Whether `entry` passes these filters (the same rules as the Log API's search)."""
-        if self.levels and entry.level not in self.levels:
-            return False
-        services = _split([self.service])
-        if services and entry.service not in services:
-            return False
-        if self.text and self.text.lower() not in entry.message.lower():
+        """Whether `entry` passes these filters (the Log API's rules: the query's plan)."""
+        try:
+            if not self.plan().matches(entry):
+                return False
+        except QuerySyntaxError:
             return False
         since, until = self.bounds(now=now)
         received = entry.received_at
@@ -215,6 +253,37 @@ class Filters:
     def with_changes(self, **changes: Any) -> Filters:
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(query: str | None, levels: frozenset[LogLevel], services: tuple[str, ...]) -> Plan:
+    # Cached: the live tail asks for it for every entry, with the same few filters.
+    asked = LogQuery(query=query, levels=levels or None, services=frozenset(services) or None)
+    try:
+        return plan_for(asked)
+    except OverflowError:  # the parser lets `_time:999999999999d` through this way
+        raise QuerySyntaxError(0, "numbers small enough to compute with", "one too large") from None
+    except QuerySyntaxError:
+        if query is None:
+            raise
+        parsed = parse(query)  # the real syntax error, if there is one
+    # It parses but cannot be planned in this process: a regex, and RE2 is not installed with
+    # the `ui` extra alone. The Log API runs it (its table and tail answers are filtered
+    # already); here the level and service filters and the pipes still apply.
+    plan = plan_for(replace_struct(asked, query=None))
+    return replace(plan, limit=parsed.limit, count=parsed.count)
+
+
+_REGEX_SPECIAL: Final = re.compile(r"([\\.^$|?*+()\[\]{}])")
+
+
+def _substring(text: str) -> str:
+    """An older link's `q=` (a case-insensitive substring of the message) as a query: a
+    regex of the text taken literally, in a quoted string (where `\\` and `\"` escape)."""
+    if not text.strip():
+        return ""
+    regex = _REGEX_SPECIAL.sub(r"\\\1", text)
+    return '~"' + regex.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _valid_time(value: str) -> str:
@@ -232,9 +301,9 @@ def to_log_query(filters: Filters, *, limit: int = 100, now: datetime | None = N
     since, until = filters.bounds(now=now)
     services = _split([filters.service])
     return LogQuery(
+        query=filters.query,
         levels=filters.levels or None,
         services=frozenset(services) or None,
-        text=filters.text or None,
         since=since,
         until=until,
         limit=limit,
