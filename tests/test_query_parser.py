@@ -185,6 +185,11 @@ INVALID = [
     ("service:>=5", 8, "a comparison only on level or a numeric attribute"),
     ("_time:", 6, "a duration"),
     ("_time:15", 6, "a duration"),
+    (
+        "_time:999999999999d",
+        6,
+        "at most 3650d",
+    ),  # past what a timedelta holds: not an OverflowError
     ("_time:0m", 6, "above 0"),
     ("_time:[x, 2026-11-29T10:00Z)", 7, "a time"),
     ("_time:[2026-11-29T10:00Z 2026-11-29T11:00Z)", 7, "a time"),

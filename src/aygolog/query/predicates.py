@@ -161,7 +161,7 @@ def _level_severities(expr: Level) -> frozenset[int]:
 
 
 def attribute_equals(wanted: str) -> Callable[[AttributeValue | None], bool]:
-    """`store.base.attribute_matches(value, wanted)` with `wanted` read once: numbers by value,
+    """The old attribute filter (`attr=key:value`) with `wanted` read once: numbers by value,
     booleans as true/false, strings exactly."""
     try:
         number: float | None = float(wanted)

@@ -288,7 +288,10 @@ class _Parser:
         match = DURATION_RE.match(self.text, self.pos)
         if match is None or not self.at_end_of_term(match.end()):
             raise self.fail(what)
-        value = int(match.group(1)) * UNITS[match.group(2)]
+        try:
+            value = int(match.group(1)) * UNITS[match.group(2)]
+        except OverflowError:  # past what a timedelta holds (~2.7 million years)
+            value = MAX_DURATION * 2
         if not timedelta(0) < value <= MAX_DURATION:
             raise self.fail(f"{what}, above 0 and at most {MAX_DURATION.days}d", start)
         self.pos = match.end()

@@ -340,19 +340,8 @@ def _query_error(request: Request[Any, Any, Any], exc: Exception) -> Response[by
     return error_response(422, "invalid input", exc.errors)
 
 
-def _overflow(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    # A safety net: the parser should refuse numbers too large to compute with (it let
-    # `_time:999999999999d` through as an OverflowError, a 500); the parameters' own times
-    # are refused by `parse_time` already, so here it can only be the query string.
-    reason = "a number in it is too large"
-    return error_response(
-        400, "the query does not parse", [FieldError(field="query", reason=reason)]
-    )
-
-
 _QUERY_ERRORS: Final[ExceptionHandlersMap] = {
     ValidationError: _query_error,
-    OverflowError: _overflow,
 }
 """Route-level: the store parses the query string (once per request) and its errors about it
 are a 400; the app maps other validation errors to 422."""

@@ -16,7 +16,6 @@ import msgspec
 
 from aygolog.errors import ValidationError
 from aygolog.models import (
-    AttributeValue,
     BatchResult,
     CountResult,
     Direction,
@@ -35,13 +34,11 @@ __all__ = [
     "LogStore",
     "Retention",
     "StoreOptions",
-    "attribute_matches",
     "check_idempotency_key",
     "check_query",
     "format_stream_id",
     "id_bounds",
     "id_ms",
-    "matches",
     "page_limit",
     "parse_stream_id",
     "received_at",
@@ -334,35 +331,3 @@ def check_idempotency_key(key: str) -> None:
         raise ValidationError(
             [FieldError(field="idempotency_key", reason="must be 1-255 printable ASCII characters")]
         )
-
-
-def attribute_matches(value: AttributeValue | None, wanted: str) -> bool:
-    """Whether an attribute equals a filter value: numbers by value, booleans as true/false."""
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return wanted == ("true" if value else "false")
-    if isinstance(value, str):
-        return value == wanted
-    try:
-        return float(wanted) == value
-    except ValueError:
-        return False
-
-
-def matches(entry: LogEntry, query: LogQuery, severities: frozenset[int] | None = None) -> bool:
-    """Whether `entry` passes the old parameters of `query` (not its query string).
-
-    No store runs this any more: they run `plan_for(query)`, the one definition of matching.
-    It stays only as the reference that `tests/test_query_plan.py` holds the plan to (the old
-    parameters must select what they selected before); it belongs in that test.
-    """
-    if severities is None:
-        severities = query.level_severities()
-    if severities is not None and entry.level.severity not in severities:
-        return False
-    if query.services is not None and (entry.service or "") not in query.services:
-        return False
-    if query.text and query.text.encode().lower() not in entry.message.encode().lower():
-        return False
-    return all(attribute_matches(entry.attributes.get(k), v) for k, v in query.attributes.items())

@@ -44,7 +44,7 @@ def histogram_request(
     text = filters.query or ""
     try:
         parsed = parse(text) if text else None
-    except (QuerySyntaxError, OverflowError):
+    except QuerySyntaxError:
         return None
     if parsed is not None and (parsed.limit is not None or parsed.count is not None):
         return None
