@@ -116,7 +116,9 @@ def _loki_error(status: int, message: str, retry_after: float | None = None) -> 
 
 @post(
     LOKI_PATH,
-    status_code=204,
+    # 200 here because Litestar refuses a 204 route that may answer a body (the errors); every
+    # success below sets 204 itself, as Loki answers.
+    status_code=200,
     summary="Loki push (JSON or snappy-compressed protobuf, gzip)",
     description="A Loki PushRequest; answers 204, or a plain-text error. See docs/ingest.md.",
     # Not in /schema/openapi.json: its bodies are Loki's push messages; docs/ingest.md
