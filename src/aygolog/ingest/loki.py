@@ -19,6 +19,7 @@ out-of-range timestamp) is refused whole (`BodyError`, 400).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -60,10 +61,17 @@ class LokiBatch:
     """A decoded push: its entries as `NewLog`s in order, and where each came from."""
 
     logs: list[NewLog]
-    places: list[str]
-    """`streams[s].values[e]` of each entry, to name it in a refusal."""
+    starts: list[int]
+    """The index in `logs` of each stream's first entry."""
     digest: str
     """SHA-256 (hex) of the decoded body: a client's retry sends the same bytes."""
+    entries: str = "values"
+    """What the encoding calls a stream's entries (`values` in JSON, `entries` in protobuf)."""
+
+    def place(self, index: int) -> str:
+        """Where `logs[index]` was in the body: `streams[s].values[e]`."""
+        stream = bisect.bisect_right(self.starts, index) - 1
+        return f"streams[{stream}].{self.entries}[{index - self.starts[stream]}]"
 
 
 # --- the labels string of the protobuf form: {name="value", ...} -----------------------------
@@ -154,7 +162,7 @@ class _JPush(msgspec.Struct):
 _JSON_PUSH: Final = msgspec.json.Decoder(_JPush)
 
 
-def _from_json(body: bytes, limits: Limits) -> tuple[list[NewLog], list[str]]:
+def _from_json(body: bytes, limits: Limits) -> tuple[list[NewLog], list[int]]:
     try:
         push = _JSON_PUSH.decode(body)
     except msgspec.ValidationError as exc:
@@ -162,23 +170,26 @@ def _from_json(body: bytes, limits: Limits) -> tuple[list[NewLog], list[str]]:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BodyError(400, f"malformed JSON: {exc}") from None
     logs: list[NewLog] = []
-    places: list[str] = []
+    starts: list[int] = []
     for s, stream in enumerate(push.streams):
+        starts.append(len(logs))
         service, level, base = _stream_base(stream.stream, limits)
         for e, value in enumerate(stream.values):
-            where = f"streams[{s}].values[{e}]"
             if len(value) not in (2, 3):
-                raise BodyError(400, f'{where}: expected ["<ns>", "<line>"(, {{metadata}})]')
+                shape = '["<ns>", "<line>"] or ["<ns>", "<line>", {metadata}]'
+                raise BodyError(400, f"streams[{s}].values[{e}]: expected {shape}")
             ns, line = value[0], value[1]
             if not isinstance(ns, str) or not _NS.fullmatch(ns) or int(ns) > _MAX_NS:
-                raise BodyError(400, f"{where}[0]: the timestamp must be nanoseconds as a string")
+                why = "the timestamp must be nanoseconds as a string"
+                raise BodyError(400, f"streams[{s}].values[{e}][0]: {why}")
             if not isinstance(line, str):
-                raise BodyError(400, f"{where}[1]: the log line must be a string")
+                raise BodyError(400, f"streams[{s}].values[{e}][1]: the log line must be a string")
             attributes = dict(base)
             if len(value) == 3:
                 metadata = value[2]
                 if not isinstance(metadata, dict):
-                    raise BodyError(400, f"{where}[2]: structured metadata must be an object")
+                    why = "structured metadata must be an object"
+                    raise BodyError(400, f"streams[{s}].values[{e}][2]: {why}")
                 attributes.update(metadata)
             logs.append(
                 NewLog(
@@ -189,8 +200,7 @@ def _from_json(body: bytes, limits: Limits) -> tuple[list[NewLog], list[str]]:
                     attributes=attributes,
                 )
             )
-            places.append(where)
-    return logs, places
+    return logs, starts
 
 
 # --- protobuf (snappy block format) ----------------------------------------------------------
@@ -217,26 +227,26 @@ def _unsnappy(body: bytes, max_bytes: int) -> bytes:
         raise BodyError(400, f"broken snappy body: {exc}") from None
 
 
-def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], list[str]]:
+def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], list[int]]:
     push = PushRequest()
     try:
         push.ParseFromString(body)
     except (DecodeError, RecursionError, ValueError) as exc:
         raise BodyError(400, f"malformed protobuf PushRequest: {exc}") from None
     logs: list[NewLog] = []
-    places: list[str] = []
+    starts: list[int] = []
     for s, stream in enumerate(push.streams):
+        starts.append(len(logs))
         service, level, base = _stream_base(parse_labels(stream.labels), limits)
         for e, entry in enumerate(stream.entries):
-            where = f"streams[{s}].entries[{e}]"
             if not entry.HasField("timestamp"):
-                raise BodyError(400, f"{where}: no timestamp")
+                raise BodyError(400, f"streams[{s}].entries[{e}]: no timestamp")
             stamp = entry.timestamp
             if stamp.seconds < 0 or not 0 <= stamp.nanos < 1_000_000_000:
-                raise BodyError(400, f"{where}.timestamp: out of range")
+                raise BodyError(400, f"streams[{s}].entries[{e}].timestamp: out of range")
             ns = stamp.seconds * 1_000_000_000 + stamp.nanos
             if ns > _MAX_NS:
-                raise BodyError(400, f"{where}.timestamp: out of range")
+                raise BodyError(400, f"streams[{s}].entries[{e}].timestamp: out of range")
             attributes = dict(base)
             for pair in entry.structuredMetadata:
                 attributes[pair.name] = pair.value
@@ -249,8 +259,7 @@ def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], list[str]
                     attributes=attributes,
                 )
             )
-            places.append(where)
-    return logs, places
+    return logs, starts
 
 
 # --- the public surface ----------------------------------------------------------------------
@@ -273,12 +282,14 @@ def decode_push(
             `max_bytes`, 400 for a body that does not decode.
     """
     if content_type == JSON:
-        logs, places = _from_json(body, limits)
+        logs, starts = _from_json(body, limits)
+        entries = "values"
     elif content_type in (PROTOBUF, ""):
         body = _unsnappy(body, max_bytes)
-        logs, places = _from_protobuf(body, limits)
+        logs, starts = _from_protobuf(body, limits)
+        entries = "entries"
     else:
         raise BodyError(
             415, f"unsupported content type {content_type!r}; send {JSON} or {PROTOBUF}"
         )
-    return LokiBatch(logs, places, hashlib.sha256(body).hexdigest())
+    return LokiBatch(logs, starts, hashlib.sha256(body).hexdigest(), entries)

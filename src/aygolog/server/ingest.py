@@ -141,7 +141,7 @@ async def loki_push(request: Request[Any, Any, Any], state: State) -> Response[s
     checked = split_valid(batch.logs, limits=api.limits)
     if checked.refused:
         first = checked.refused[0]
-        where = batch.places[first.index] if first.index is not None else "entry"
+        where = batch.place(first.index) if first.index is not None else "an entry"
         others = checked.refused_count - 1
         more = f" (and {others} more entries)" if others else ""
         return _loki_error(400, f"{where}: {first.field}: {first.reason}{more}; nothing stored")
