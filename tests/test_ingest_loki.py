@@ -85,7 +85,7 @@ def test_json_and_protobuf_twins_decode_the_same() -> None:
     [
         ({"service": "a", "job": "b", "app": "c"}, "a", LogLevel.INFO, {"job": "b", "app": "c"}),
         ({"job": "b", "app": "c"}, "b", LogLevel.INFO, {"app": "c"}),
-        ({"app": "c", "service_name": ""}, "c", LogLevel.INFO, {"service_name": ""}),
+        ({"app": "c", "service_name": ""}, "c", LogLevel.INFO, {}),
         ({"detected_level": "ERROR", "severity": "debug"}, None, LogLevel.ERROR,
          {"severity": "debug"}),
         ({"severity": "crit"}, None, LogLevel.CRITICAL, {}),
@@ -98,6 +98,19 @@ def test_label_mapping(
 ) -> None:
     (log,) = decode_push(json_push((labels, [[str(NOW_NS), "x"]])), JS, max_bytes=10_000).logs
     assert (log.service, log.level, log.attributes) == (service, level, attributes)
+
+
+def test_a_refused_entry_is_named_by_stream_and_position() -> None:
+    body = json_push(({"a": "1"}, [[str(NOW_NS), "x"]] * 2), ({"a": "2"}, [[str(NOW_NS), "y"]] * 3))
+    batch = decode_push(body, JS, max_bytes=10_000)
+    assert [batch.place(i) for i in (0, 1, 2, 4)] == [
+        "streams[0].values[0]",
+        "streams[0].values[1]",
+        "streams[1].values[0]",
+        "streams[1].values[2]",
+    ]
+    empty_first = json_push(({"a": "1"}, []), ({"a": "2"}, [[str(NOW_NS), "y"]]))
+    assert decode_push(empty_first, JS, max_bytes=10_000).place(0) == "streams[1].values[0]"
 
 
 def test_labels_string() -> None:

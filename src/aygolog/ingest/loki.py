@@ -7,7 +7,8 @@ Mapping (docs/ingest.md has the table):
   -> `service` (a name our service pattern refuses has each run of other characters replaced by
   `_`, and the original stays as an attribute under its label name); the first of `level`,
   `detected_level`, `severity` -> `level`, read by `LogLevel.parse` (a value that names no
-  level gives info, and the label stays as an attribute); every other label -> an attribute.
+  level gives info, and the label stays as an attribute); every other label -> an attribute
+  (a label with an empty value is dropped, as Loki does).
 - structured metadata (JSON: the third element of a value; protobuf: `structuredMetadata`)
   -> attributes; on a clash with a label the entry's metadata wins.
 - line -> message; the entry's timestamp (nanoseconds) -> timestamp (kept to the microsecond).
@@ -121,7 +122,8 @@ def _stream_base(
     labels: dict[str, str], limits: Limits
 ) -> tuple[str | None, LogLevel, dict[str, AttributeValue]]:
     """(service, level, attributes) of a stream, from its labels."""
-    attributes: dict[str, AttributeValue] = dict(labels)
+    # Loki reads a label with an empty value as no label at all.
+    attributes: dict[str, AttributeValue] = {name: value for name, value in labels.items() if value}
     service = None
     for name in SERVICE_LABELS:
         value = labels.get(name)
