@@ -121,6 +121,18 @@ def test_labels_string() -> None:
             parse_labels(bad)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='{}=",\\ abn_0\n\u00e9', max_size=40))
+def test_any_labels_string_parses_or_is_a_400(text: str) -> None:
+    status = 200
+    try:
+        labels = parse_labels(text)
+    except BodyError as exc:
+        status, labels = exc.status, {}
+    assert status in (200, 400)
+    assert all(isinstance(v, str) for v in labels.values())
+
+
 def test_snappy_bomb_is_refused_before_inflating() -> None:
     body = snap(b"\0" * 5_000_000)
     with pytest.raises(BodyError) as caught:
