@@ -7,7 +7,7 @@ UV     := $(BIN)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: test lint typecheck pytest venv run bench clean
+.PHONY: test lint typecheck pytest venv run bench clean loki-proto
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ run: venv
 bench: venv
 	$(BIN)/python benchmarks/store_ingest.py
 	$(BIN)/python benchmarks/store_query.py
+
+# Loki's push messages (no PyPI package ships them): regenerate the checked-in module after
+# editing src/aygolog/ingest/proto/loki_push.proto.
+loki-proto: venv
+	$(BIN)/python -m grpc_tools.protoc -Isrc/aygolog/ingest/proto \
+		--python_out=src/aygolog/ingest --pyi_out=src/aygolog/ingest \
+		src/aygolog/ingest/proto/loki_push.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

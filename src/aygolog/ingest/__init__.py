@@ -8,4 +8,6 @@ body, call the decoder, check the entries with the rules of `POST /api/logs`, st
 - `body.py`: what every protocol shares: `Content-Encoding` (gzip) with a bounded decompressed
   size, and `split_valid` (the entries that pass our rules, and why the others did not).
 - `otlp.py`: OpenTelemetry OTLP/HTTP logs (`POST /v1/logs`), protobuf and JSON.
+- `loki.py`: Loki push (`POST /loki/api/v1/push`), JSON and snappy-compressed protobuf, with
+  `loki_push_pb2` compiled from `proto/loki_push.proto` (`make loki-proto`).
 """

@@ -632,8 +632,8 @@ def proxied(method: str, path: str) -> bool:
     return path in INGEST_PATHS
 
 
-INGEST_PATHS: Final = frozenset({"/v1/logs", "/otlp/v1/logs"})
-"""The paths of the foreign ingest protocols (OTLP/HTTP), proxied as they are."""
+INGEST_PATHS: Final = frozenset({"/v1/logs", "/otlp/v1/logs", "/loki/api/v1/push"})
+"""The paths of the foreign ingest protocols (OTLP/HTTP, Loki push), proxied as they are."""
 
 
 _REGISTRATION: Final = "/api/registration"

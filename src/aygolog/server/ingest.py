@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException
 
 from aygolog.errors import Conflict, Unavailable, ValidationError
 from aygolog.ingest.body import BodyError, decode_content, split_valid
+from aygolog.ingest.loki import decode_push
 from aygolog.ingest.otlp import (
     JSON,
     PROTOBUF,
@@ -23,9 +24,12 @@ from aygolog.ingest.otlp import (
 )
 from aygolog.server.routes import ApiState
 
-__all__ = ["INGEST_ROUTES", "OTLP_PATHS"]
+__all__ = ["INGEST_PATHS", "INGEST_ROUTES", "LOKI_PATH", "OTLP_PATHS"]
 
 OTLP_PATHS: Final = ("/v1/logs", "/otlp/v1/logs")
+LOKI_PATH: Final = "/loki/api/v1/push"
+INGEST_PATHS: Final = (*OTLP_PATHS, LOKI_PATH)
+"""Every ingest protocol's write path (what API keys must cover)."""
 _CODES: Final = {413: GrpcCode.RESOURCE_EXHAUSTED, 503: GrpcCode.UNAVAILABLE}
 
 
@@ -104,4 +108,62 @@ async def otlp_logs(request: Request[Any, Any, Any], state: State) -> Response[b
     return Response(encode_success(kind, checked.refused_count, message), media_type=kind)
 
 
-INGEST_ROUTES: Final = [otlp_logs]
+def _loki_error(status: int, message: str, retry_after: float | None = None) -> Response[str]:
+    # Loki answers errors as plain text (its distributor's http.Error).
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+    return Response(message + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+
+@post(
+    LOKI_PATH,
+    # 200 here because Litestar refuses a 204 route that may answer a body (the errors); every
+    # success below sets 204 itself, as Loki answers.
+    status_code=200,
+    summary="Loki push (JSON or snappy-compressed protobuf, gzip)",
+    description="A Loki PushRequest; answers 204, or a plain-text error. See docs/ingest.md.",
+    # Not in /schema/openapi.json: its bodies are Loki's push messages; docs/ingest.md
+    # documents the route.
+    include_in_schema=False,
+)
+async def loki_push(request: Request[Any, Any, Any], state: State) -> Response[str]:
+    """POST /loki/api/v1/push: store every entry of a Loki push, or none (Loki has no partial
+    success: one entry our rules refuse makes the whole push a 400 that names it)."""
+    api: ApiState = state.api
+    try:
+        raw = await _read(request, api.max_body_bytes)
+        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        kind = media_type(request.headers.get("content-type"))
+        batch = decode_push(body, kind, max_bytes=api.max_body_bytes, limits=api.limits)
+    except BodyError as exc:
+        return _loki_error(exc.status, exc.reason)
+    if len(batch.logs) > api.max_batch_items:
+        return _loki_error(413, f"more than {api.max_batch_items} entries in one push")
+    checked = split_valid(batch.logs, limits=api.limits)
+    if checked.refused:
+        first = checked.refused[0]
+        where = batch.place(first.index) if first.index is not None else "an entry"
+        others = checked.refused_count - 1
+        more = f" (and {others} more entries)" if others else ""
+        return _loki_error(400, f"{where}: {first.field}: {first.reason}{more}; nothing stored")
+    if not checked.accepted:
+        return Response("", status_code=204)
+    # A client retries a push after a 5xx or a timeout with the same bytes; every Loki entry
+    # carries its own timestamp, so equal bodies are the same entries: a key made from them
+    # stores the push once.
+    try:
+        result = await api.store.append_many(
+            checked.accepted, idempotency_key=f"loki-{batch.digest}"
+        )
+    except Unavailable as exc:
+        return _loki_error(503, str(exc), exc.retry_after or 1.0)
+    except Conflict:  # the same bytes stored before (an entry's time crossed a limit since)
+        return Response("", status_code=204)
+    except ValidationError as exc:  # the store's own checks; ours should have caught it
+        return _loki_error(400, str(exc))
+    if not result.replayed:
+        api.ingested.inc(amount=len(checked.accepted))
+    api.batch_sizes.observe(len(checked.accepted))
+    return Response("", status_code=204)
+
+
+INGEST_ROUTES: Final = [otlp_logs, loki_push]
