@@ -11,3 +11,15 @@ body, call the decoder, check the entries with the rules of `POST /api/logs`, st
 - `loki.py`: Loki push (`POST /loki/api/v1/push`), JSON and snappy-compressed protobuf, with
   `loki_push_pb2` compiled from `proto/loki_push.proto` (`make loki-proto`).
 """
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["INGEST_PATHS", "LOKI_PATH", "OTLP_PATHS"]
+
+OTLP_PATHS: Final = ("/v1/logs", "/otlp/v1/logs")
+LOKI_PATH: Final = "/loki/api/v1/push"
+INGEST_PATHS: Final = frozenset({*OTLP_PATHS, LOKI_PATH})
+"""Every ingest protocol's write path: what the LB proxies besides `/api/*`, and what API keys
+must cover (one list, here, so that a new protocol cannot be added to one and not the other)."""

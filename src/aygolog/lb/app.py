@@ -53,6 +53,7 @@ from litestar.params import FromPath
 from aygolog import __version__
 from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
+from aygolog.ingest import INGEST_PATHS
 from aygolog.lb.bus import WorkerBus, WorkerInfo
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
 from aygolog.lb.networks import Network, check_network, inside
@@ -630,10 +631,6 @@ def proxied(method: str, path: str) -> bool:
     if path.startswith("/api/"):
         return not (path == _REGISTRATION or path.startswith(_REGISTRATION_PREFIX))
     return path in INGEST_PATHS
-
-
-INGEST_PATHS: Final = frozenset({"/v1/logs", "/otlp/v1/logs", "/loki/api/v1/push"})
-"""The paths of the foreign ingest protocols (OTLP/HTTP, Loki push), proxied as they are."""
 
 
 _REGISTRATION: Final = "/api/registration"

@@ -32,11 +32,12 @@ from litestar.types import (
 )
 
 from aygolog import __version__
+from aygolog.ingest import INGEST_PATHS
 from aygolog.metrics import Counter, Histogram, Metrics
 from aygolog.models import ErrorBody, Limits, Registration
 from aygolog.redis import redis_from_settings
 from aygolog.server.agent import RegistrationAgent
-from aygolog.server.ingest import INGEST_ROUTES, OTLP_PATHS
+from aygolog.server.ingest import INGEST_ROUTES
 from aygolog.server.instrumented import InstrumentedStore
 from aygolog.server.reads import ReadGate
 from aygolog.server.routes import ROUTES, ApiState
@@ -243,7 +244,7 @@ def _api_key_middleware(keys: Mapping[str, str]) -> Callable[[ASGIApp], ASGIApp]
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if (
                 scope["type"] != ScopeType.HTTP
-                or not (scope["path"].startswith("/api/log") or scope["path"] in OTLP_PATHS)
+                or not (scope["path"].startswith("/api/log") or scope["path"] in INGEST_PATHS)
                 or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
             ):
                 await app(scope, receive, send)

@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from aygolog.errors import Conflict, Unavailable, ValidationError
+from aygolog.ingest import LOKI_PATH, OTLP_PATHS
 from aygolog.ingest.body import BodyError, decode_content, split_valid
 from aygolog.ingest.loki import decode_push
 from aygolog.ingest.otlp import (
@@ -24,12 +25,8 @@ from aygolog.ingest.otlp import (
 )
 from aygolog.server.routes import ApiState
 
-__all__ = ["INGEST_PATHS", "INGEST_ROUTES", "LOKI_PATH", "OTLP_PATHS"]
+__all__ = ["INGEST_ROUTES"]
 
-OTLP_PATHS: Final = ("/v1/logs", "/otlp/v1/logs")
-LOKI_PATH: Final = "/loki/api/v1/push"
-INGEST_PATHS: Final = (*OTLP_PATHS, LOKI_PATH)
-"""Every ingest protocol's write path (what API keys must cover)."""
 _CODES: Final = {413: GrpcCode.RESOURCE_EXHAUSTED, 503: GrpcCode.UNAVAILABLE}
 
 
