@@ -8,6 +8,7 @@ body, call the decoder, check the entries with the rules of `POST /api/logs`, st
 - `body.py`: what every protocol shares: `Content-Encoding` (gzip) with a bounded decompressed
   size, and `split_valid` (the entries that pass our rules, and why the others did not).
 - `otlp.py`: OpenTelemetry OTLP/HTTP logs (`POST /v1/logs`), protobuf and JSON.
+- `clef.py`: Seq (`POST /ingest/clef`, `POST /api/events/raw`), CLEF and legacy JSON.
 - `loki.py`: Loki push (`POST /loki/api/v1/push`), JSON and snappy-compressed protobuf, with
   `loki_push_pb2` compiled from `proto/loki_push.proto` (`make loki-proto`).
 """
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["INGEST_PATHS", "LOKI_PATH", "OTLP_PATHS"]
+__all__ = ["INGEST_PATHS", "LOKI_PATH", "OTLP_PATHS", "SEQ_PATHS"]
 
 OTLP_PATHS: Final = ("/v1/logs", "/otlp/v1/logs")
 LOKI_PATH: Final = "/loki/api/v1/push"
-INGEST_PATHS: Final = frozenset({*OTLP_PATHS, LOKI_PATH})
+SEQ_PATHS: Final = ("/ingest/clef", "/api/events/raw")
+INGEST_PATHS: Final = frozenset({*OTLP_PATHS, LOKI_PATH, *SEQ_PATHS})
 """Every ingest protocol's write path: what the LB proxies besides `/api/*`, and what API keys
 must cover (one list, here, so that a new protocol cannot be added to one and not the other)."""

@@ -13,7 +13,8 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
+from urllib.parse import parse_qsl
 
 import msgspec
 import redis.asyncio as aioredis
@@ -32,7 +33,7 @@ from litestar.types import (
 )
 
 from aygolog import __version__
-from aygolog.ingest import INGEST_PATHS
+from aygolog.ingest import INGEST_PATHS, SEQ_PATHS
 from aygolog.metrics import Counter, Histogram, Metrics
 from aygolog.models import ErrorBody, Limits, Registration
 from aygolog.redis import redis_from_settings
@@ -237,8 +238,23 @@ def api_key_refusal(
     return None
 
 
+_KEY_HEADERS: Final = (b"authorization", b"x-api-key")
+
+
+def _query_key(query: bytes) -> str | None:
+    """The `apiKey` parameter of a query string (Seq's clients may put the key there)."""
+    for name, value in parse_qsl(query.decode("latin-1")):
+        if name == "apiKey" and value:
+            return value
+    return None
+
+
 def _api_key_middleware(keys: Mapping[str, str]) -> Callable[[ASGIApp], ASGIApp]:
-    """Refuse `/api/log*` and ingest requests without a key of the needed scope (401/403)."""
+    """Refuse `/api/log*` and ingest requests without a key of the needed scope (401/403).
+
+    On Seq's paths the key may also come as `X-Seq-ApiKey` or `?apiKey=`, and a refusal is in
+    Seq's shape (`{"Error": ...}`).
+    """
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -249,19 +265,27 @@ def _api_key_middleware(keys: Mapping[str, str]) -> Callable[[ASGIApp], ASGIApp]
             ):
                 await app(scope, receive, send)
                 return
+            seq = scope["path"] in SEQ_PATHS
+            wanted = (b"authorization", b"x-api-key", b"x-seq-apikey") if seq else _KEY_HEADERS
             headers = {
-                name: value.decode("latin-1")
-                for name, value in scope["headers"]
-                if name in (b"authorization", b"x-api-key")
+                name: value.decode("latin-1") for name, value in scope["headers"] if name in wanted
             }
-            refusal = api_key_refusal(
-                keys, scope["method"], headers.get(b"authorization"), headers.get(b"x-api-key")
-            )
+            key = headers.get(b"x-api-key")
+            if seq:  # Seq's clients send X-Seq-ApiKey, or ?apiKey= in the URL
+                key = key or headers.get(b"x-seq-apikey") or _query_key(scope["query_string"])
+            refusal = api_key_refusal(keys, scope["method"], headers.get(b"authorization"), key)
             if refusal is None:
                 await app(scope, receive, send)
                 return
             status, reason = refusal
-            body = msgspec.json.encode(ErrorBody(error=reason))
+            if seq:
+                reason = reason.replace(
+                    " or X-Api-Key: <key>",
+                    ", X-Api-Key: <key>, X-Seq-ApiKey: <key> or ?apiKey=<key>",
+                )
+                body = msgspec.json.encode({"Error": reason})
+            else:
+                body = msgspec.json.encode(ErrorBody(error=reason))
             answer = [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(body)),

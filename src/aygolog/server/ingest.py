@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from aygolog.errors import Conflict, Unavailable, ValidationError
-from aygolog.ingest import LOKI_PATH, OTLP_PATHS
+from aygolog.ingest import LOKI_PATH, OTLP_PATHS, SEQ_PATHS
 from aygolog.ingest.body import BodyError, decode_content, split_valid
+from aygolog.ingest.clef import decode_events
 from aygolog.ingest.loki import decode_push
 from aygolog.ingest.otlp import (
     JSON,
@@ -163,4 +165,86 @@ async def loki_push(request: Request[Any, Any, Any], state: State) -> Response[s
     return Response("", status_code=204)
 
 
-INGEST_ROUTES: Final = [otlp_logs, loki_push]
+def _seq_error(status: int, message: str, retry_after: float | None = None) -> Response[bytes]:
+    # Seq answers errors as {"Error": "..."}.
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+    return Response(
+        msgspec.json.encode({"Error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+_SEQ_ACCEPTED: Final = b'{"MinimumLevelAccepted":null}'
+
+
+async def _seq_ingest(
+    request: Request[Any, Any, Any], api: ApiState, *, clef: bool
+) -> Response[bytes]:
+    """Store every event of a Seq body, or none (Seq's ingestion has no partial success: one
+    event our rules refuse makes the whole body a 400 that names it)."""
+    accepted = Response(_SEQ_ACCEPTED, status_code=201, media_type="application/json")
+    try:
+        raw = await _read(request, api.max_body_bytes)
+        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        kind = media_type(request.headers.get("content-type"))
+        batch = decode_events(body, kind, clef=clef, limits=api.limits)
+    except BodyError as exc:
+        return _seq_error(exc.status, exc.reason)
+    if len(batch.logs) > api.max_batch_items:
+        return _seq_error(413, f"more than {api.max_batch_items} events in one request")
+    checked = split_valid(batch.logs, limits=api.limits)
+    if checked.refused:
+        first = checked.refused[0]
+        where = batch.places[first.index] if first.index is not None else "an event"
+        others = checked.refused_count - 1
+        more = f" (and {others} more events)" if others else ""
+        return _seq_error(400, f"{where}: {first.field}: {first.reason}{more}; nothing stored")
+    if not checked.accepted:
+        return accepted
+    # A client retries after a 5xx or a timeout with the same bytes: when every event carries
+    # its own time, equal bodies are the same events and a key made from them stores them once.
+    key = f"seq-{batch.digest}" if batch.all_timed else None
+    try:
+        result = await api.store.append_many(checked.accepted, idempotency_key=key)
+    except Unavailable as exc:
+        return _seq_error(503, str(exc), exc.retry_after or 1.0)
+    except Conflict:  # the same bytes stored before (an event's time crossed a limit since)
+        return accepted
+    except ValidationError as exc:  # the store's own checks; ours should have caught it
+        return _seq_error(400, str(exc))
+    if not result.replayed:
+        api.ingested.inc(amount=len(checked.accepted))
+    api.batch_sizes.observe(len(checked.accepted))
+    return accepted
+
+
+@post(
+    SEQ_PATHS[0],
+    status_code=201,
+    summary="Seq CLEF ingestion (newline-delimited CLEF, gzip)",
+    description='Newline-delimited CLEF events; answers 201 {"MinimumLevelAccepted": null} '
+    'or Seq\'s {"Error": "..."}. See docs/ingest.md.',
+    # Not in /schema/openapi.json: its body is CLEF; docs/ingest.md documents the route.
+    include_in_schema=False,
+)
+async def seq_clef(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """POST /ingest/clef: store newline-delimited CLEF events."""
+    return await _seq_ingest(request, state.api, clef=True)
+
+
+@post(
+    SEQ_PATHS[1],
+    status_code=201,
+    summary="Seq raw events (legacy JSON, or CLEF with ?clef or its media type)",
+    description='{"Events": [...]} or newline-delimited CLEF; answers 201 '
+    '{"MinimumLevelAccepted": null} or Seq\'s {"Error": "..."}. See docs/ingest.md.',
+    include_in_schema=False,
+)
+async def seq_raw(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """POST /api/events/raw: Seq's legacy JSON, or CLEF with `?clef` or its media type."""
+    return await _seq_ingest(request, state.api, clef="clef" in request.query_params)
+
+
+INGEST_ROUTES: Final = [otlp_logs, loki_push, seq_clef, seq_raw]
