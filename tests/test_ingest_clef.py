@@ -253,6 +253,8 @@ BAD_INPUTS: list[tuple[str, str, dict[str, str], bytes, int]] = [
     ("line an array", "/ingest/clef", {}, b'["@m", "x"]', 400),
     ("timestamp a number", "/ingest/clef", {}, clef({"@t": 1765000000, "@m": "x"}), 400),
     ("timestamp words", "/ingest/clef", {}, clef({"@t": "yesterday", "@m": "x"}), 400),
+    ("timestamp with no UTC time", "/ingest/clef", {},
+     clef({"@t": "0001-01-01T00:00:00+14:00", "@m": "x"}), 400),
     ("message a number", "/ingest/clef", {}, clef({"@t": T, "@m": 5}), 400),
     ("template an object", "/ingest/clef", {}, clef({"@t": T, "@mt": {"a": 1}}), 400),
     ("level a number", "/ingest/clef", {}, clef({"@t": T, "@m": "x", "@l": 3}), 400),

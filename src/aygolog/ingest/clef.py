@@ -113,9 +113,12 @@ def _timestamp(value: object, where: str) -> datetime | None:
         raise BodyError(400, f"{where}: @t must be an ISO 8601 timestamp string")
     try:
         stamp = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise BodyError(400, f"{where}: @t {value[:40]!r} is not an ISO 8601 timestamp") from None
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+        # In UTC here: year 1 at +14:00 (or 9999 at -14:00) has no UTC time (OverflowError).
+        return stamp.astimezone(UTC) if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise BodyError(
+            400, f"{where}: @t {value[:40]!r} is not an ISO 8601 timestamp (in years 1-9999 UTC)"
+        ) from None
 
 
 def _string(event: dict[str, Any], name: str, where: str) -> str | None:
