@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aygolog.embedded import free_port
-from aygolog.ingest.body import BodyError
+from aygolog.ingest.body import BodyError, split_valid
 from aygolog.ingest.clef import CLEF, decode_events, render_template
 from aygolog.lb.app import proxied
 from aygolog.models import LogLevel, LogQuery
@@ -155,11 +155,23 @@ def test_a_service_name_outside_our_pattern_is_fitted_and_kept() -> None:
         ("{0} and {1}", "zero and {1}"),
         ("{N} {B}", "null true"),
         ("unclosed {A", "unclosed {A"),
+        ("[{A,99999999}]", "[" + " " * 1023 + "1]"),  # bounded
+        ("{A,9999999999}", "{A,9999999999}"),  # not an alignment we read: as written
     ],
 )
 def test_render_template(template: str, expected: str) -> None:
     props = {"A": 1, "S": "hi", "0": "zero", "N": None, "B": True}
     assert render_template(template, props) == expected
+
+
+def test_rendering_is_bounded() -> None:
+    text = render_template("{A}" * 1000 + " end", {"A": "x" * 1000}, max_chars=5000)
+    assert 5000 < len(text) < 8000
+    assert text.endswith(" end")
+    event = {"@mt": "{A}" * 100_000, "A": "x" * 1000}
+    (entry,) = decode_events(clef(event), CLEF, clef=True).logs
+    assert len(entry.message) < 100_000  # not 100 MB; and past the limit, so refused
+    assert split_valid([entry]).refused[0].field == "message"
 
 
 @settings(max_examples=200, deadline=None)
@@ -171,6 +183,32 @@ def test_any_body_decodes_or_is_a_body_error(body: bytes, kind: str, is_clef: bo
     except BodyError as exc:
         status = exc.status
     assert status in (None, 400, 415)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_KEYS = st.sampled_from(["@t", "@m", "@mt", "@l", "@x", "@tr", "@sp", "@i", "@r", "@ra", "@@a",
+                         "@zz", "Application", "service.name", "A", ""])  # fmt: skip
+_STRINGS = st.sampled_from(
+    [T, "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "{A}", "{A,-5:x}", "Fatal"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(_KEYS, _JSON_VALUES | _STRINGS, max_size=8), max_size=4))
+def test_any_events_decode_and_check_or_are_a_400(events: list[dict[str, Any]]) -> None:
+    """Whatever JSON values the reserved fields hold: a 400, or entries our rules can check."""
+    try:
+        batch = decode_events(clef(*events), CLEF, clef=True)
+    except BodyError as exc:
+        assert exc.status == 400  # noqa: PT017
+        return
+    split_valid(batch.logs)
 
 
 # -- the routes, in-process over a real Redis --------------------------------------------------

@@ -47,8 +47,9 @@ _CLEF_TYPES: Final = frozenset({CLEF, "", "application/x-ndjson", "text/plain", 
 _SERVICE_KEYS: Final = ("service.name", "Application", "ApplicationName", "service")
 _SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
 _HOLE: Final = re.compile(
-    r"\{\{|\}\}|\{([@$]?)([A-Za-z0-9_][A-Za-z0-9_.]*)(?:,(-?[0-9]+))?(?::([^{}]*))?\}"
+    r"\{\{|\}\}|\{([@$]?)([A-Za-z0-9_][A-Za-z0-9_.]*)(?:,(-?[0-9]{1,9}))?(?::([^{}]*))?\}"
 )
+_MAX_ALIGN: Final = 1024
 _LEGACY: Final = {
     "Timestamp": "@t",
     "Level": "@l",
@@ -81,14 +82,20 @@ def _text(value: object, *, json: bool = False) -> str:
     return _encode_json(value).decode()
 
 
-def render_template(template: str, properties: dict[str, Any]) -> str:
+def render_template(template: str, properties: dict[str, Any], max_chars: int | None = None) -> str:
     """A Serilog message template with its holes filled from `properties`.
 
     `{Name}` and `{$Name}` give a string property as is and other values as JSON text;
     `{@Name}` gives JSON text (strings quoted); `{Name,10}` / `{Name,-10}` pad right/left
-    aligned; a `:format` is ignored (.NET format strings have no Python equivalent); `{{` and
-    `}}` are braces; a hole naming no property stays as written, as Serilog leaves it.
+    aligned (at most 1,024 wide); a `:format` is ignored (.NET format strings have no Python
+    equivalent); `{{` and `}}` are braces; a hole naming no property stays as written, as
+    Serilog leaves it.
+
+    With `max_chars`, holes stop being filled once their text passes it (`{Big}` a million
+    times must not cost gigabytes); the result is then longer than `max_chars`, for the
+    message limit to refuse.
     """
+    budget = [max_chars]
 
     def fill(found: re.Match[str]) -> str:
         whole = found.group(0)
@@ -97,10 +104,16 @@ def render_template(template: str, properties: dict[str, Any]) -> str:
         sigil, name, align = found.group(1), found.group(2), found.group(3)
         if name not in properties:
             return whole
+        left = budget[0]
+        if left is not None and left < 0:
+            return ""
         text = _text(properties[name], json=sigil == "@")
         if align:
-            width = int(align)
+            # Bounded: a template is the sender's, and `{A,999999999}` must not cost a GB.
+            width = max(-_MAX_ALIGN, min(int(align), _MAX_ALIGN))
             text = text.rjust(width) if width > 0 else text.ljust(-width)
+        if left is not None:
+            budget[0] = left - len(text)
         return text
 
     return _HOLE.sub(fill, template)
@@ -162,7 +175,11 @@ def _event(event: dict[str, Any], where: str, limits: Limits) -> tuple[NewLog, b
         elif key not in _RESERVED:
             properties[key] = value
     if message is None:
-        message = render_template(template, properties) if template is not None else ""
+        message = (
+            render_template(template, properties, limits.max_message_bytes)
+            if template is not None
+            else ""
+        )
     if exception:
         message = f"{message}\n{exception}" if message else exception
     limit = limits.max_attribute_value_bytes
