@@ -188,7 +188,11 @@ def _event(event: dict[str, Any], where: str, limits: Limits) -> tuple[NewLog, b
     for key, value in resource.items():
         _flatten(key, value, flat, limit)
     for key, value in properties.items():
-        _flatten(key, value, flat, limit)
+        kind = type(value)
+        if kind is int or (kind is str and len(value) * 4 <= limit):  # the common case, inline
+            flat[key] = value
+        else:
+            _flatten(key, value, flat, limit)
     if used is not None:
         # Dotted flattening may have spread a nested `service` object; drop only the key used.
         flat.pop(used, None)
