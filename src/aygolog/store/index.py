@@ -61,7 +61,7 @@ class IndexOptions:
     """A new block starts once the current one holds this many entries."""
     bloom_bytes: int = 65536
     """Size of each block's bloom filter; a power of two, at least 4."""
-    block_budget: int = 256
+    block_budget: int = 64
     """At most this many block summaries are read by one server-side call."""
 
     def __post_init__(self) -> None:
