@@ -40,6 +40,12 @@ def sync_tour(url: str, service: str) -> None:
         big = client.query(service=service, attributes={"eur": 2000})
         print("the 2000 EUR order:", [e.message for e in big.items])
 
+        # The same in the query language (docs/query.md), and counts per group.
+        found = client.query(f"service:{service} eur:>=1990 -timeout")
+        print("orders of 1990 EUR or more:", [e.message for e in found.items])
+        per_level = client.count(f"service:{service} | count() by (level)")
+        print("per level:", {s.labels["level"]: s.counts[0] for s in per_level.series})
+
         # Everything, page after page (the SDK follows `next_cursor`).
         total = sum(1 for _ in client.iter_logs(service=service, limit=50))
         print(f"entries of {service}: {total}")

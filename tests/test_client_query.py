@@ -80,6 +80,10 @@ def test_a_query_string_is_sent_as_query_beside_the_other_parameters(
     )  # fmt: skip
     client.query("   ")  # a blank query is no query, not an empty string the server must parse
     assert "query" not in route.calls[2].request.url.params
+    client.query(query="level:error", limit=5)  # as a keyword too
+    assert route.calls[3].request.url.params["query"] == "level:error"
+    client.query("ignored", query="wins")  # keywords win, as for every filter
+    assert route.calls[4].request.url.params["query"] == "wins"
 
 
 def test_iter_logs_keeps_the_query_string_on_every_page(
@@ -156,6 +160,9 @@ def test_tail_sends_the_query_string(mock: respx.MockRouter, client: LogClient) 
         assert next(iter(tail)).id == "1-0"
     params = route.calls[0].request.url.params
     assert (params["query"], params["service"]) == ("level:error timeout", "shop")
+    with client.tail(query="level:error", last_event_id="0-1") as tail:
+        assert next(iter(tail)).id == "1-0"
+    assert route.calls[1].request.url.params["query"] == "level:error"
 
 
 async def test_the_async_client_queries_and_counts_alike() -> None:
@@ -166,7 +173,7 @@ async def test_the_async_client_queries_and_counts_alike() -> None:
         counts = mock.get("/api/logs/count").mock(return_value=httpx.Response(200, json=COUNTS))
         async with AsyncLogClient(URL) as client:
             assert [e.id for e in (await client.query("timeout", limit=5)).items] == ["1-0"]
-            result = await client.count("| count() by (level) step 1m")
+            result = await client.count(query="| count() by (level) step 1m")
             assert [s.labels["level"] for s in result.series] == ["error", "warning"]
             assert [e.id async for e in client.iter_logs("timeout")] == ["1-0"]
         assert logs.calls[0].request.url.params["query"] == "timeout"

@@ -64,6 +64,8 @@ def test_sdk_quickstart(stack: LiveStack) -> None:
     assert "batch: 201 entries in 1 request(s)" in out
     assert "errors in the last 5 minutes: ['payment provider timeout']" in out
     assert "the 2000 EUR order: ['order 200 paid']" in out
+    assert "orders of 1990 EUR or more: ['order 200 paid', 'order 199 paid']" in out
+    assert "per level: {'error': 1, 'info': 201}" in out
     assert f"entries of {service}: 202" in out
     assert "live: warning disk almost full {'percent': 91}" in out
     assert "refused: ['message: must not be empty']" in out

@@ -124,6 +124,19 @@ async def test_too_many_buckets_is_a_4xx_naming_step(api: httpx.AsyncClient) -> 
     assert response.json()["detail"][0]["field"] == "step"
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["_time:999999999999d", "| count() step 999999999999d", "status:>=1e400", 'x:~"(a"', "(((("],
+)
+async def test_hostile_queries_are_a_400_naming_query_at_every_route(
+    api: httpx.AsyncClient, query: str
+) -> None:
+    for path in ("/api/logs", "/api/logs/count", "/api/logs/stream"):
+        response = await api.get(path, params={"query": query})
+        assert response.status_code == 400, (path, query, response.text)
+        assert response.json()["detail"][0]["field"] == "query"
+
+
 async def test_a_query_too_long_is_a_400_and_a_huge_url_is_no_500(api: httpx.AsyncClient) -> None:
     response = await api.get("/api/logs", params={"query": "x " * 5000})
     assert response.status_code == 400

@@ -12,9 +12,11 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from aygolog._cli_client import count_table
+from aygolog.cli import main
 from aygolog.client import AsyncLogClient, LogClient
 from aygolog.models import CountResult, CountSeries
 from aygolog.query import QuerySyntaxError
@@ -149,3 +151,19 @@ def test_aygolog_tail_takes_a_query(stack: LiveStack) -> None:
     assert refused.returncode == 1
     assert "query:" in refused.stderr
     assert "time range" in refused.stderr
+
+
+def test_a_long_query_is_a_4xx_through_the_load_balancer(stack: LiveStack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        long = http.get("/api/logs", params={"query": "x " * 5000})
+        assert long.status_code == 400
+        assert long.json()["detail"][0]["field"] == "query"
+        huge = http.get("/api/logs/count", params={"query": "x" * 60_000})
+        assert 400 <= huge.status_code < 500, huge.text[:200]
+
+
+def test_a_query_the_parser_cannot_compute_is_a_user_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["query", "--url", "http://127.0.0.1:9", "_time:999999999999d"]) == 1
+    assert capsys.readouterr().err.strip() == "aygolog query: query: a number in it is too large"

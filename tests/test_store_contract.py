@@ -439,9 +439,10 @@ async def test_scan_is_bounded_and_continues(redis_client: aioredis.Redis, prefi
         prefix=prefix,
         options=StoreOptions(scan_chunk=7, scan_budget=20, max_scan=40),
     )
-    levels = [LogLevel.ERROR if i % 30 == 0 else LogLevel.INFO for i in range(300)]
-    await store.append_many([log(f"s{i}", level=lv) for i, lv in enumerate(levels)])
-    query = LogQuery(levels=frozenset({LogLevel.ERROR}), limit=5)
+    # A boolean attribute: no index narrows it (booleans are not tokens; warning and above
+    # have postings of their own), so the entries are scanned.
+    await store.append_many([log(f"s{i}", attributes={"hit": i % 30 == 0}) for i in range(300)])
+    query = LogQuery(attributes={"hit": "true"}, limit=5)
     page = await store.query(query)
     # 40 entries scanned at most: the page is short, with a cursor to go on from.
     assert len(page.items) < 5
@@ -449,7 +450,7 @@ async def test_scan_is_bounded_and_continues(redis_client: aioredis.Redis, prefi
     found = [e.message for e in page.items]
     cursor: str | None = page.next_cursor
     while cursor is not None:
-        page = await store.query(LogQuery(levels=query.levels, limit=5, cursor=cursor))
+        page = await store.query(LogQuery(attributes=query.attributes, limit=5, cursor=cursor))
         found += [e.message for e in page.items]
         cursor = page.next_cursor
     assert found == [f"s{i}" for i in reversed(range(0, 300, 30))]

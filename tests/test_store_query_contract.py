@@ -65,7 +65,7 @@ async def numbers(store: LogStore, entries: list[LogEntry], q: str, **kw: object
 ALL = [8, 7, 6, 5, 4, 3, 2, 1]
 
 SEARCHES = [
-    # words: whole tokens, any case; phrases; substrings
+    # words: whole tokens, any case; phrases; regexes in the message
     ("timeout", [5]),
     ("TIMEOUT", [5]),
     ("timeouts", [7]),

@@ -9,6 +9,7 @@ import pytest
 
 from aygolog.errors import Unavailable, ValidationError
 from aygolog.models import FieldError, InstanceView, LogEntry, LogLevel
+from aygolog.query import regex
 from aygolog.querystring import parse_query_params
 from aygolog.ui import state as ui_state
 from aygolog.ui.state import (
@@ -85,11 +86,31 @@ def test_filters_round_trip_through_the_url() -> None:
 
 def test_an_older_links_q_is_a_substring_query() -> None:
     assert Filters.from_params({"q": "time out"}).text == '~"time out"'
-    assert Filters.from_params({"q": 'say "hi" \\'}).text == '~"say \\"hi\\" \\\\"'
     assert Filters.from_params({"q": "old", "query": "new"}).text == "new"
-    old = Filters.from_params({"q": 'say "hi"'})
-    assert old.matches(entry(1, 'they SAY "HI" there'), now=NOW)
-    assert not old.matches(entry(1, "say hi"), now=NOW)
+    for q, yes, no in [
+        ('say "hi"', 'they SAY "HI" there', "say hi"),
+        ("a.b (c)* \\d", "xA.B (C)* \\Dy", "aXb (c)* \\d"),
+    ]:
+        old = Filters.from_params({"q": q})
+        assert old.problem() is None, old.text
+        assert old.matches(entry(1, yes), now=NOW), old.text
+        assert not old.matches(entry(1, no), now=NOW), old.text
+
+
+def test_a_regex_this_process_cannot_run_is_left_to_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(regex, "_RE2", None)  # as with the `ui` extra alone
+    ui_state._plan.cache_clear()
+    try:
+        filters = Filters(text='~"time.*out" | limit 5', levels=frozenset({LogLevel.ERROR}))
+        assert filters.problem() is None
+        assert not filters.live_applies
+        assert filters.matches(entry(1, "anything", level=LogLevel.ERROR), now=NOW)
+        assert not filters.matches(entry(1, "anything"), now=NOW)  # the level still applies
+        assert (Filters(text='~"(a" (').problem() or "").startswith("query: at")
+    finally:
+        ui_state._plan.cache_clear()
 
 
 def test_empty_filters_make_a_bare_url() -> None:
@@ -371,3 +392,10 @@ def test_ingest_series_starts_from_the_servers_rate() -> None:
     assert series.add(100.0, 50, first_rate=1.5) is None
     assert series.add(102.0, 54, first_rate=9.0) == 2.0
     assert series.chart_data() == [[100_000, 1.5], [102_000, 2.0]]
+
+
+def test_a_number_too_large_in_the_query_is_a_problem_not_an_exception() -> None:
+    filters = Filters(text="_time:999999999999d")
+    assert (filters.problem() or "").startswith("query: at 0:")
+    assert not filters.live_applies
+    assert not filters.matches(entry(1), now=NOW)

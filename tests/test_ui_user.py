@@ -178,8 +178,8 @@ async def test_refresh_keeps_what_the_tail_brought_while_it_ran(
         text = f"during a refresh {tag()}"
         query = view.api.query
 
-        async def query_then_log(**kwargs: Any) -> Any:
-            page = await query(**kwargs)  # the answer is in: the entry below is not in it
+        async def query_then_log(*args: Any, **kwargs: Any) -> Any:
+            page = await query(*args, **kwargs)  # the answer is in: the entry below is not in it
             await sdk.log(text)
             await eventually(lambda: text in messages(simulated))  # the tail brought it
             return page
@@ -398,3 +398,43 @@ async def test_banner_while_the_load_balancer_is_down_then_recovery(
     await user.should_not_see(marker="banner", retries=150)
     await user.should_see("connected", retries=50)
     await user.should_see("3/3 healthy", retries=50)
+
+
+async def test_the_search_box_takes_a_query_for_the_table_and_the_live_tail(
+    user: User, sdk: AsyncLogClient
+) -> None:
+    word = tag()
+    await sdk.log(f"{word} plain")
+    await sdk.log(f"{word} bad", level="error")
+    await user.open("/")
+    await user.should_see("following", retries=50)
+    user.find(marker="filter-text").type(f"{word} level:error")
+    await eventually(lambda: messages(user) == [f"{word} bad"])
+    await sdk.log(f"{word} live info")
+    await sdk.log(f"{word} live error", level="error")
+    await eventually(lambda: messages(user) == [f"{word} live error", f"{word} bad"])
+    user.find(marker="filter-text").clear().type(f"{word} (")
+    box = next(iter(user.find(marker="filter-text").elements))
+    assert isinstance(box, ui.input)
+    await eventually(lambda: (box.error or "").startswith("at "))  # shown under the box
+    assert not any("query" in m for m in user.notify.messages)  # not as a toast
+    assert messages(user) == [f"{word} live error", f"{word} bad"]  # the last good query stays
+
+
+async def test_the_chart_above_the_table_counts_per_level(user: User, sdk: AsyncLogClient) -> None:
+    word = tag()
+    await sdk.log(f"{word} one")
+    await sdk.log(f"{word} two", level="error")
+    await sdk.log(f"{word} three", level="error")
+    await user.open(f"/?query={word}")
+    await eventually(lambda: len(messages(user)) == 3)
+    chart = next(iter(user.find(marker="histogram").elements))
+    assert isinstance(chart, ui.echart)
+
+    def totals() -> dict[str, int]:
+        return {s["name"]: sum(n for _, n in s["data"]) for s in chart.options["series"]}
+
+    await eventually(lambda: totals() == {"info": 1, "error": 2})
+    assert chart.visible
+    user.find(marker="filter-text").clear().type(f"{word} | limit 2")
+    await eventually(lambda: not chart.visible)

@@ -38,10 +38,9 @@ from aygolog.models import (
     LogEntry,
     LogLevel,
     LogPage,
-    LogQuery,
     NewLog,
 )
-from aygolog.query import plan_for
+from aygolog.query import parse
 
 __all__ = ["DEFAULT_URL", "add_client_commands", "count_table", "format_entry", "use_colour"]
 
@@ -318,8 +317,12 @@ def _send(args: argparse.Namespace) -> int:
 
 def _is_count(text: str | None) -> bool:
     """Whether the query string ends in `| count()` (parsed here to pick the endpoint; a
-    syntax error is reported here too, with its position)."""
-    return bool(text) and plan_for(LogQuery(query=text)).count is not None
+    syntax error is reported here too, with its position). Only parsed, not planned: a regex
+    needs RE2, which the SDK-only install lacks; the server runs it."""
+    try:
+        return bool(text and text.strip()) and parse(text or "").count is not None
+    except OverflowError as exc:  # the parser lets `_time:999999999999d` through this way
+        raise UserError("query: a number in it is too large") from exc
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -603,7 +606,8 @@ def add_client_commands(commands: Any) -> None:
     query.add_argument(
         "query",
         nargs="?",
-        help="e.g. 'level>=warning service:shop timeout' or 'level:error | count() by (service)'",
+        help="e.g. 'level>=warning service:shop timeout' or 'level:error | count() by (service)'"
+        " (one that starts with - goes after --: aygolog query -- '-debug timeout')",
     )
     query.add_argument("--since", help="from: RFC 3339, epoch, or relative (15m, 2h, 7d)")
     query.add_argument("--until", help="up to, in the same forms as --since")

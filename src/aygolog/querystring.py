@@ -4,7 +4,7 @@ Parameters (all optional, every one given must match):
 
 | name | meaning | example |
 |---|---|---|
-| `query` | the query language (docs/query.md), at most 8,192 characters | `query=timeout` |
+| `query` | the query language (docs/query.md), at most 4,096 characters | `query=timeout` |
 | `level` | levels, repeated or comma-separated (aliases allowed) | `level=error,warn` |
 | `min_level` | this level or more severe | `min_level=warning` |
 | `service` | services, repeated or comma-separated | `service=api&service=auth` |
@@ -27,11 +27,7 @@ from aygolog.errors import ValidationError
 from aygolog.models import Direction, FieldError, LogLevel, LogQuery
 from aygolog.validation import parse_timestamp
 
-__all__ = ["MAX_QUERY_CHARS", "parse_query_params", "parse_time", "query_to_params"]
-
-MAX_QUERY_CHARS: Final = 8192
-"""The longest query string taken (a query typed or built by a page is far shorter; a URL of
-more than about 8 KiB is refused by many proxies anyway)."""
+__all__ = ["parse_query_params", "parse_time", "query_to_params"]
 
 _RELATIVE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -82,19 +78,11 @@ def parse_query_params(
 ) -> LogQuery:
     """A `LogQuery` from query parameters (see the module docstring).
 
+    `query` is kept as text: it is parsed (and its length bounded) by `plan_for`, once.
+
     Raises:
-        QuerySyntaxError: `query` is longer than `MAX_QUERY_CHARS` (it is parsed later, by
-            `plan_for`).
         ValidationError: naming each bad parameter.
     """
-    if query is not None and len(query) > MAX_QUERY_CHARS:
-        # Here, not at the top: the query language's parser reads times with `parse_time`.
-        from aygolog.query import QuerySyntaxError
-
-        raise QuerySyntaxError(
-            MAX_QUERY_CHARS, f"the end of the query (at most {MAX_QUERY_CHARS} characters)",
-            f"{len(query) - MAX_QUERY_CHARS} more",
-        )  # fmt: skip
     errors: list[FieldError] = []
     levels: frozenset[LogLevel] | None = None
     names = _split(level)

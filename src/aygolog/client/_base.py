@@ -591,6 +591,8 @@ TimeArg = datetime | float | str | None
 class TailFilters(TypedDict, total=False):
     """The filters of a live tail (all must match)."""
 
+    query: str
+    """A query string (docs/query.md); the same as passing it first."""
     level: LevelArg
     """Levels: a name, a comma-separated string, or several."""
     min_level: LogLevel | str | int
@@ -645,8 +647,10 @@ def _services(value: str | Iterable[str] | None) -> frozenset[str] | None:
 
 
 def make_query(
-    query: LogQuery | str | None = None,
+    base: LogQuery | str | None = None,
+    /,
     *,
+    query: str | None = None,
     level: LevelArg = None,
     min_level: LogLevel | str | int | None = None,
     service: str | Iterable[str] | None = None,
@@ -658,19 +662,19 @@ def make_query(
     cursor: str | None = None,
     direction: Direction | str | None = None,
 ) -> LogQuery:
-    """A `LogQuery` from keyword filters, on top of `query` when given.
+    """A `LogQuery` from keyword filters, on top of `base` when given.
 
-    `query` is a `LogQuery`, or a string in the query language (docs/query.md), which the
-    server parses. `since`/`until` take datetimes, epoch seconds, RFC 3339 or relative times
-    (`15m`: 15 minutes before now, resolved now so that paging sees a fixed range).
+    `base` is a `LogQuery`, or a string in the query language (docs/query.md), which the
+    server parses; `query=` sets that string too (keywords win). `since`/`until` take
+    datetimes, epoch seconds, RFC 3339 or relative times (`15m`: 15 minutes before now,
+    resolved now so that paging sees a fixed range).
 
     Raises:
         ValidationError: naming each filter that cannot be understood.
     """
-    if isinstance(query, str):
-        base = LogQuery(query=query if query.strip() else None)
-    else:
-        base = query or LogQuery()
+    if isinstance(base, str):
+        base = LogQuery(query=base)
+    base = base or LogQuery()
     changes: dict[str, Any] = {}
     errors: list[FieldError] = []
 
@@ -700,6 +704,11 @@ def make_query(
         changes["cursor"] = cursor or None
     if direction is not None:
         attempt("direction", lambda: Direction(str(direction).lower()))
+    if query is not None:
+        changes["query"] = query
+    if "query" in changes or base.query is not None:
+        text = changes.get("query", base.query)
+        changes["query"] = text if text and text.strip() else None  # blank: no query
     if errors:
         raise ValidationError(errors)
     return msgspec.structs.replace(base, **changes) if changes else base

@@ -41,6 +41,7 @@ __all__ = [
     "format_stream_id",
     "id_bounds",
     "id_ms",
+    "matches",
     "page_limit",
     "parse_stream_id",
     "received_at",
@@ -347,3 +348,21 @@ def attribute_matches(value: AttributeValue | None, wanted: str) -> bool:
         return float(wanted) == value
     except ValueError:
         return False
+
+
+def matches(entry: LogEntry, query: LogQuery, severities: frozenset[int] | None = None) -> bool:
+    """Whether `entry` passes the old parameters of `query` (not its query string).
+
+    No store runs this any more: they run `plan_for(query)`, the one definition of matching.
+    It stays only as the reference that `tests/test_query_plan.py` holds the plan to (the old
+    parameters must select what they selected before); it belongs in that test.
+    """
+    if severities is None:
+        severities = query.level_severities()
+    if severities is not None and entry.level.severity not in severities:
+        return False
+    if query.services is not None and (entry.service or "") not in query.services:
+        return False
+    if query.text and query.text.encode().lower() not in entry.message.encode().lower():
+        return False
+    return all(attribute_matches(entry.attributes.get(k), v) for k, v in query.attributes.items())

@@ -3,6 +3,10 @@
 `run_ui(settings)` serves it (`aygolog ui`); `build_root(lb_url)` is its page function, for
 `ui.run(root)` or NiceGUI's user simulation in tests. The page reaches the system only through
 the load balancer, with `AsyncLogClient`.
+
+- `page.py`: the widgets and what they do; `state.py`: the filters (the search box takes the
+  query language), rows, buffers and series, pure; `histogram.py`: the count chart above the
+  table, pure; `server.py`: serving it.
 """
 
 from __future__ import annotations

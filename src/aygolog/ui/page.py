@@ -25,7 +25,8 @@ from starlette.requests import Request
 
 from aygolog.client import AsyncLogClient, AsyncTail
 from aygolog.errors import AygologError, NoHealthyInstance, Unavailable
-from aygolog.models import LogEntry, LogLevel
+from aygolog.models import CountResult, LogEntry, LogLevel
+from aygolog.ui.histogram import histogram_options, histogram_request
 from aygolog.ui.state import (
     LEVEL_COLORS,
     RANGES,
@@ -303,7 +304,12 @@ class LogView:
                 .mark("filter-service")
             )
             self.text_filter = (
-                ui.input("Search", value=f.text, on_change=self._filters_changed)
+                ui.input(
+                    "Search",
+                    value=f.text,
+                    on_change=self._filters_changed,
+                    validation=lambda text: Filters(text=text or "").query_problem(),
+                )
                 .props('outlined dense clearable debounce=400 placeholder="level>=warning timeout"')
                 .classes("w-full sm:w-72")
                 .tooltip(
@@ -367,6 +373,15 @@ class LogView:
                 ui.button("Refresh", icon="refresh", on_click=self.refresh).props(
                     "flat dense"
                 ).mark("refresh")
+            # Matches per level over the time range (GET /api/logs/count), above the table as in
+            # every log UI; hidden when the search box cannot be counted (it ends in a pipe).
+            self.histogram = (
+                ui.echart(histogram_options(CountResult(buckets=[], series=[])))
+                .classes("w-full aygolog-histogram")
+                .style("height: 120px")
+                .mark("histogram")
+            )
+            self.histogram.set_visibility(False)
             self.table = (
                 ui.table(
                     columns=_LOG_COLUMNS,
@@ -561,6 +576,24 @@ class LogView:
             self.held_count = len(self.held)
             self._render_held()
         self._render_rows()
+        await self._refresh_histogram(generation)
+
+    async def _refresh_histogram(self, generation: int) -> None:
+        """Count the filters' matches per level over the range, for the chart above the table."""
+        request = histogram_request(self.filters)
+        result: CountResult | None = None
+        if request is not None:
+            text, filters = request
+            try:
+                result = await self.api.count(text, **filters)
+            except (AygologError, ValueError, OverflowError):
+                result = None  # the table's own query says what is wrong; the chart stays away
+        if generation != self._generation:
+            return
+        if result is not None:
+            self.histogram.options.update(histogram_options(result))
+            self.histogram.update()
+        self.histogram.set_visibility(result is not None)
 
     async def load_older(self) -> None:
         """The next page of older entries, through the query cursor."""
@@ -662,7 +695,8 @@ class LogView:
             problem = "the time range is out of reach"
         if problem is not None:
             self._show_custom_range(custom=span == "custom")
-            ui.notify(problem, type="warning")
+            if filters.query_problem() is None:  # the search box shows its own, under it
+                ui.notify(problem, type="warning")
             return
         self.filters = filters
         await self._filters_applied()

@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlencode
 
+from msgspec.structs import replace as replace_struct
+
 from aygolog.errors import ValidationError
 from aygolog.models import AttributeValue, InstanceView, LogEntry, LogLevel, LogQuery
-from aygolog.query import Plan, QuerySyntaxError, plan_for
+from aygolog.query import Plan, QuerySyntaxError, parse, plan_for
 from aygolog.querystring import parse_time
 
 __all__ = [
@@ -199,15 +201,22 @@ class Filters:
             return parse_time(self.range, now=now), None
         return None, None
 
-    def problem(self) -> str | None:
-        """Why these filters cannot be run (a query that does not parse, or asks for counts;
-        a custom time that is not a time), or None."""
+    def query_problem(self) -> str | None:
+        """Why the search box cannot be run (it does not parse, or asks for counts), or None."""
         try:
             plan = self.plan()
         except QuerySyntaxError as exc:
-            return f"query: {exc.errors[0].reason}"
+            return exc.errors[0].reason
         if plan.count is not None:
-            return "query: the table lists entries; a `| count()` query is asked of the API"
+            return "the table lists entries; a `| count()` query is asked of the API"
+        return None
+
+    def problem(self) -> str | None:
+        """Why these filters cannot be run (a query that does not parse, or asks for counts;
+        a custom time that is not a time), or None."""
+        problem = self.query_problem()
+        if problem is not None:
+            return f"query: {problem}"
         if self.range == "custom":
             for name, value in (("since", self.since), ("until", self.until)):
                 if value and not _valid_time(value):
@@ -249,15 +258,32 @@ class Filters:
 @functools.lru_cache(maxsize=16)
 def _plan(query: str | None, levels: frozenset[LogLevel], services: tuple[str, ...]) -> Plan:
     # Cached: the live tail asks for it for every entry, with the same few filters.
-    return plan_for(
-        LogQuery(query=query, levels=levels or None, services=frozenset(services) or None)
-    )
+    asked = LogQuery(query=query, levels=levels or None, services=frozenset(services) or None)
+    try:
+        return plan_for(asked)
+    except OverflowError:  # the parser lets `_time:999999999999d` through this way
+        raise QuerySyntaxError(0, "numbers small enough to compute with", "one too large") from None
+    except QuerySyntaxError:
+        if query is None:
+            raise
+        parsed = parse(query)  # the real syntax error, if there is one
+    # It parses but cannot be planned in this process: a regex, and RE2 is not installed with
+    # the `ui` extra alone. The Log API runs it (its table and tail answers are filtered
+    # already); here the level and service filters and the pipes still apply.
+    plan = plan_for(replace_struct(asked, query=None))
+    return replace(plan, limit=parsed.limit, count=parsed.count)
+
+
+_REGEX_SPECIAL: Final = re.compile(r"([\\.^$|?*+()\[\]{}])")
 
 
 def _substring(text: str) -> str:
-    """An older link's `q=` (a case-insensitive substring of the message) as a query."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'~"{escaped}"' if text.strip() else ""
+    """An older link's `q=` (a case-insensitive substring of the message) as a query: a
+    regex of the text taken literally, in a quoted string (where `\\` and `\"` escape)."""
+    if not text.strip():
+        return ""
+    regex = _REGEX_SPECIAL.sub(r"\\\1", text)
+    return '~"' + regex.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _valid_time(value: str) -> str:
