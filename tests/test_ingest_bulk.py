@@ -19,7 +19,7 @@ from aygolog.ingest import is_ingest_path
 from aygolog.ingest.body import BodyError
 from aygolog.ingest.bulk import decode_bulk
 from aygolog.lb.app import proxied
-from aygolog.models import LogLevel, LogQuery
+from aygolog.models import Direction, LogLevel, LogQuery
 from aygolog.store import RedisStreamLogStore
 from test_ingest_otlp import serve
 
@@ -167,9 +167,9 @@ async def test_bulk_is_stored_answered_and_a_retry_is_stored_once(
     assert reply["errors"] is False
     assert [next(iter(item)) for item in reply["items"]] == ["create", "index"]
     assert [item[next(iter(item))]["status"] for item in reply["items"]] == [201, 201]
-    again = await api.post("/es/app/_bulk", content=body, headers=ND)
+    again = await api.put("/es/app/_bulk", content=body, headers=ND)  # ES takes PUT too
     assert again.json()["items"] == reply["items"]  # the same ids: a replay
-    page = await redis_store.query(LogQuery(limit=10, direction="forward"))
+    page = await redis_store.query(LogQuery(limit=10, direction=Direction.FORWARD))
     assert [(e.message, e.level, e.attributes["es.index"]) for e in page.items] == [
         ("one", LogLevel.ERROR, "app"),
         ("two", LogLevel.INFO, "app"),
@@ -290,7 +290,10 @@ async def test_redis_down_is_503_with_retry_after() -> None:
 
 
 async def test_too_many_documents_is_413(redis_store: RedisStreamLogStore) -> None:
-    body = ndjson(*[line for i in range(4) for line in ({"create": {}}, doc(f"m{i}"))])
+    lines: list[dict[str, Any]] = []
+    for i in range(4):
+        lines += [{"create": {}}, doc(f"m{i}")]
+    body = ndjson(*lines)
     async for url in serve(redis_store, max_batch_items=3):
         async with httpx.AsyncClient(base_url=url) as api:
             answer = await api.post("/es/i/_bulk", content=body, headers=ND)

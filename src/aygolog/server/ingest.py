@@ -244,15 +244,16 @@ async def _bulk(
     return _es(bulk_response(batch, checked.refused, ids, took))
 
 
-@post(
+@route(
     ES_BULK_PATH,
+    http_method=["POST", "PUT"],
     status_code=200,
     summary="Elasticsearch _bulk (NDJSON create/index actions, gzip)",
     description="See docs/ingest.md; the full subset lives under /es.",
     include_in_schema=False,
 )
 async def es_root_bulk(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
-    """POST /_bulk: as `POST /es/_bulk`, for shippers configured with the bare host."""
+    """POST or PUT /_bulk: as `POST /es/_bulk`, for shippers configured with the bare host."""
     return await _bulk(request, state.api, None)
 
 
@@ -269,10 +270,11 @@ async def es_any(request: Request[Any, Any, Any], state: State) -> Response[dict
     """Everything under /es: the bulk API, the version document, and the shippers' probes."""
     rest = str(request.path_params.get("rest", "")).strip("/")
     method = request.method
-    if method == "POST" and rest == "_bulk":
+    writes = method in ("POST", "PUT")  # ES takes both; its Python client sends PUT
+    if writes and rest == "_bulk":
         return await _bulk(request, state.api, None)
     bulk = _INDEX_BULK.fullmatch(rest)
-    if method == "POST" and bulk:
+    if writes and bulk:
         return await _bulk(request, state.api, bulk.group(1))
     if method == "GET" and not rest:
         return _es(version_document())
