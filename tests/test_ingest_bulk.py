@@ -259,6 +259,7 @@ async def test_probes_and_the_version_document(api: httpx.AsyncClient) -> None:
         ("GET", "/es/"),
         ("GET", "/es/_license"),
         ("GET", "/es/_nodes/_local"),
+        ("GET", "/es/_cluster/health"),
         ("GET", "/es/_ilm/policy/filebeat"),
         ("PUT", "/es/_ilm/policy/filebeat"),
         ("GET", "/es/_index_template/logs"),

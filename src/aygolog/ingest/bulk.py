@@ -338,9 +338,9 @@ def probe_answer(method: str, rest: str) -> dict[str, Any] | None:
     """A harmless answer to a shipper's start-up probe (`rest`: the path after `/es/`), or None
     for a path that is not one.
 
-    Shippers ask for the license, the nodes, and whether their ILM policy and index template
-    exist (creating them if not): reads say they exist, writes are acknowledged and ignored
-    (aygolog has no indices, templates or policies to manage).
+    Shippers ask for the license, the nodes, the cluster's health, and whether their ILM
+    policy and index template exist (creating them if not): reads say they exist, writes are
+    acknowledged and ignored (aygolog has no indices, templates or policies to manage).
     """
     parts = [part for part in rest.split("/") if part]
     if not parts:
@@ -350,6 +350,8 @@ def probe_answer(method: str, rest: str) -> dict[str, Any] | None:
         return dict(_LICENSE)
     if head == "_nodes" and method == "GET":
         return dict(_NODES)
+    if head == "_cluster" and method == "GET":  # Vector's health check: GET /_cluster/health
+        return {"cluster_name": "aygolog", "status": "green", "number_of_nodes": 1}
     if head not in _PROBES:
         return None
     if method != "GET":
