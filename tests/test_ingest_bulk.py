@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aygolog.embedded import free_port
 from aygolog.ingest import is_ingest_path
-from aygolog.ingest.body import BodyError
+from aygolog.ingest.body import BodyError, split_valid
 from aygolog.ingest.bulk import decode_bulk
 from aygolog.lb.app import proxied
 from aygolog.models import Direction, LogLevel, LogQuery
@@ -125,6 +127,44 @@ def test_bodies_refused_whole(body: bytes) -> None:
     with pytest.raises(BodyError) as raised:
         decode_bulk(body, "i")
     assert raised.value.status == 400
+
+
+_JSON: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_KEYS = st.sampled_from(["message", "msg", "log", "@timestamp", "level", "log.level", "service",
+                         "service.name", "host.name", "log", "x"])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.dictionaries(st.sampled_from(["create", "index", "delete", "update", "x"]),
+                            st.dictionaries(st.sampled_from(["_index", "_id"]), _JSON),
+                            min_size=1, max_size=2).map(json.dumps).map(str.encode),
+            st.dictionaries(_KEYS, _JSON, max_size=5).map(json.dumps).map(str.encode),
+        ),
+        max_size=8,
+    )
+)  # fmt: skip
+def test_any_body_decodes_or_is_a_400(lines: list[bytes]) -> None:
+    try:
+        batch = decode_bulk(b"\n".join(lines), "i")
+    except BodyError as exc:
+        status = exc.status
+        batch = None
+    if batch is None:
+        assert status == 400
+        return
+    assert len(batch.logs) + batch.refused == len(batch.items)
+    if batch.logs:
+        split_valid(batch.logs)  # what the route does next must not raise either
 
 
 def test_the_paths_are_ingest_paths() -> None:

@@ -244,6 +244,9 @@ def decode_bulk(
         except ValueError as exc:
             items.append(_bad_doc(action, index, str(exc)))
             continue
+        except RecursionError:  # msgspec decodes deeper JSON than flattening can walk
+            items.append(_bad_doc(action, index, "the document is nested too deeply"))
+            continue
         all_timed = all_timed and timed
         items.append(Item(action, index, log=len(logs)))
         logs.append(log)
