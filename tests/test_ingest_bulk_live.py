@@ -35,6 +35,15 @@ def test_the_client_sees_an_elasticsearch_8(stack: LiveStack) -> None:
         info = client.info()  # the client's product check runs on this answer
     assert info["version"]["number"].startswith("8.")
     assert info["tagline"] == "You Know, for Search"
+    with httpx.Client(base_url=stack.url) as http:
+        probes = [
+            http.head("/es"),
+            http.get("/es/_license"),
+            http.put("/es/_index_template/app", json={"index_patterns": ["app*"]}),
+            http.head("/es/_ilm/policy/app"),
+        ]
+    assert [p.status_code for p in probes] == [200, 200, 200, 200]
+    assert all(p.headers["x-elastic-product"] == "Elasticsearch" for p in probes)
 
 
 def test_helpers_bulk_of_10000_documents_is_all_stored(stack: LiveStack) -> None:
