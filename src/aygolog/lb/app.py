@@ -2,7 +2,7 @@
 
 Routes: the registration API (`POST /api/registration`, `PUT /api/registration/{name}/heartbeat`,
 `DELETE /api/registration/{name}`, `GET /api/registration/services`), `GET /health` and
-`GET /metrics`. Every other `/api/*` request, and the ingest protocols' paths (`INGEST_PATHS`),
+`GET /metrics`. Every other `/api/*` request, and the ingest protocols' paths (`is_ingest_path`),
 is proxied to an instance by the data plane (`aygolog.lb.proxy`), which hands this app whatever
 it does not proxy.
 
@@ -53,7 +53,7 @@ from litestar.params import FromPath
 from aygolog import __version__
 from aygolog.balancing import BalancerStrategy, make_strategy
 from aygolog.errors import AuthError, MalformedInput, NotFound, ValidationError
-from aygolog.ingest import INGEST_PATHS
+from aygolog.ingest import is_ingest_path
 from aygolog.lb.bus import WorkerBus, WorkerInfo
 from aygolog.lb.health import HealthChecker, HealthCheckOptions
 from aygolog.lb.networks import Network, check_network, inside
@@ -627,10 +627,10 @@ def serve_load_balancer(
 
 def proxied(method: str, path: str) -> bool:
     """The data plane's route: `/api/*` goes to an instance, except the registration API;
-    so do the ingest protocols' paths (`INGEST_PATHS`)."""
+    so do the ingest protocols' paths (`is_ingest_path`)."""
     if path.startswith("/api/"):
         return not (path == _REGISTRATION or path.startswith(_REGISTRATION_PREFIX))
-    return path in INGEST_PATHS
+    return is_ingest_path(path)
 
 
 _REGISTRATION: Final = "/api/registration"

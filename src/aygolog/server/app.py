@@ -33,7 +33,7 @@ from litestar.types import (
 )
 
 from aygolog import __version__
-from aygolog.ingest import INGEST_PATHS, SEQ_PATHS
+from aygolog.ingest import SEQ_PATHS, is_ingest_path
 from aygolog.metrics import Counter, Histogram, Metrics
 from aygolog.models import ErrorBody, Limits, Registration
 from aygolog.redis import redis_from_settings
@@ -260,7 +260,7 @@ def _api_key_middleware(keys: Mapping[str, str]) -> Callable[[ASGIApp], ASGIApp]
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if (
                 scope["type"] != ScopeType.HTTP
-                or not (scope["path"].startswith("/api/log") or scope["path"] in INGEST_PATHS)
+                or not (scope["path"].startswith("/api/log") or is_ingest_path(scope["path"]))
                 or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
             ):
                 await app(scope, receive, send)

@@ -4,16 +4,27 @@ protocol's own shapes."""
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any, Final
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response, head, post, route
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from aygolog.errors import Conflict, Unavailable, ValidationError
-from aygolog.ingest import LOKI_PATH, OTLP_PATHS, SEQ_PATHS
+from aygolog.ingest import ES_BULK_PATH, ES_PREFIX, LOKI_PATH, OTLP_PATHS, SEQ_PATHS
 from aygolog.ingest.body import BodyError, decode_content, split_valid
+from aygolog.ingest.bulk import (
+    CONTENT_TYPES,
+    PRODUCT_HEADERS,
+    bulk_response,
+    decode_bulk,
+    error_body,
+    probe_answer,
+    version_document,
+)
 from aygolog.ingest.clef import decode_events
 from aygolog.ingest.loki import decode_push
 from aygolog.ingest.otlp import (
@@ -165,6 +176,125 @@ async def loki_push(request: Request[Any, Any, Any], state: State) -> Response[s
     return Response("", status_code=204)
 
 
+def _es(
+    content: dict[str, Any], status: int = 200, retry_after: float | None = None
+) -> Response[dict[str, Any]]:
+    # Every answer carries the product header: the official clients refuse a server without it.
+    headers = dict(PRODUCT_HEADERS)
+    if retry_after:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
+def _es_error(
+    status: int, error_type: str, reason: str, retry_after: float | None = None
+) -> Response[dict[str, Any]]:
+    return _es(error_body(status, error_type, reason), status, retry_after)
+
+
+_BODY_ERRORS: Final = {
+    400: "parse_exception",
+    413: "content_too_long_exception",
+    415: "illegal_argument_exception",
+}
+_INDEX_BULK: Final = re.compile(r"([^/_][^/]*)/_bulk")
+
+
+async def _bulk(
+    request: Request[Any, Any, Any], api: ApiState, index: str | None
+) -> Response[dict[str, Any]]:
+    """Store the documents of a bulk request; answer ES's bulk response."""
+    started = time.perf_counter()
+    kind = media_type(request.headers.get("content-type"))
+    if kind not in CONTENT_TYPES:
+        # Elasticsearch's own answer to a content type it does not read (406, a flat error).
+        reason = f"Content-Type header [{request.headers.get('content-type', '')}] is not supported"
+        return _es({"error": reason, "status": 406}, 406)
+    try:
+        raw = await _read(request, api.max_body_bytes)
+        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        batch = decode_bulk(body, index, limits=api.limits)
+    except BodyError as exc:
+        error_type = _BODY_ERRORS.get(exc.status, "illegal_argument_exception")
+        if exc.reason.startswith("Validation Failed"):
+            error_type = "action_request_validation_exception"
+        return _es_error(exc.status, error_type, exc.reason)
+    if len(batch.logs) > api.max_batch_items:
+        reason = f"more than {api.max_batch_items} documents in one bulk request"
+        return _es_error(413, "content_too_long_exception", reason)
+    checked = split_valid(batch.logs, limits=api.limits)
+    ids: list[str] = []
+    if checked.accepted:
+        # A shipper retries a bulk after a 503 or a timeout with the same bytes: a key made from
+        # them stores it once, when every document carries its own @timestamp (two equal bodies
+        # are then surely the same logs).
+        key = f"es-{batch.digest}" if batch.all_timed else None
+        try:
+            result = await api.store.append_many(checked.accepted, idempotency_key=key)
+        except Unavailable as exc:
+            return _es_error(503, "unavailable_exception", str(exc), exc.retry_after or 1.0)
+        except Conflict:  # the same bytes stored before with another subset accepted
+            result = None
+        except ValidationError as exc:  # the store's own checks; ours should have caught it
+            return _es_error(400, "illegal_argument_exception", str(exc))
+        if result is not None:
+            ids = result.ids
+            if not result.replayed:
+                api.ingested.inc(amount=len(checked.accepted))
+        api.batch_sizes.observe(len(checked.accepted))
+    took = round((time.perf_counter() - started) * 1000)
+    return _es(bulk_response(batch, checked.refused, ids, took))
+
+
+@route(
+    ES_BULK_PATH,
+    http_method=["POST", "PUT"],
+    status_code=200,
+    summary="Elasticsearch _bulk (NDJSON create/index actions, gzip)",
+    description="See docs/ingest.md; the full subset lives under /es.",
+    include_in_schema=False,
+)
+async def es_root_bulk(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    """POST or PUT /_bulk: as `POST /es/_bulk`, for shippers configured with the bare host."""
+    return await _bulk(request, state.api, None)
+
+
+@route(
+    [ES_PREFIX, ES_PREFIX + "/{rest:path}"],
+    http_method=["GET", "POST", "PUT", "DELETE"],
+    status_code=200,
+    summary="Elasticsearch subset: GET /es, POST /es/_bulk, /es/{index}/_bulk, start-up probes",
+    description="See docs/ingest.md.",
+    # Not in /schema/openapi.json: these are Elasticsearch's shapes, documented in ingest.md.
+    include_in_schema=False,
+)
+async def es_any(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    """Everything under /es: the bulk API, the version document, and the shippers' probes."""
+    rest = str(request.path_params.get("rest", "")).strip("/")
+    method = request.method
+    writes = method in ("POST", "PUT")  # ES takes both; its Python client sends PUT
+    if writes and rest == "_bulk":
+        return await _bulk(request, state.api, None)
+    bulk = _INDEX_BULK.fullmatch(rest)
+    if writes and bulk:
+        return await _bulk(request, state.api, bulk.group(1))
+    if method == "GET" and not rest:
+        return _es(version_document())
+    answer = probe_answer(method, rest)
+    if answer is None:
+        reason = f"no handler found for uri [{request.url.path}] and method [{method}]"
+        return _es_error(404, "resource_not_found_exception", reason)
+    return _es(answer)
+
+
+@head([ES_PREFIX, ES_PREFIX + "/{rest:path}"], include_in_schema=False)
+async def es_head(request: Request[Any, Any, Any]) -> Response[None]:
+    """HEAD on /es and the probes: 200 (the cluster, templates and policies "exist")."""
+    rest = str(request.path_params.get("rest", "")).strip("/")
+    found = not rest or probe_answer("GET", rest) is not None
+    return Response(None, status_code=200 if found else 404, headers=PRODUCT_HEADERS)
+
+
 def _seq_error(status: int, message: str, retry_after: float | None = None) -> Response[bytes]:
     # Seq answers errors as {"Error": "..."}.
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
@@ -247,4 +377,4 @@ async def seq_raw(request: Request[Any, Any, Any], state: State) -> Response[byt
     return await _seq_ingest(request, state.api, clef="clef" in request.query_params)
 
 
-INGEST_ROUTES: Final = [otlp_logs, loki_push, seq_clef, seq_raw]
+INGEST_ROUTES: Final = [otlp_logs, loki_push, es_root_bulk, es_any, es_head, seq_clef, seq_raw]

@@ -24,7 +24,7 @@ import struct
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from aygolog.models import NewLog
 from aygolog.query.tokens import tokens
@@ -61,7 +61,7 @@ class IndexOptions:
     """A new block starts once the current one holds this many entries."""
     bloom_bytes: int = 65536
     """Size of each block's bloom filter; a power of two, at least 4."""
-    block_budget: int = 256
+    block_budget: int = 64
     """At most this many block summaries are read by one server-side call."""
 
     def __post_init__(self) -> None:
@@ -111,9 +111,11 @@ class BloomHasher:
         else:
             found = {t.encode() for t in tokens(text)}
         # the hot loop of the write path (~3 new tokens per entry): `probe`, inlined, with a
-        # cache for the tokens that recur (words, user names, status texts)
-        words: dict[int, int] = {}
-        get, last, m, quad, blake = words.get, self._last, _TWO_BITS, _QUAD, _blake2b
+        # cache for the tokens that recur (words, user names, status texts); a big batch ORs
+        # straight into the whole filter, a small one collects (word, mask) pairs
+        dense = 2 * len(found) >= self._dense_from
+        words: Any = array("I", bytes((self._last + 1) * 4)) if dense else {}
+        last, m, quad, blake = self._last, _TWO_BITS, _QUAD, _blake2b
         cache = self._cache
         if len(cache) > _CACHE_TOKENS:  # unique tokens (request ids) would grow it forever
             cache.clear()
@@ -129,15 +131,17 @@ class BloomHasher:
                     m[d & 1023] | m[d >> 10 & 1023],
                 )
             a, b, c, d = probe
-            words[a] = get(a, 0) | b
-            words[c] = get(c, 0) | d
+            if dense:
+                words[a] |= b
+                words[c] |= d
+            else:
+                words[a] = words.get(a, 0) | b
+                words[c] = words.get(c, 0) | d
         # upper case: the batch has non-ASCII text, which the scan must leave to Python
-        if len(words) < self._dense_from:
+        if not dense:
             kind = b"s" if ascii_only else b"S"
             return kind + b"".join(_PAIR.pack(w, mask) for w, mask in words.items())
-        filter_words = array("I", bytes((self._last + 1) * 4))
-        for word, mask in words.items():
-            filter_words[word] = mask
+        filter_words: array[int] = words
         if _SWAP:
             filter_words.byteswap()
         return (b"d" if ascii_only else b"D") + filter_words.tobytes()
