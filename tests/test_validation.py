@@ -424,3 +424,14 @@ def test_elsewhere_names_stay_snake_case() -> None:
         decode_log(b'{"Name": "x"}')
     with pytest.raises(ValidationError):
         decode_logs(b'[{"name": "x", "sourceInstance": "a"}]')
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_time_with_no_utc_equivalent_is_refused_not_an_overflow(stamp: str) -> None:
+    """Year 1 at +14:00 has no UTC time: a 4xx naming the field, never an OverflowError (500)."""
+    body = msgspec.json.encode([{"message": "x", "timestamp": stamp}])
+    with pytest.raises(ValidationError) as info:
+        decode_logs(body)
+    assert info.value.errors[0].field == "timestamp"
+    with pytest.raises(ValidationError):
+        decode_log(msgspec.json.encode({"message": "x", "timestamp": stamp}))

@@ -243,7 +243,12 @@ def parse_timestamp(value: datetime | int | float | str) -> datetime:
         ValueError: unparseable or out of range.
     """
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+14:00: no such time in UTC
+            raise ValueError(f"time out of range in UTC: {value.isoformat()}") from None
     if isinstance(value, str):
         try:
             return parse_timestamp(msgspec.convert(value, datetime))
