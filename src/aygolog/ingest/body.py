@@ -1,18 +1,36 @@
-"""What every ingest protocol shares: decoding `Content-Encoding` within a size limit, and
-splitting decoded entries into the ones our rules accept and the ones they refuse."""
+"""What every ingest protocol shares: decoding `Content-Encoding` within a size limit,
+splitting decoded entries into the ones our rules accept and the ones they refuse, and the
+mapping helpers (`flatten` nested values into our flat attributes, `cut` long text,
+`fit_service` a foreign service name to our pattern)."""
 
 from __future__ import annotations
 
+import math
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
 
 from aygolog.errors import ValidationError
-from aygolog.models import FieldError, Limits, NewLog
-from aygolog.validation import DEFAULT_LIMITS, validate_logs
+from aygolog.models import AttributeValue, FieldError, Limits, NewLog
+from aygolog.validation import DEFAULT_LIMITS, SERVICE_PATTERN, validate_logs
 
-__all__ = ["BodyError", "Checked", "decode_content", "split_valid"]
+__all__ = [
+    "BodyError",
+    "Checked",
+    "cut",
+    "decode_content",
+    "fit_service",
+    "flatten",
+    "split_valid",
+]
+
+_encode_json: Final = msgspec.json.Encoder().encode
+_SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
 
 
 class BodyError(Exception):
@@ -96,3 +114,40 @@ def split_valid(
         [log for index, log in enumerate(logs) if index not in bad], limits=limits, now=now
     )
     return Checked(accepted, errors, len(bad))
+
+
+def flatten(key: str, value: object, out: dict[str, AttributeValue], limit: int) -> None:
+    """Put `value` under `key` as flat scalars: maps -> dotted keys, arrays -> JSON text,
+    strings cut to `limit` bytes, non-finite floats as text."""
+    if value is None:
+        return
+    if isinstance(value, dict):
+        for sub, item in value.items():
+            flatten(f"{key}.{sub}" if key else sub, item, out, limit)
+        return
+    if isinstance(value, list):
+        value = _encode_json(value).decode()
+    if isinstance(value, str):
+        value = cut(value, limit)
+    elif isinstance(value, float) and not math.isfinite(value):
+        value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    assert isinstance(value, str | int | float | bool)
+    out[key] = value
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (never inside a character)."""
+    if len(text) * 4 <= limit:
+        return text
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore")
+
+
+def fit_service(name: str, limits: Limits) -> str:
+    """A foreign service name made to fit our service pattern and length (runs of other
+    characters become "_"); the name itself when it fits already."""
+    if len(name) <= limits.max_service_chars and SERVICE_PATTERN.fullmatch(name):
+        return name
+    return _SERVICE_JUNK.sub("_", name)[: limits.max_service_chars]

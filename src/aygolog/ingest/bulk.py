@@ -21,17 +21,15 @@ document, refuses the whole request (400), as Elasticsearch does.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
-from aygolog.ingest.body import BodyError
-from aygolog.ingest.otlp import _flatten
+from aygolog.ingest.body import BodyError, fit_service, flatten
 from aygolog.models import AttributeValue, FieldError, Limits, LogLevel, NewLog
-from aygolog.validation import DEFAULT_LIMITS, SERVICE_PATTERN
+from aygolog.validation import DEFAULT_LIMITS
 
 __all__ = [
     "CONTENT_TYPES",
@@ -57,7 +55,6 @@ MESSAGE_FIELDS: Final = ("message", "msg", "log")
 LEVEL_FIELDS: Final = ("level", "log.level")
 SERVICE_FIELDS: Final = ("service.name", "service", "host.name")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
 _DECODE: Final = msgspec.json.Decoder()
 
 
@@ -110,12 +107,6 @@ def version_document(cluster: str = "aygolog") -> dict[str, Any]:
     }
 
 
-def _fit_service(name: str, limits: Limits) -> str:
-    if len(name) <= limits.max_service_chars and SERVICE_PATTERN.fullmatch(name):
-        return name
-    return _SERVICE_JUNK.sub("_", name)[: limits.max_service_chars]
-
-
 def _timestamp(value: AttributeValue) -> datetime:
     """ES's default date format: ISO 8601 text or epoch milliseconds."""
     if isinstance(value, bool):
@@ -132,7 +123,7 @@ def _timestamp(value: AttributeValue) -> datetime:
 def _document(doc: dict[str, Any], index: str, limits: Limits) -> tuple[NewLog, bool]:
     """(the log, whether it had its own time); ValueError names what is wrong."""
     flat: dict[str, AttributeValue] = {}
-    _flatten("", doc, flat, limits.max_attribute_value_bytes)
+    flatten("", doc, flat, limits.max_attribute_value_bytes)
     message = None
     for name in MESSAGE_FIELDS:
         value = flat.get(name)
@@ -165,7 +156,7 @@ def _document(doc: dict[str, Any], index: str, limits: Limits) -> tuple[NewLog, 
     for name in SERVICE_FIELDS:
         value = flat.get(name)
         if isinstance(value, str) and value:
-            service = _fit_service(value, limits)
+            service = fit_service(value, limits)
             if service == value and name != "host.name":
                 del flat[name]
             break

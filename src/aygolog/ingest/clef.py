@@ -33,10 +33,9 @@ from typing import Any, Final
 
 import msgspec
 
-from aygolog.ingest.body import BodyError
-from aygolog.ingest.otlp import _flatten
+from aygolog.ingest.body import BodyError, fit_service, flatten
 from aygolog.models import AttributeValue, Limits, LogLevel, NewLog
-from aygolog.validation import DEFAULT_LIMITS, SERVICE_PATTERN
+from aygolog.validation import DEFAULT_LIMITS
 
 __all__ = ["CLEF", "JSON", "SeqBatch", "decode_events", "render_template"]
 
@@ -45,7 +44,6 @@ JSON: Final = "application/json"
 # Media types a CLEF body may come with: Seq's own, and what generic shippers send.
 _CLEF_TYPES: Final = frozenset({CLEF, "", "application/x-ndjson", "text/plain", JSON})
 _SERVICE_KEYS: Final = ("service.name", "Application", "ApplicationName", "service")
-_SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
 _HOLE: Final = re.compile(
     r"\{\{|\}\}|\{([@$]?)([A-Za-z0-9_][A-Za-z0-9_.]*)(?:,(-?[0-9]{1,9}))?(?::([^{}]*))?\}"
 )
@@ -149,9 +147,9 @@ def _service(
         for source in (resource, properties):
             value = source.get(key)
             if isinstance(value, str) and value:
-                if len(value) <= limits.max_service_chars and SERVICE_PATTERN.fullmatch(value):
+                fitted = fit_service(value, limits)
+                if fitted == value:
                     return value, key, None
-                fitted = _SERVICE_JUNK.sub("_", value)[: limits.max_service_chars]
                 return fitted or None, key, value
     return None, None, None
 
@@ -186,18 +184,18 @@ def _event(event: dict[str, Any], where: str, limits: Limits) -> tuple[NewLog, b
     flat: dict[str, AttributeValue] = {}
     service, used, original = _service(resource, properties, limits)
     for key, value in resource.items():
-        _flatten(key, value, flat, limit)
+        flatten(key, value, flat, limit)
     for key, value in properties.items():
         kind = type(value)
         if kind is int or (kind is str and len(value) * 4 <= limit):  # the common case, inline
             flat[key] = value
         else:
-            _flatten(key, value, flat, limit)
+            flatten(key, value, flat, limit)
     if used is not None:
         # Dotted flattening may have spread a nested `service` object; drop only the key used.
         flat.pop(used, None)
         if original is not None:
-            _flatten(used, original, flat, limit)
+            flatten(used, original, flat, limit)
     level = LogLevel.INFO
     if level_name:
         try:

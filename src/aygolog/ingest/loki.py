@@ -32,10 +32,10 @@ import cramjam
 import msgspec
 from google.protobuf.message import DecodeError
 
-from aygolog.ingest.body import BodyError
+from aygolog.ingest.body import BodyError, fit_service
 from aygolog.ingest.loki_push_pb2 import PushRequest
 from aygolog.models import AttributeValue, Limits, LogLevel, NewLog
-from aygolog.validation import DEFAULT_LIMITS, SERVICE_PATTERN
+from aygolog.validation import DEFAULT_LIMITS
 
 __all__ = [
     "JSON",
@@ -53,7 +53,6 @@ SERVICE_LABELS: Final = ("service_name", "service", "job", "app")
 LEVEL_LABELS: Final = ("level", "detected_level", "severity")
 _MAX_NS: Final = 2**63 - 1  # Go's time.Time in nanoseconds, what Loki reads
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
 _NS: Final = re.compile(r"[0-9]{1,19}")
 
 
@@ -112,12 +111,6 @@ def parse_labels(text: str) -> dict[str, str]:
 # --- the mapping both encodings share -------------------------------------------------------
 
 
-def _fit_service(name: str, limits: Limits) -> str:
-    if len(name) <= limits.max_service_chars and SERVICE_PATTERN.fullmatch(name):
-        return name
-    return _SERVICE_JUNK.sub("_", name)[: limits.max_service_chars]
-
-
 def _stream_base(
     labels: dict[str, str], limits: Limits
 ) -> tuple[str | None, LogLevel, dict[str, AttributeValue]]:
@@ -128,7 +121,7 @@ def _stream_base(
     for name in SERVICE_LABELS:
         value = labels.get(name)
         if value:
-            service = _fit_service(value, limits)
+            service = fit_service(value, limits)
             if service == value:
                 del attributes[name]
             break

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,9 +43,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from aygolog.ingest.body import BodyError
+from aygolog.ingest.body import BodyError, cut, fit_service, flatten
 from aygolog.models import AttributeValue, Limits, LogLevel, NewLog
-from aygolog.validation import DEFAULT_LIMITS, SERVICE_PATTERN
+from aygolog.validation import DEFAULT_LIMITS
 
 __all__ = [
     "JSON",
@@ -162,7 +161,6 @@ _LEVELS: Final = (
     LogLevel.ERROR,
     LogLevel.CRITICAL,
 )
-_SERVICE_JUNK: Final = re.compile(r"[^A-Za-z0-9._/-]+")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -384,12 +382,12 @@ def _from_protobuf(body: bytes, limits: Limits) -> tuple[list[NewLog], bool]:
                     kind = value.WhichOneof("value")
                     if kind == "string_value":
                         text = value.string_value
-                        flat[kv.key] = text if len(text) * 4 <= limit else _cut(text, limit)
+                        flat[kv.key] = text if len(text) * 4 <= limit else cut(text, limit)
                     elif kind == "int_value":
                         flat[kv.key] = value.int_value
                     else:
                         where = f"{here}.log_records[{i}].attributes.{kv.key[:40]}"
-                        _flatten(kv.key, _proto_value(value, where), flat, limit)
+                        flatten(kv.key, _proto_value(value, where), flat, limit)
                 span_id = _proto_id(record.span_id, 8, here, i, "span_id")
                 if span_id is not None:
                     flat["span_id"] = span_id
@@ -424,33 +422,6 @@ def _scope_attributes(
     return out
 
 
-def _flatten(key: str, value: object, out: dict[str, AttributeValue], limit: int) -> None:
-    """Put `value` under `key` as flat scalars: maps -> dotted keys, arrays -> JSON text."""
-    if value is None:
-        return
-    if isinstance(value, dict):
-        for sub, item in value.items():
-            _flatten(f"{key}.{sub}" if key else sub, item, out, limit)
-        return
-    if isinstance(value, list):
-        value = _encode_json(value).decode()
-    if isinstance(value, str):
-        value = _cut(value, limit)
-    elif isinstance(value, float) and not math.isfinite(value):
-        value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    assert isinstance(value, str | int | float | bool)
-    out[key] = value
-
-
-def _cut(text: str, limit: int) -> str:
-    if len(text) * 4 <= limit:
-        return text
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return raw[:limit].decode(errors="ignore")
-
-
 def _level(number: int, text: str) -> LogLevel:
     if 1 <= number <= 24:
         return _LEVELS[(number - 1) // 4]
@@ -476,10 +447,8 @@ def _service(resource: dict[str, object], limits: Limits) -> tuple[str | None, s
     if name is None or name == "":
         return None, None
     text = name if isinstance(name, str) else _encode_json(name).decode()
-    if len(text) <= limits.max_service_chars and SERVICE_PATTERN.fullmatch(text):
-        return text, None
-    fitted = _SERVICE_JUNK.sub("_", text)[: limits.max_service_chars]
-    return fitted, text
+    fitted = fit_service(text, limits)
+    return fitted, (None if fitted == text else text)
 
 
 def _base(
@@ -491,11 +460,11 @@ def _base(
     flat: dict[str, AttributeValue] = {}
     for key, value in resource.items():
         if key != "service.name":
-            _flatten(key, value, flat, limit)
+            flatten(key, value, flat, limit)
     if original is not None:
-        flat["service.name"] = _cut(original, limit)
+        flat["service.name"] = cut(original, limit)
     for key, value in scope.items():
-        _flatten(key, value, flat, limit)
+        flatten(key, value, flat, limit)
     return service, flat
 
 
@@ -519,7 +488,7 @@ def _record(
         if type(value) is str and len(value) * 4 <= limit:  # the common case, inline
             flat[key] = value
         else:
-            _flatten(key, value, flat, limit)
+            flatten(key, value, flat, limit)
     if span_id is not None:
         flat["span_id"] = span_id
     return NewLog(
