@@ -25,6 +25,7 @@ import pytest
 import uvloop
 
 from aygolog.errors import NoHealthyInstance
+from aygolog.lb.app import proxied
 from aygolog.lb.proxy import ProxyConfig, ProxyServer, RetryBudget
 from aygolog.lb.upstream import UpstreamFailure
 
@@ -246,7 +247,7 @@ class StaticPicker:
 
 
 def default_route(method: str, path: str) -> bool:
-    return path.startswith("/api/") and not path.startswith("/api/registration")
+    return proxied(method, path)  # the LB's own router: /api/* and the ingest protocols' paths
 
 
 @dataclass
@@ -1219,3 +1220,26 @@ def _quiet_proxy_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         r for r in caplog.records if r.name.startswith("aygolog.lb") and r.levelname == "ERROR"
     ]
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/ingest/clef", {"X-Seq-ApiKey": "writer"}, 201),
+        ("/ingest/clef?apiKey=writer", {}, 201),
+        ("/api/events/raw?clef&apiKey=writer", {}, 201),
+        ("/api/events/raw", {"X-Seq-ApiKey": "reader"}, 403),
+        ("/ingest/clef?apiKey=nope", {}, 401),
+        ("/api/logs", {"X-Seq-ApiKey": "writer"}, 401),  # Seq's forms only on Seq's paths
+        ("/api/logs?apiKey=writer", {}, 401),
+    ],
+)
+async def test_seq_clients_key_forms_on_seqs_paths_only(
+    path: str, headers: dict[str, str], status: int
+) -> None:
+    """Seq's clients send their key as `X-Seq-ApiKey` or `?apiKey=`; the LB takes those on
+    the Seq ingest paths (as the instances do), and nowhere else."""
+    async with harness(Upstream("a"), config=ProxyConfig(api_keys=KEYS)) as h:
+        response = await h.client.post(path, headers=headers, content=b"{}")
+        assert response.status_code == status, response.text
+        assert (h.upstreams["a"].seen != []) == (status == 201)

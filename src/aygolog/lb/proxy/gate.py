@@ -4,7 +4,9 @@ and the answers to preflights."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
+from aygolog.ingest import SEQ_PATHS
 from aygolog.lb.proxy.wire import (
     _CORS_ANY,
     _CORS_MAX_AGE,
@@ -69,8 +71,10 @@ def _gate(client: _Client, req: _Request, method: str, path: str) -> bool | None
                 scheme, _, rest = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     key = rest.strip()
-            elif name == b"x-api-key":
+            elif name == b"x-api-key" or (name == b"x-seq-apikey" and path in SEQ_PATHS):
                 key = value.strip()
+        if not key and path in SEQ_PATHS:  # Seq's clients may put the key in the URL
+            key = _seq_url_key(req.url)
         challenge = b"www-authenticate: Bearer\r\n"
         if not key:
             return client._error(
@@ -87,6 +91,17 @@ def _gate(client: _Client, req: _Request, method: str, path: str) -> bool | None
             return client._error(
                 req, 403, f"this API key may not {needed} ({method} needs the {needed} scope)"
             )
+    return None
+
+
+def _seq_url_key(url: bytes) -> bytes | None:
+    """The `apiKey` parameter of a request target's query string (Seq's `?apiKey=`)."""
+    mark = url.find(b"?")
+    if mark < 0 or b"apiKey=" not in url:
+        return None
+    for name, value in parse_qsl(url[mark + 1 :].decode("latin-1")):
+        if name == "apiKey" and value:
+            return value.encode("latin-1")
     return None
 
 
