@@ -118,11 +118,14 @@ class BloomHasher:
         the whole filter, or "s" and (word, mask) pairs; "D"/"S" when the batch's text is not
         all ASCII."""
         parts: list[str] = []
-        for log in logs:
-            parts.append(log.message)
-            parts.extend(v for v in log.attributes.values() if isinstance(v, str))
+        add = parts.append
+        for log in logs:  # a plain loop: a generator per entry costs more than the hashing
+            add(log.message)
+            for value in log.attributes.values():
+                if isinstance(value, str):
+                    add(value)
             if log.trace_id:
-                parts.append(log.trace_id)
+                add(log.trace_id)
         # one tokenizer pass over the batch: the union of each entry's `log_tokens` ("\n" is
         # not a word character, so no token spans two values)
         text = "\n".join(parts)
