@@ -642,3 +642,52 @@ async def test_redis_version_tells_a_rewritten_stream_from_the_one_it_replaced(
     assert await store.version() != before
     (entry,) = (await store.query(LogQuery())).items
     assert entry.message == "second"
+
+
+async def test_a_batch_replays_through_another_instance(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    # the digest is of the packed entries only: the same batch matches whoever sends it again,
+    # one entry's change (here: the service) does not
+    first = RedisStreamLogStore(redis_client, instance="a", prefix=prefix)
+    second = RedisStreamLogStore(redis_client, instance="b", prefix=prefix)
+    batch = [log(f"r{i}", service="svc", attributes={"n": i}) for i in range(50)]
+    stored = await first.append_many(batch, idempotency_key="k")
+    again = await second.append_many(batch, idempotency_key="k")
+    assert again.replayed
+    assert (again.ids, again.instance) == (stored.ids, "a")
+    changed = [*batch[:-1], log("r49", attributes={"n": 49})]
+    with pytest.raises(Conflict):
+        await second.append_many(changed, idempotency_key="k")
+
+
+async def test_a_cancelled_append_leaves_no_reply_behind(prefix: str) -> None:
+    # one pooled connection: an append cancelled before its reply is read must not hand that
+    # reply to the next command on the connection
+    server = EmbeddedRedis().start()
+    client = aioredis.Redis.from_url(server.url, max_connections=1)
+    store = RedisStreamLogStore(client, instance="i", prefix=prefix)
+    batch = [log(f"c{i}") for i in range(2000)]
+    other = aioredis.Redis.from_url(server.url)
+    try:
+        await client.set("marker", "v")
+        await store.append_many(batch[:1])  # the script is loaded
+        for delay in (0, 0.001, 0.005, 0.02):
+            # Redis holds the append (a write) for 200 ms: its reply comes after the GET below
+            # was sent, and a reused connection would read it as the GET's reply
+            await other.client_pause(200, all=False)
+            task = asyncio.create_task(store.append_many(batch))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert await client.get("marker") == b"v"
+            await other.client_unpause()
+        stats = await store.stats()
+        assert stats.total % 2000 == 1  # whole batches only
+        assert stats.retained == stats.total
+        assert len((await store.append_many(batch[:3])).ids) == 3
+    finally:
+        await other.aclose()
+        await client.aclose()
+        server.stop()

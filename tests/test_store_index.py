@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from aygolog.models import Direction, LogEntry, LogLevel, LogQuery, NewLog
 from aygolog.query import CountSpec, Plan, log_tokens, tokens
 from aygolog.store import RedisStreamLogStore, Retention, StoreOptions
-from aygolog.store.index import BloomHasher, IndexOptions, false_positive_rate
+from aygolog.store.index import FILTER_FORMAT, BloomHasher, IndexOptions, false_positive_rate
 
 SMALL = IndexOptions(block_entries=8, bloom_bytes=256, block_budget=3)
 T0 = 1_780_000_000_000 - 1_780_000_000_000 % 3_600_000  # an hour boundary, in ms
@@ -388,6 +388,42 @@ def test_bloom_false_positive_rate_is_what_the_model_says() -> None:
     model = false_positive_rate(options, len(present))
     assert 0.5 * model < passed < 1.5 * model, (passed, model)
     assert passed < 0.01
+
+
+def test_random_tokens_pass_absent_filters_as_the_model_says() -> None:
+    # hex ids (request ids, trace ids): the tokens that a CRC must not cluster
+    rng = random.Random(7)
+    options = IndexOptions(bloom_bytes=4096)
+    hasher = BloomHasher(options)
+    words = [0] * (options.bloom_bytes // 4)
+    for _ in range(2000):
+        w1, m1, w2, m2 = hasher.probe(f"{rng.getrandbits(128):032x}")
+        words[w1] |= m1
+        words[w2] |= m2
+    absent = [hasher.probe(f"{rng.getrandbits(128):032x}") for _ in range(100_000)]
+    passed = sum(words[a] & b == b and words[c] & d == d for a, b, c, d in absent) / 100_000
+    model = false_positive_rate(options, 2000)
+    assert 0.5 * model < passed < 1.5 * model, (passed, model)
+
+
+def test_the_filter_hash_is_pinned() -> None:
+    # the hash is the filters' on-disk format: changing it must bump FILTER_FORMAT (and say so
+    # in docs/search-index.md), as stored filters would stop matching their tokens
+    assert FILTER_FORMAT == 2
+    probe = BloomHasher(IndexOptions()).probe
+    assert probe("error") == (15473, 3221225544, 4474, 2151694340)
+    assert probe("timeout") == (13714, 42467344, 11553, 33882120)
+    for token in ("a", "error", "é", "x" * 100):
+        w1, m1, w2, m2 = probe(token)
+        assert m1.bit_count() == m2.bit_count() == 4
+        assert 0 <= w1 < 16384
+        assert 0 <= w2 < 16384
+
+
+def test_filters_past_the_hash_width_are_refused() -> None:
+    IndexOptions(bloom_bytes=512 * 1024)
+    with pytest.raises(ValueError, match="at most"):
+        IndexOptions(bloom_bytes=1024 * 1024)
 
 
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
