@@ -8,12 +8,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from playwright.sync_api import Browser, Error, Playwright, sync_playwright
 
 from aygolog.embedded import EmbeddedRedis
 from aygolog.store import InMemoryLogStore, LogStore, RedisStreamLogStore
+from ingest_support import serve
 from support import LiveStack
 
 
@@ -125,3 +127,20 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
         _no_browser(f"Chromium at {path} does not start: {exc.message.splitlines()[0]}")
     yield launched
     launched.close()
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStreamLogStore]:
+    """A Redis store on this test's own prefix."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield RedisStreamLogStore(client, instance="ingest-1", prefix=prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+async def ingest_api(redis_store: RedisStreamLogStore) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a Log API served in-process over `redis_store`, its body limit 200,000
+    bytes (for the ingest protocols' route tests)."""
+    async for url in serve(redis_store, max_body_bytes=200_000):
+        async with httpx.AsyncClient(base_url=url) as client:
+            yield client

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ from aygolog.ingest.bulk import decode_bulk
 from aygolog.lb.app import proxied
 from aygolog.models import Direction, LogLevel, LogQuery
 from aygolog.store import RedisStreamLogStore
-from test_ingest_otlp import serve
+from ingest_support import count, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -178,36 +177,18 @@ def test_the_paths_are_ingest_paths() -> None:
 # -- the routes over a real Redis ---------------------------------------------------------------
 
 
-@pytest.fixture
-async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStreamLogStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield RedisStreamLogStore(client, instance="bulk-1", prefix=prefix)
-    await client.aclose()
-
-
-@pytest.fixture
-async def api(redis_store: RedisStreamLogStore) -> AsyncIterator[httpx.AsyncClient]:
-    async for url in serve(redis_store, max_body_bytes=200_000):
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
-
-
-async def count(store: RedisStreamLogStore) -> int:
-    return len((await store.query(LogQuery(limit=1000))).items)
-
-
 async def test_bulk_is_stored_answered_and_a_retry_is_stored_once(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     body = ndjson({"create": {}}, doc("one", level="error"), {"index": {}}, doc("two"))
-    answer = await api.post("/es/app/_bulk", content=body, headers=ND)
+    answer = await ingest_api.post("/es/app/_bulk", content=body, headers=ND)
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-elastic-product"] == "Elasticsearch"
     reply = answer.json()
     assert reply["errors"] is False
     assert [next(iter(item)) for item in reply["items"]] == ["create", "index"]
     assert [item[next(iter(item))]["status"] for item in reply["items"]] == [201, 201]
-    again = await api.put("/es/app/_bulk", content=body, headers=ND)  # ES takes PUT too
+    again = await ingest_api.put("/es/app/_bulk", content=body, headers=ND)  # ES takes PUT too
     assert again.json()["items"] == reply["items"]  # the same ids: a replay
     page = await redis_store.query(LogQuery(limit=10, direction=Direction.FORWARD))
     assert [(e.message, e.level, e.attributes["es.index"]) for e in page.items] == [
@@ -219,7 +200,7 @@ async def test_bulk_is_stored_answered_and_a_retry_is_stored_once(
 
 
 async def test_refused_items_are_reported_and_the_rest_stored(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     body = ndjson(
         {"create": {"_index": "a"}}, doc("kept"),
@@ -227,7 +208,7 @@ async def test_refused_items_are_reported_and_the_rest_stored(
         {"create": {"_index": "a"}}, doc("x" * 10, **{"@timestamp": "2999-01-01T00:00:00Z"}),
         {"delete": {"_index": "a", "_id": "1"}},
     )  # fmt: skip
-    answer = await api.post("/_bulk", content=gzip.compress(body),
+    answer = await ingest_api.post("/_bulk", content=gzip.compress(body),
                             headers={**ND, "Content-Encoding": "gzip"})  # fmt: skip
     reply = answer.json()
     assert answer.status_code == 200
@@ -279,19 +260,19 @@ BAD_INPUTS: list[tuple[str, dict[str, str], bytes, int]] = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_gets_an_es_error_and_stores_nothing(
-    api: httpx.AsyncClient,
+    ingest_api: httpx.AsyncClient,
     redis_store: RedisStreamLogStore,
     headers: dict[str, str],
     body: bytes,
     status: int,
 ) -> None:
-    answer = await api.post("/es/_bulk", content=body, headers=headers)
+    answer = await ingest_api.post("/es/_bulk", content=body, headers=headers)
     _es_error(answer, status)
     assert await count(redis_store) == 0
 
 
-async def test_probes_and_the_version_document(api: httpx.AsyncClient) -> None:
-    root = await api.get("/es")
+async def test_probes_and_the_version_document(ingest_api: httpx.AsyncClient) -> None:
+    root = await ingest_api.get("/es")
     assert root.status_code == 200
     assert root.json()["version"]["number"].startswith("8.")
     assert root.json()["tagline"] == "You Know, for Search"
@@ -308,12 +289,12 @@ async def test_probes_and_the_version_document(api: httpx.AsyncClient) -> None:
         ("HEAD", "/es/_index_template/logs"),
         ("HEAD", "/es/_template/logs"),
     ]:
-        answer = await api.request(method, path, content=b"{}" if method == "PUT" else None)
+        answer = await ingest_api.request(method, path, content=b"{}" if method == "PUT" else None)
         assert answer.status_code == 200, (method, path, answer.text)
         assert answer.headers["x-elastic-product"] == "Elasticsearch", (method, path)
-    unknown = await api.get("/es/logs/_search")
+    unknown = await ingest_api.get("/es/logs/_search")
     _es_error(unknown, 404)
-    gone = await api.head("/es/_nope")
+    gone = await ingest_api.head("/es/_nope")
     assert gone.status_code == 404
     assert gone.headers["x-elastic-product"] == "Elasticsearch"
 
@@ -322,8 +303,8 @@ async def test_redis_down_is_503_with_retry_after() -> None:
     client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     store = RedisStreamLogStore(client, instance="bulk-down", prefix="down")
     async for url in serve(store):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post("/es/i/_bulk", content=ndjson({"create": {}}, doc("a")),
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post("/es/i/_bulk", content=ndjson({"create": {}}, doc("a")),
                                     headers=ND)  # fmt: skip
     await client.aclose()
     _es_error(answer, 503)
@@ -336,21 +317,21 @@ async def test_too_many_documents_is_413(redis_store: RedisStreamLogStore) -> No
         lines += [{"create": {}}, doc(f"m{i}")]
     body = ndjson(*lines)
     async for url in serve(redis_store, max_batch_items=3):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post("/es/i/_bulk", content=body, headers=ND)
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post("/es/i/_bulk", content=body, headers=ND)
     _es_error(answer, 413)
     assert await count(redis_store) == 0
 
 
 async def test_api_keys_cover_the_es_paths(redis_store: RedisStreamLogStore) -> None:
     async for url in serve(redis_store, api_keys={"w": "write"}):
-        async with httpx.AsyncClient(base_url=url) as api:
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
             body = ndjson({"create": {}}, doc("a"))
             refused = [
-                (await api.post(path, content=body, headers=ND)).status_code
+                (await ingest_api.post(path, content=body, headers=ND)).status_code
                 for path in ("/_bulk", "/es/_bulk", "/es/i/_bulk")
             ]
-            allowed = await api.post(
+            allowed = await ingest_api.post(
                 "/es/i/_bulk", content=body, headers={**ND, "Authorization": "Bearer w"}
             )
     assert refused == [401, 401, 401]

@@ -13,17 +13,12 @@ import httpx
 import pytest
 from elasticsearch import Elasticsearch, helpers
 
-from aygolog.client import LogClient
-from aygolog.models import Direction, LogEntry, LogLevel
+from aygolog.models import LogLevel
+from ingest_support import stored
 from support import LiveStack
 from test_ingest_bulk import BAD_INPUTS, STAMP, doc
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def stored(url: str, service: str) -> list[LogEntry]:
-    with LogClient(url) as client:
-        return list(client.iter_logs(service=service, limit=1000, direction=Direction.FORWARD))
 
 
 def es(stack: LiveStack) -> Elasticsearch:

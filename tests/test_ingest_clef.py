@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from aygolog.ingest.clef import CLEF, decode_events, render_template
 from aygolog.lb.app import proxied
 from aygolog.models import LogLevel, LogQuery
 from aygolog.store import RedisStreamLogStore
-from test_ingest_otlp import serve
+from ingest_support import count, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -214,24 +213,6 @@ def test_any_events_decode_and_check_or_are_a_400(events: list[dict[str, Any]]) 
 # -- the routes, in-process over a real Redis --------------------------------------------------
 
 
-@pytest.fixture
-async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStreamLogStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield RedisStreamLogStore(client, instance="seq-1", prefix=prefix)
-    await client.aclose()
-
-
-@pytest.fixture
-async def api(redis_store: RedisStreamLogStore) -> AsyncIterator[httpx.AsyncClient]:
-    async for url in serve(redis_store, max_body_bytes=200_000):
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
-
-
-async def count(store: RedisStreamLogStore) -> int:
-    return len((await store.query(LogQuery(limit=1000))).items)
-
-
 @pytest.mark.parametrize(
     ("path", "headers", "body"),
     [
@@ -244,15 +225,15 @@ async def count(store: RedisStreamLogStore) -> int:
     ],
 )  # fmt: skip
 async def test_each_form_is_201_and_a_retry_is_stored_once(
-    api: httpx.AsyncClient,
+    ingest_api: httpx.AsyncClient,
     redis_store: RedisStreamLogStore,
     path: str,
     headers: dict[str, str],
     body: bytes,
 ) -> None:
-    answer = await api.post(path, content=body, headers=headers)
+    answer = await ingest_api.post(path, content=body, headers=headers)
     assert (answer.status_code, answer.json()) == (201, ACCEPTED), answer.text
-    again = await api.post(
+    again = await ingest_api.post(
         path, content=gzip.compress(body), headers={**headers, "Content-Encoding": "gzip"}
     )
     assert (again.status_code, again.json()) == (201, ACCEPTED)
@@ -261,26 +242,26 @@ async def test_each_form_is_201_and_a_retry_is_stored_once(
 
 
 async def test_events_without_time_are_not_deduplicated(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     body = clef({"@m": "tick"})
     for _ in range(2):
-        assert (await api.post("/ingest/clef", content=body)).status_code == 201
+        assert (await ingest_api.post("/ingest/clef", content=body)).status_code == 201
     assert await count(redis_store) == 2
 
 
 async def test_one_refused_event_refuses_the_body(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     body = clef({"@t": T, "@m": "fine"}, {"@t": later, "@m": "later"})
-    answer = await api.post("/ingest/clef", content=body)
+    answer = await ingest_api.post("/ingest/clef", content=body)
     assert answer.status_code == 400
     error = answer.json()["Error"]
     assert error.startswith("line 2: timestamp")
     assert "nothing stored" in error
     twin = legacy({"MessageTemplate": "ok"}, {"MessageTemplate": ""})
-    answer = await api.post("/api/events/raw", content=twin, headers={"Content-Type": JS})
+    answer = await ingest_api.post("/api/events/raw", content=twin, headers={"Content-Type": JS})
     assert answer.status_code == 400
     assert answer.json()["Error"].startswith("Events[1]: message")
     assert await count(redis_store) == 0
@@ -319,14 +300,14 @@ BAD_INPUTS: list[tuple[str, str, dict[str, str], bytes, int]] = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_gets_seqs_error_shape_and_stores_nothing(
-    api: httpx.AsyncClient,
+    ingest_api: httpx.AsyncClient,
     redis_store: RedisStreamLogStore,
     path: str,
     headers: dict[str, str],
     body: bytes,
     status: int,
 ) -> None:
-    answer = await api.post(path, content=body, headers=headers)
+    answer = await ingest_api.post(path, content=body, headers=headers)
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"].startswith("application/json")
     assert list(answer.json()) == ["Error"]
@@ -338,8 +319,8 @@ async def test_redis_down_is_503_with_retry_after() -> None:
     client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     store = RedisStreamLogStore(client, instance="seq-down", prefix="down")
     async for url in serve(store):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post("/ingest/clef", content=clef({"@t": T, "@m": "x"}))
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post("/ingest/clef", content=clef({"@t": T, "@m": "x"}))
     await client.aclose()
     assert answer.status_code == 503
     assert int(answer.headers["retry-after"]) >= 1
@@ -349,8 +330,8 @@ async def test_redis_down_is_503_with_retry_after() -> None:
 async def test_too_many_events_is_413(redis_store: RedisStreamLogStore) -> None:
     body = clef(*({"@t": T, "@m": f"m{i}"} for i in range(4)))
     async for url in serve(redis_store, max_batch_items=3):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post("/ingest/clef", content=body)
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post("/ingest/clef", content=body)
     assert (answer.status_code, list(answer.json())) == (413, ["Error"])
     assert await count(redis_store) == 0
 
@@ -358,17 +339,21 @@ async def test_too_many_events_is_413(redis_store: RedisStreamLogStore) -> None:
 async def test_api_keys_in_seqs_forms(redis_store: RedisStreamLogStore) -> None:
     body = clef({"@t": T, "@m": "x"})
     async for url in serve(redis_store, api_keys={"w": "write", "r": "read"}):
-        async with httpx.AsyncClient(base_url=url) as api:
-            none = await api.post("/ingest/clef", content=body)
-            wrong = await api.post("/ingest/clef", content=body, headers={"X-Seq-ApiKey": "x"})
-            reader = await api.post("/api/events/raw?clef&apiKey=r", content=body)
-            header = await api.post("/ingest/clef", content=body, headers={"X-Seq-ApiKey": "w"})
-            query = await api.post("/api/events/raw?clef&apiKey=w", content=body)
-            bearer = await api.post(
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            none = await ingest_api.post("/ingest/clef", content=body)
+            wrong = await ingest_api.post(
+                "/ingest/clef", content=body, headers={"X-Seq-ApiKey": "x"}
+            )
+            reader = await ingest_api.post("/api/events/raw?clef&apiKey=r", content=body)
+            header = await ingest_api.post(
+                "/ingest/clef", content=body, headers={"X-Seq-ApiKey": "w"}
+            )
+            query = await ingest_api.post("/api/events/raw?clef&apiKey=w", content=body)
+            bearer = await ingest_api.post(
                 "/ingest/clef", content=body, headers={"Authorization": "Bearer w"}
             )
             # Seq's forms stay on Seq's paths: our own API does not read them.
-            ours = await api.get("/api/logs?apiKey=r", headers={"X-Seq-ApiKey": "r"})
+            ours = await ingest_api.get("/api/logs?apiKey=r", headers={"X-Seq-ApiKey": "r"})
     assert (none.status_code, wrong.status_code, reader.status_code) == (401, 401, 403)
     assert "X-Seq-ApiKey" in none.json()["Error"]
     assert list(wrong.json()) == ["Error"]

@@ -18,23 +18,11 @@ from seqlog.structured_logging import SeqLogHandler, StructuredLogger
 
 from aygolog.client import LogClient
 from aygolog.models import LogEntry, LogLevel, LogQuery
+from ingest_support import LEVELS, stored
 from support import LiveStack
 from test_ingest_clef import BAD_INPUTS
 
 pytestmark = pytest.mark.timeout(180)
-
-LEVELS = [
-    (logging.DEBUG, LogLevel.DEBUG),
-    (logging.INFO, LogLevel.INFO),
-    (logging.WARNING, LogLevel.WARNING),
-    (logging.ERROR, LogLevel.ERROR),
-    (logging.CRITICAL, LogLevel.CRITICAL),
-]
-
-
-def stored(url: str, service: str) -> list[LogEntry]:
-    with LogClient(url) as client:
-        return list(client.iter_logs(service=service, limit=1000, direction="forward"))
 
 
 def wait_for(url: str, service: str, count: int, handler: SeqLogHandler) -> list[LogEntry]:

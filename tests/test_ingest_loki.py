@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +22,7 @@ from aygolog.ingest.loki_push_pb2 import PushRequest
 from aygolog.lb.app import proxied
 from aygolog.models import LogLevel, LogQuery
 from aygolog.store import RedisStreamLogStore
-from test_ingest_otlp import serve
+from ingest_support import count, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,31 +167,13 @@ def test_any_body_decodes_or_is_a_body_error(body: bytes, kind: str) -> None:
 # -- the route, in-process over a real Redis ---------------------------------------------------
 
 
-@pytest.fixture
-async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStreamLogStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield RedisStreamLogStore(client, instance="otlp-1", prefix=prefix)
-    await client.aclose()
-
-
-@pytest.fixture
-async def api(redis_store: RedisStreamLogStore) -> AsyncIterator[httpx.AsyncClient]:
-    async for url in serve(redis_store, max_body_bytes=200_000):
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
-
-
-async def count(store: RedisStreamLogStore) -> int:
-    return len((await store.query(LogQuery(limit=1000))).items)
-
-
 async def test_json_push_is_204_and_a_retry_is_stored_once(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     body = json_push(({"app": "shop"}, [[str(NOW_NS), "one"], [str(NOW_NS + 5), "two"]]))
-    answer = await api.post(PATH, content=body, headers={"Content-Type": JS})
+    answer = await ingest_api.post(PATH, content=body, headers={"Content-Type": JS})
     assert (answer.status_code, answer.content) == (204, b"")
-    again = await api.post(
+    again = await ingest_api.post(
         PATH, content=gzip.compress(body), headers={"Content-Type": JS, "Content-Encoding": "gzip"}
     )
     assert again.status_code == 204
@@ -202,10 +183,10 @@ async def test_json_push_is_204_and_a_retry_is_stored_once(
 
 
 async def test_protobuf_push_is_stored(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     body = pb_push(('{job="api", level="error"}', [(NOW_NS, "boom", {"trace_id": "t1"})]))
-    answer = await api.post(PATH, content=body, headers={"Content-Type": PB})
+    answer = await ingest_api.post(PATH, content=body, headers={"Content-Type": PB})
     assert answer.status_code == 204, answer.text
     (entry,) = (await redis_store.query(LogQuery(limit=10))).items
     assert (entry.message, entry.level, entry.service) == ("boom", LogLevel.ERROR, "api")
@@ -213,17 +194,17 @@ async def test_protobuf_push_is_stored(
 
 
 async def test_one_refused_entry_refuses_the_push(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     future = int((datetime.now(UTC) + timedelta(hours=2)).timestamp() * 1e9)
     body = json_push(({"job": "a"}, [[str(NOW_NS), "fine"], [str(future), "later"]]))
-    answer = await api.post(PATH, content=body, headers={"Content-Type": JS})
+    answer = await ingest_api.post(PATH, content=body, headers={"Content-Type": JS})
     assert answer.status_code == 400
     assert answer.headers["content-type"].startswith("text/plain")
     assert answer.text.startswith("streams[0].values[1]: timestamp")
     assert "nothing stored" in answer.text
     twin = pb_push(('{job="a"}', [(NOW_NS, "fine", {}), (NOW_NS, "fine", {}), (future, "x", {})]))
-    answer = await api.post(PATH, content=twin, headers={"Content-Type": PB})
+    answer = await ingest_api.post(PATH, content=twin, headers={"Content-Type": PB})
     assert answer.status_code == 400
     assert answer.text.startswith("streams[0].entries[2]: timestamp")
     assert await count(redis_store) == 0
@@ -270,13 +251,13 @@ BAD_INPUTS: list[tuple[str, dict[str, str], bytes, int]] = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_gets_a_plain_text_error_and_stores_nothing(
-    api: httpx.AsyncClient,
+    ingest_api: httpx.AsyncClient,
     redis_store: RedisStreamLogStore,
     headers: dict[str, str],
     body: bytes,
     status: int,
 ) -> None:
-    answer = await api.post(PATH, content=body, headers=headers)
+    answer = await ingest_api.post(PATH, content=body, headers=headers)
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"].startswith("text/plain")
     assert answer.text.strip()
@@ -287,8 +268,8 @@ async def test_redis_down_is_503_with_retry_after() -> None:
     client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     store = RedisStreamLogStore(client, instance="loki-down", prefix="down")
     async for url in serve(store):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post(PATH, content=_ok_json(), headers={"Content-Type": JS})
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post(PATH, content=_ok_json(), headers={"Content-Type": JS})
     await client.aclose()
     assert answer.status_code == 503
     assert int(answer.headers["retry-after"]) >= 1
@@ -297,8 +278,8 @@ async def test_redis_down_is_503_with_retry_after() -> None:
 async def test_too_many_entries_is_413(redis_store: RedisStreamLogStore) -> None:
     values = [[str(NOW_NS + i), f"m{i}"] for i in range(4)]
     async for url in serve(redis_store, max_batch_items=3):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post(
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post(
                 PATH, content=json_push(({"a": "b"}, values)), headers={"Content-Type": JS}
             )
     assert answer.status_code == 413
@@ -307,8 +288,8 @@ async def test_too_many_entries_is_413(redis_store: RedisStreamLogStore) -> None
 
 async def test_api_keys_cover_the_loki_path(redis_store: RedisStreamLogStore) -> None:
     async for url in serve(redis_store, api_keys={"w": "write"}):
-        async with httpx.AsyncClient(base_url=url) as api:
-            refused = await api.post(PATH, content=_ok_json(), headers={"Content-Type": JS})
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            refused = await ingest_api.post(PATH, content=_ok_json(), headers={"Content-Type": JS})
     assert refused.status_code == 401
 
 

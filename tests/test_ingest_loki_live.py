@@ -15,26 +15,14 @@ import logging_loki
 import pytest
 from loki_logger_handler.loki_logger_handler import LokiLoggerHandler
 
-from aygolog.client import LogClient
 from aygolog.models import LogEntry, LogLevel
+from ingest_support import LEVELS, stored
 from support import LiveStack
 from test_ingest_loki import BAD_INPUTS, JS, NOW_NS, PB, Entries, json_push, pb_push, snap
 
 pytestmark = pytest.mark.timeout(180)
 
 PATH = "/loki/api/v1/push"
-LEVELS = [
-    (logging.DEBUG, LogLevel.DEBUG),
-    (logging.INFO, LogLevel.INFO),
-    (logging.WARNING, LogLevel.WARNING),
-    (logging.ERROR, LogLevel.ERROR),
-    (logging.CRITICAL, LogLevel.CRITICAL),
-]
-
-
-def stored(url: str, service: str) -> list[LogEntry]:
-    with LogClient(url) as client:
-        return list(client.iter_logs(service=service, limit=1000, direction="forward"))
 
 
 def wait_for(url: str, service: str, count: int, seconds: float = 30) -> list[LogEntry]:

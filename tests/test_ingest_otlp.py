@@ -3,18 +3,15 @@ loopback) over a real Redis: answers in OTLP's shapes, refused bodies store noth
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import zlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,9 +27,8 @@ from aygolog.ingest.body import BodyError, decode_content
 from aygolog.ingest.otlp import decode_request, encode_status
 from aygolog.lb.app import proxied
 from aygolog.models import LogLevel, LogQuery
-from aygolog.server import create_log_api
-from aygolog.settings import LogApiSettings
 from aygolog.store import RedisStreamLogStore
+from ingest_support import count, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -241,50 +237,18 @@ def test_status_encodes_as_google_rpc_status() -> None:
 # -- the route, in-process over a real Redis ---------------------------------------------------
 
 
-async def serve(store: RedisStreamLogStore, **settings: Any) -> AsyncIterator[str]:
-    app = create_log_api(LogApiSettings(instance_name="otlp-1", **settings), store=store)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
-@pytest.fixture
-async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisStreamLogStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield RedisStreamLogStore(client, instance="otlp-1", prefix=prefix)
-    await client.aclose()
-
-
-@pytest.fixture
-async def api(redis_store: RedisStreamLogStore) -> AsyncIterator[httpx.AsyncClient]:
-    async for url in serve(redis_store, max_body_bytes=200_000):
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
-
-
-async def count(store: RedisStreamLogStore) -> int:
-    return len((await store.query(LogQuery(limit=1000))).items)
-
-
 async def test_protobuf_export_is_stored_and_answered_in_protobuf(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     body = pb_request(pb_record("one"), pb_record("two"))
-    answer = await api.post("/v1/logs", content=body, headers={"Content-Type": PB})
+    answer = await ingest_api.post("/v1/logs", content=body, headers={"Content-Type": PB})
     assert answer.status_code == 200
     assert answer.headers["content-type"] == PB
     assert not ExportLogsServiceResponse.FromString(answer.content).HasField("partial_success")
     page = await redis_store.query(LogQuery(limit=10))
     assert sorted(e.message for e in page.items) == ["one", "two"]
     # The exporter's retry of the same bytes (gzip this time, other path) is stored once.
-    again = await api.post(
+    again = await ingest_api.post(
         "/otlp/v1/logs",
         content=gzip.compress(body),
         headers={"Content-Type": PB, "Content-Encoding": "gzip"},
@@ -294,7 +258,7 @@ async def test_protobuf_export_is_stored_and_answered_in_protobuf(
 
 
 async def test_json_export_with_refused_records_is_a_partial_success(
-    api: httpx.AsyncClient, redis_store: RedisStreamLogStore
+    ingest_api: httpx.AsyncClient, redis_store: RedisStreamLogStore
 ) -> None:
     future = int((datetime.now(UTC) + timedelta(hours=2)).timestamp() * 1e9)
     body = json_request(
@@ -303,7 +267,7 @@ async def test_json_export_with_refused_records_is_a_partial_success(
         json_record(timeUnixNano=str(future)),
         json_record(body={"stringValue": "kept"}),
     )
-    answer = await api.post(
+    answer = await ingest_api.post(
         "/v1/logs", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
     )
     assert answer.status_code == 200, answer.text
@@ -375,13 +339,13 @@ BAD_INPUTS: list[tuple[str, dict[str, str], bytes, int]] = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_gets_otlp_status_and_stores_nothing(
-    api: httpx.AsyncClient,
+    ingest_api: httpx.AsyncClient,
     redis_store: RedisStreamLogStore,
     headers: dict[str, str],
     body: bytes,
     status: int,
 ) -> None:
-    answer = await api.post("/v1/logs", content=body, headers=headers)
+    answer = await ingest_api.post("/v1/logs", content=body, headers=headers)
     assert answer.status_code == status, answer.text
     kind = headers.get("Content-Type")
     if kind == PB:
@@ -400,8 +364,8 @@ async def test_redis_down_is_503_with_retry_after() -> None:
     client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
     store = RedisStreamLogStore(client, instance="otlp-down", prefix="down")
     async for url in serve(store):
-        async with httpx.AsyncClient(base_url=url) as api:
-            answer = await api.post(
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            answer = await ingest_api.post(
                 "/v1/logs", content=pb_request(pb_record()), headers={"Content-Type": PB}
             )
     await client.aclose()
@@ -412,10 +376,10 @@ async def test_redis_down_is_503_with_retry_after() -> None:
 
 async def test_api_keys_cover_the_otlp_paths(redis_store: RedisStreamLogStore) -> None:
     async for url in serve(redis_store, api_keys={"w": "write"}):
-        async with httpx.AsyncClient(base_url=url) as api:
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
             body = pb_request(pb_record())
-            refused = await api.post("/v1/logs", content=body, headers={"Content-Type": PB})
-            allowed = await api.post(
+            refused = await ingest_api.post("/v1/logs", content=body, headers={"Content-Type": PB})
+            allowed = await ingest_api.post(
                 "/otlp/v1/logs",
                 content=body,
                 headers={"Content-Type": PB, "Authorization": "Bearer w"},
@@ -466,13 +430,13 @@ async def test_protobuf_partial_success_and_too_many_records(
     redis_store: RedisStreamLogStore,
 ) -> None:
     async for url in serve(redis_store, max_batch_items=3):
-        async with httpx.AsyncClient(base_url=url) as api:
-            many = await api.post(
+        async with httpx.AsyncClient(base_url=url) as ingest_api:
+            many = await ingest_api.post(
                 "/v1/logs",
                 content=pb_request(*(pb_record(f"m{i}") for i in range(4))),
                 headers={"Content-Type": PB},
             )
-            partial = await api.post(
+            partial = await ingest_api.post(
                 "/v1/logs",
                 content=pb_request(pb_record("kept"), pb_record(None)),
                 headers={"Content-Type": PB},

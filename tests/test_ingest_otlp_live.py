@@ -22,25 +22,13 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from aygolog.client import LogClient
-from aygolog.models import LogEntry, LogLevel
+from aygolog.models import LogLevel
+from ingest_support import LEVELS, stored
 from support import LiveStack
 
 pytestmark = pytest.mark.timeout(180)
 
 RECORDS = 5_000
-LEVELS = [
-    (logging.DEBUG, LogLevel.DEBUG),
-    (logging.INFO, LogLevel.INFO),
-    (logging.WARNING, LogLevel.WARNING),
-    (logging.ERROR, LogLevel.ERROR),
-    (logging.CRITICAL, LogLevel.CRITICAL),
-]
-
-
-def stored(url: str, service: str) -> list[LogEntry]:
-    with LogClient(url) as client:
-        return list(client.iter_logs(service=service, limit=1000, direction="forward"))
 
 
 @pytest.mark.parametrize("compression", [Compression.Gzip, Compression.NoCompression])
