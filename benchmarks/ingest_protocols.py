@@ -1,4 +1,5 @@
-"""Logs/s through the load balancer: OTLP protobuf batches next to `POST /api/logs`, same run.
+"""Logs/s through the load balancer: OTLP protobuf and Loki JSON batches next to
+`POST /api/logs`, same run.
 
     .venv/bin/python benchmarks/ingest_protocols.py [--batch 1000] [--seconds 5] [--runs 3]
 
@@ -7,10 +8,12 @@ alternating rounds, wrk POSTs batches of `--batch` logs (the same messages, leve
 attributes each way) to:
 
 - `POST /api/logs`: a JSON array (aygolog's own batch endpoint, the reference);
-- `POST /v1/logs`: an OTLP `ExportLogsServiceRequest` in protobuf, plain and gzip.
+- `POST /v1/logs`: an OTLP `ExportLogsServiceRequest` in protobuf, plain and gzip;
+- `POST /loki/api/v1/push`: Loki JSON, one stream per (service, level), the attributes as
+  structured metadata, plain and gzip.
 
 Every request's body differs (wrk's Lua writes a per-thread counter into a fixed-width attribute
-of the first log), so the OTLP route's retry key never turns a request into a replay: each one
+of the first log), so the routes' retry keys never turn a request into a replay: each one
 stores its whole batch. Prints logs/s per way and the ratio to `/api/logs`, and the CPU time the
 stack (instances; LB + instances + Redis) spent per batch, read from /proc: on a busy machine
 the rates swing with the load, the CPU per batch much less.
@@ -100,6 +103,26 @@ def otlp_body(logs: list[NewLog]) -> bytes:
     return request.SerializeToString()
 
 
+def loki_body(logs: list[NewLog]) -> bytes:
+    """A Loki push (JSON) of `logs`: a stream per (service, level), attributes as metadata."""
+    now = time.time_ns()
+    streams: dict[tuple[str, str], list[list[object]]] = {}
+    for i, log in enumerate(logs):
+        metadata = {key: str(value) for key, value in log.attributes.items()}
+        if i == 0:
+            metadata["batch"] = MARK
+        values = streams.setdefault((log.service or "", log.level.value), [])
+        values.append([str(now + i), log.message, metadata])
+    return json.dumps(
+        {
+            "streams": [
+                {"stream": {"service_name": service, "level": level}, "values": values}
+                for (service, level), values in streams.items()
+            ]
+        }
+    ).encode()
+
+
 def wrk(url: str, path: str, kind: str, body: bytes, seconds: float, gzipped: bool) -> float:
     """Requests/s of POSTing `body` (with MARK made unique per request) to `url + path`."""
     prefix, found, suffix = body.partition(MARK.encode())
@@ -174,7 +197,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    print(run_header("ingest protocols through the LB: OTLP protobuf vs POST /api/logs"))
+    print(run_header("ingest protocols through the LB: OTLP protobuf, Loki JSON vs POST /api/logs"))
     logs = sample_logs(args.batch)
     ways = {
         "POST /api/logs (JSON array)": ("/api/logs", "application/json", api_body(logs), False),
@@ -182,6 +205,10 @@ def main() -> None:
                                           otlp_body(logs), False),
         "POST /v1/logs (OTLP protobuf, gzip)": ("/v1/logs", "application/x-protobuf",
                                                 otlp_body(logs), True),
+        "POST /loki/api/v1/push (JSON)": ("/loki/api/v1/push", "application/json",
+                                          loki_body(logs), False),
+        "POST /loki/api/v1/push (JSON, gzip)": ("/loki/api/v1/push", "application/json",
+                                                loki_body(logs), True),
     }  # fmt: skip
     # One LB worker, as the tests run it: the bench compares routes, not LB scaling.
     os.environ.setdefault("AYGOLOG_LB_WORKERS", "1")
