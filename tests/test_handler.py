@@ -358,6 +358,52 @@ def test_overflow_policy_and_report(
     assert stream.getvalue().count("dropped") == 1
 
 
+def test_a_full_queue_waits_for_a_working_server_instead_of_dropping(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """A burst faster than delivery, the server slow but answering: `emit` waits for room
+    (up to `max_wait`) and nothing is dropped; the records go out in order."""
+
+    def slow(key: str, items: list[dict[str, Any]]) -> None:
+        time.sleep(0.02)
+
+    server.answer = slow
+    handler = make(capacity=10, batch_size=5, max_batch_size=5, max_in_flight=1,
+                   flush_interval=0.01, max_wait=2.0)  # fmt: skip
+    log = logger_with(handler, "pace")
+    for i in range(200):
+        log.info("p%d", i)
+    assert handler.drain(10)
+    assert handler.dropped == 0
+    assert server.messages == [f"p{i}" for i in range(200)]
+    assert handler.peak_queued == 10  # it did fill up: the waits were needed
+
+
+def test_a_full_queue_does_not_wait_while_delivery_fails(
+    make: Callable[..., AygologHandler], server: FakeServer
+) -> None:
+    """With the server failing, a full queue drops at once (the caller never waits on an
+    outage), and with `max_wait=0` it never waits at all."""
+    server.answer = lambda key, items: httpx.Response(503, headers={"Retry-After": "30"})
+    handler = make(capacity=5, batch_size=5, max_in_flight=1, flush_interval=0.01)
+    log = logger_with(handler, "outage")
+    log.info("first")
+    assert wait_until(lambda: handler.failed_attempts >= 1)
+    started = time.monotonic()
+    for i in range(50):
+        log.info("o%d", i)
+    assert time.monotonic() - started < handler.max_wait  # not even one wait
+    assert handler.dropped == 45
+    never = make(capacity=5, batch_size=5, max_in_flight=1, max_wait=0)
+    server.gate.clear()  # requests hang: delivery is not failing, but max_wait=0
+    quick = logger_with(never, "never")
+    started = time.monotonic()
+    for i in range(50):
+        quick.info("n%d", i)
+    assert time.monotonic() - started < 0.5
+    assert never.dropped > 0
+
+
 def test_retries_keep_the_idempotency_key(
     make: Callable[..., AygologHandler], server: FakeServer
 ) -> None:

@@ -16,9 +16,13 @@ How it behaves:
   changes to their values cannot change what is sent. `handle` does not take `logging`'s
   per-handler lock around `emit`, which has its own, shorter one.
 - When the queue is full (`capacity`, default 10,000; the batches being sent are held besides)
-  the `overflow` policy drops the oldest or the newest record; `dropped` counts them, and stderr
-  says so at most once a `report_interval`. `peak_queued` says how close the bursts so far came
-  to `capacity`.
+  while delivery is working (no failed attempt pending), `emit` waits up to `max_wait` (default
+  0.5 s) for a sender to take records: a burst faster than the server takes is slowed to its
+  pace instead of losing records. It never waits while the server is failing, and after a wait
+  runs out it does not wait again until a sender has taken records (a stuck request costs one
+  wait, not one per record). Then the `overflow` policy drops the oldest or the newest record;
+  `dropped` counts them, and stderr says so at most once a `report_interval`. `peak_queued`
+  says how close the bursts so far came to `capacity`.
 - `max_in_flight` daemon threads (default 3) send a batch once `batch_size` records (default
   1,000) are queued or the oldest is `flush_interval` old (default 0.2 s), to `POST /api/logs`,
   so up to `max_in_flight` requests are in flight at once. A sender that finds more than
@@ -245,6 +249,8 @@ class AygologHandler(logging.Handler):
         capacity: the most records waiting in the queue (the batches being sent, at most
             `max_in_flight` x `max_batch_size` records, are held besides).
         overflow: which record to drop when full: `"drop_oldest"` or `"drop_newest"`.
+        max_wait: how long `emit` may wait for room in a full queue while delivery is working
+            (0: never wait, drop at once).
         batch_size: a batch is sent once this many records are queued (or the oldest is
             `flush_interval` old).
         max_batch_size: the most records per request: a sender that finds more than
@@ -277,6 +283,7 @@ class AygologHandler(logging.Handler):
         level: int | str = logging.NOTSET,
         capacity: int = 10_000,
         overflow: Overflow = "drop_oldest",
+        max_wait: float = 0.5,
         batch_size: int = 1000,
         max_batch_size: int = 10_000,
         max_in_flight: int = 3,
@@ -298,6 +305,8 @@ class AygologHandler(logging.Handler):
             raise ValueError(f"overflow must be 'drop_oldest' or 'drop_newest', not {overflow!r}")
         if capacity < 1 or batch_size < 1 or max_in_flight < 1:
             raise ValueError("capacity, batch_size and max_in_flight must be at least 1")
+        if not 0 <= max_wait <= 60:
+            raise ValueError("max_wait must be 0-60 seconds")
         self.limits = limits or Limits()
         if service is not None and (
             len(service) > self.limits.max_service_chars or not SERVICE_PATTERN.fullmatch(service)
@@ -306,6 +315,7 @@ class AygologHandler(logging.Handler):
         self.service = service
         self.capacity = capacity
         self.overflow: Overflow = overflow
+        self.max_wait = max_wait
         self.batch_size = batch_size
         self.max_batch_size = max(batch_size, max_batch_size)
         self.max_in_flight = max_in_flight
@@ -353,6 +363,10 @@ class AygologHandler(logging.Handler):
         self._cond = threading.Condition(self._lock)
         self._queue: deque[tuple[float, _Item]] = deque()
         self._slots: list[_Slot] = []
+        self._room_waiters = 0
+        """Callers of `emit` waiting for room in a full queue (lock held)."""
+        self._stalled = False
+        """A wait for room ran out; none waits again until a sender takes records."""
         self._failures = 0
         self._next_attempt = 0.0
         self._flushing = 0
@@ -395,6 +409,8 @@ class AygologHandler(logging.Handler):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue = deque()
+        self._room_waiters = 0
+        self._stalled = False
         self._failures = 0
         self._next_attempt = 0.0
         if self._make_client is not None:  # never share pooled sockets with the parent
@@ -451,6 +467,14 @@ class AygologHandler(logging.Handler):
                 if self._closing:
                     self.dropped += 1
                     return
+                if (
+                    len(self._queue) >= self.capacity
+                    and self.max_wait > 0
+                    and not self._stalled
+                    and not self._failures
+                ) and self._wait_for_room(now):  # closed meanwhile
+                    self.dropped += 1
+                    return
                 if len(self._queue) >= self.capacity:
                     self.dropped += 1
                     if self.overflow == "drop_newest":
@@ -464,6 +488,22 @@ class AygologHandler(logging.Handler):
                     self._cond.notify_all()
         except Exception:
             self.handleError(record)
+
+    def _wait_for_room(self, now: float) -> bool:
+        """Wait (lock held) until a sender takes records, delivery fails, the handler closes
+        (then True) or `max_wait` ends."""
+        end = now + self.max_wait
+        self._room_waiters += 1
+        try:
+            while len(self._queue) >= self.capacity and not self._failures and not self._closing:
+                left = end - time.monotonic()
+                if left <= 0:
+                    self._stalled = True
+                    break
+                self._cond.wait(left)
+        finally:
+            self._room_waiters -= 1
+        return self._closing
 
     def map_record(self, record: logging.LogRecord) -> NewLog:
         """The `NewLog` for a record (override to change the mapping)."""
@@ -639,7 +679,11 @@ class AygologHandler(logging.Handler):
         if count > self.batch_size:
             idle = sum(s.current is None and not s.preparing for s in self._slots) or 1
             count = min(count, max(self.batch_size, min(self._max_take, -(-count // idle))))
-        return [queue.popleft()[1] for _ in range(count)]
+        taken = [queue.popleft()[1] for _ in range(count)]
+        self._stalled = False
+        if self._room_waiters:
+            self._cond.notify_all()
+        return taken
 
     def _encode(self, items: list[_Item]) -> tuple[PreparedBatch, list[bytes]]:
         """`items` as a batch within the byte limit, and the encoded items that did not fit."""
@@ -897,6 +941,8 @@ class AygologHandler(logging.Handler):
         self._failures += 1
         self.failed_attempts += 1
         self._next_attempt = now + delay
+        if self._room_waiters:  # a caller waiting for room stops waiting: delivery is failing
+            self._cond.notify_all()
 
 
 class _Slot:
