@@ -440,7 +440,8 @@ class AygologHandler(logging.Handler):
         return bool(passed)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Queue the record (never blocks on the network, never raises)."""
+        """Queue the record (never touches the network, never raises; a full queue may wait up
+        to `max_wait` for a sender while delivery works)."""
         try:
             if record.process != self._pid:  # the record knows the pid: no system call
                 self._check_fork()
