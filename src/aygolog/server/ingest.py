@@ -36,6 +36,7 @@ from aygolog.ingest.otlp import (
     encode_success,
     media_type,
 )
+from aygolog.models import BatchResult, NewLog
 from aygolog.server.routes import ApiState
 
 __all__ = ["INGEST_ROUTES"]
@@ -68,6 +69,31 @@ async def _read(request: Request[Any, Any, Any], limit: int) -> bytes:
     return body
 
 
+async def _body(request: Request[Any, Any, Any], api: ApiState) -> bytes:
+    """The request body within the limit, its `Content-Encoding` undone (BodyError if not)."""
+    raw = await _read(request, api.max_body_bytes)
+    return decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+
+
+async def _store(api: ApiState, logs: list[NewLog], key: str | None) -> BatchResult | None:
+    """One `append_many` of a protocol's accepted entries, counted in the metrics; None when
+    `key` stored other entries of the same bytes before (a record's time crossed a limit in
+    between: what was stored then stays).
+
+    Raises:
+        Unavailable: Redis is down (the protocol answers 503 + Retry-After).
+        ValidationError: the store's own checks (ours should have caught it).
+    """
+    try:
+        result = await api.store.append_many(logs, idempotency_key=key)
+    except Conflict:
+        return None
+    if not result.replayed:
+        api.ingested.inc(amount=len(logs))
+    api.batch_sizes.observe(len(logs))
+    return result
+
+
 @post(
     list(OTLP_PATHS),
     status_code=200,
@@ -88,8 +114,7 @@ async def otlp_logs(request: Request[Any, Any, Any], state: State) -> Response[b
             JSON, 415, f"unsupported content type {kind!r}; send {PROTOBUF} or {JSON}"
         )
     try:
-        raw = await _read(request, api.max_body_bytes)
-        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        body = await _body(request, api)
         batch = decode_request(body, kind, limits=api.limits)
     except BodyError as exc:
         return _otlp_status(kind, exc.status, exc.reason)
@@ -103,18 +128,11 @@ async def otlp_logs(request: Request[Any, Any, Any], state: State) -> Response[b
         # two equal bodies are surely the same records (not two "hello"s sent a second apart).
         key = f"otlp-{batch.digest}" if batch.all_timed else None
         try:
-            result = await api.store.append_many(checked.accepted, idempotency_key=key)
+            await _store(api, checked.accepted, key)
         except Unavailable as exc:
             return _otlp_status(kind, 503, str(exc), exc.retry_after or 1.0)
-        except Conflict:
-            # The same bytes were stored before with another subset accepted (a record's time
-            # crossed the future-time limit in between): what was stored then stays.
-            return Response(encode_success(kind, checked.refused_count, message), media_type=kind)
-        except ValidationError as exc:  # the store's own checks; ours should have caught it
+        except ValidationError as exc:
             return _otlp_status(kind, 400, str(exc))
-        if not result.replayed:
-            api.ingested.inc(amount=len(checked.accepted))
-        api.batch_sizes.observe(len(checked.accepted))
     return Response(encode_success(kind, checked.refused_count, message), media_type=kind)
 
 
@@ -140,8 +158,7 @@ async def loki_push(request: Request[Any, Any, Any], state: State) -> Response[s
     success: one entry our rules refuse makes the whole push a 400 that names it)."""
     api: ApiState = state.api
     try:
-        raw = await _read(request, api.max_body_bytes)
-        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        body = await _body(request, api)
         kind = media_type(request.headers.get("content-type"))
         batch = decode_push(body, kind, max_bytes=api.max_body_bytes, limits=api.limits)
     except BodyError as exc:
@@ -161,18 +178,11 @@ async def loki_push(request: Request[Any, Any, Any], state: State) -> Response[s
     # carries its own timestamp, so equal bodies are the same entries: a key made from them
     # stores the push once.
     try:
-        result = await api.store.append_many(
-            checked.accepted, idempotency_key=f"loki-{batch.digest}"
-        )
+        await _store(api, checked.accepted, f"loki-{batch.digest}")
     except Unavailable as exc:
         return _loki_error(503, str(exc), exc.retry_after or 1.0)
-    except Conflict:  # the same bytes stored before (an entry's time crossed a limit since)
-        return Response("", status_code=204)
-    except ValidationError as exc:  # the store's own checks; ours should have caught it
+    except ValidationError as exc:
         return _loki_error(400, str(exc))
-    if not result.replayed:
-        api.ingested.inc(amount=len(checked.accepted))
-    api.batch_sizes.observe(len(checked.accepted))
     return Response("", status_code=204)
 
 
@@ -211,8 +221,7 @@ async def _bulk(
         reason = f"Content-Type header [{request.headers.get('content-type', '')}] is not supported"
         return _es({"error": reason, "status": 406}, 406)
     try:
-        raw = await _read(request, api.max_body_bytes)
-        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        body = await _body(request, api)
         batch = decode_bulk(body, index, limits=api.limits)
     except BodyError as exc:
         error_type = _BODY_ERRORS.get(exc.status, "illegal_argument_exception")
@@ -230,18 +239,13 @@ async def _bulk(
         # are then surely the same logs).
         key = f"es-{batch.digest}" if batch.all_timed else None
         try:
-            result = await api.store.append_many(checked.accepted, idempotency_key=key)
+            result = await _store(api, checked.accepted, key)
         except Unavailable as exc:
             return _es_error(503, "unavailable_exception", str(exc), exc.retry_after or 1.0)
-        except Conflict:  # the same bytes stored before with another subset accepted
-            result = None
-        except ValidationError as exc:  # the store's own checks; ours should have caught it
+        except ValidationError as exc:
             return _es_error(400, "illegal_argument_exception", str(exc))
         if result is not None:
             ids = result.ids
-            if not result.replayed:
-                api.ingested.inc(amount=len(checked.accepted))
-        api.batch_sizes.observe(len(checked.accepted))
     took = round((time.perf_counter() - started) * 1000)
     return _es(bulk_response(batch, checked.refused, ids, took))
 
@@ -316,8 +320,7 @@ async def _seq_ingest(
     event our rules refuse makes the whole body a 400 that names it)."""
     accepted = Response(_SEQ_ACCEPTED, status_code=201, media_type="application/json")
     try:
-        raw = await _read(request, api.max_body_bytes)
-        body = decode_content(raw, request.headers.get("content-encoding"), api.max_body_bytes)
+        body = await _body(request, api)
         kind = media_type(request.headers.get("content-type"))
         batch = decode_events(body, kind, clef=clef, limits=api.limits)
     except BodyError as exc:
@@ -337,16 +340,11 @@ async def _seq_ingest(
     # its own time, equal bodies are the same events and a key made from them stores them once.
     key = f"seq-{batch.digest}" if batch.all_timed else None
     try:
-        result = await api.store.append_many(checked.accepted, idempotency_key=key)
+        await _store(api, checked.accepted, key)
     except Unavailable as exc:
         return _seq_error(503, str(exc), exc.retry_after or 1.0)
-    except Conflict:  # the same bytes stored before (an event's time crossed a limit since)
-        return accepted
-    except ValidationError as exc:  # the store's own checks; ours should have caught it
+    except ValidationError as exc:
         return _seq_error(400, str(exc))
-    if not result.replayed:
-        api.ingested.inc(amount=len(checked.accepted))
-    api.batch_sizes.observe(len(checked.accepted))
     return accepted
 
 
