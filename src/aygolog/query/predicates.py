@@ -14,7 +14,7 @@ import itertools
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from aygolog.models import AttributeValue, LogEntry, LogLevel
 from aygolog.query.ast import (
@@ -252,14 +252,19 @@ def exact_severities(expr: Expr) -> frozenset[int] | None:
         inner = exact_severities(expr.item)
         return None if inner is None else _ALL_SEVERITIES - inner
     if isinstance(expr, And | Or):
-        parts = [exact_severities(item) for item in expr.items]
-        if any(part is None for part in parts):
-            return None
-        sets = [part for part in parts if part is not None]
-        if isinstance(expr, And):
-            return frozenset.intersection(*sets)
-        return frozenset.union(*sets)
+        return _combine(expr, [exact_severities(item) for item in expr.items])
     return None
+
+
+_T = TypeVar("_T")
+
+
+def _combine(expr: And | Or, parts: list[frozenset[_T] | None]) -> frozenset[_T] | None:
+    """The exact set of an AND (intersection) or OR (union) of parts; None if a part has none."""
+    sets = [part for part in parts if part is not None]
+    if len(sets) < len(parts):
+        return None
+    return frozenset.intersection(*sets) if isinstance(expr, And) else frozenset.union(*sets)
 
 
 def necessary_severities(expr: Expr) -> frozenset[int] | None:
@@ -284,13 +289,7 @@ def exact_services(expr: Expr) -> frozenset[str] | None:
     if isinstance(expr, FieldEquals) and expr.field == "service":
         return frozenset({expr.value})
     if isinstance(expr, And | Or):
-        parts = [exact_services(item) for item in expr.items]
-        if any(part is None for part in parts):
-            return None
-        sets = [part for part in parts if part is not None]
-        if isinstance(expr, And):
-            return frozenset.intersection(*sets)
-        return frozenset.union(*sets)
+        return _combine(expr, [exact_services(item) for item in expr.items])
     return None
 
 
